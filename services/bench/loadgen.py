@@ -1,0 +1,180 @@
+"""The load loops: closed loop (fixed concurrency) and open loop (Poisson arrivals).
+
+Each client process runs one asyncio loop with one grpc.aio channel and sends the same
+pre-serialized ModelInferRequest bytes through a raw unary call (no serializer, no
+deserializer), so a call costs the client one gRPC round trip and nothing else.
+
+Timeline, on the system-wide monotonic clock shared by every process:
+``start_at`` → warm-up (load runs, nothing recorded) → ``measure_start`` → measured
+window → ``end``: no new calls; calls already sent are awaited and counted.
+
+Open loop follows wrk2: arrival *i* is due at ``start_at + offset_i`` whether or not
+earlier calls have returned, and its latency runs from that scheduled time, so a server
+that falls behind shows its queueing in the percentiles instead of silently slowing the
+client down (coordinated omission). A per-process cap on in-flight calls keeps a stalled
+server from making the client explode; arrivals still blocked by the cap when the window
+ends are reported as ``unsent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from array import array
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from services.bench.schedule import PoissonArrivals
+from services.bench.stats import ProcessResult
+
+logger = logging.getLogger(__name__)
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+#: Large messages both ways (embeddings × 64 rows), and no transparent retries: the
+#: benchmark must see every status the server returns.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.enable_retries", 0),
+)
+
+
+@dataclass(frozen=True)
+class ProcessPlan:
+    """What one client process does; plain data so it can cross a process boundary."""
+
+    target: str
+    payload: bytes
+    metadata: tuple[tuple[str, str], ...]
+    #: Closed loop: callers in this process. Ignored in open loop.
+    concurrency: int
+    #: Open loop: arrivals per second for this process; None means closed loop.
+    rate: float | None
+    max_inflight: int
+    warmup_s: float
+    duration_s: float
+    timeout_s: float
+    connect_timeout_s: float
+    seed: int
+
+
+class _Recorder:
+    """Appends one sample per counted call; cheap enough to sit on the hot path."""
+
+    def __init__(self) -> None:
+        self.latencies = array("d")
+        self.lags = array("d")
+        self.codes: dict[str, int] = {}
+        self.last_done = 0.0
+        self.unsent = 0
+
+    def record(self, code: str, latency_s: float, done: float) -> None:
+        self.codes[code] = self.codes.get(code, 0) + 1
+        if code == "OK":
+            self.latencies.append(latency_s)
+        if done > self.last_done:
+            self.last_done = done
+
+    def result(self) -> ProcessResult:
+        return ProcessResult(
+            ok_latencies_s=np.frombuffer(self.latencies, dtype=np.float64).copy(),
+            codes=dict(self.codes),
+            last_done=self.last_done,
+            unsent=self.unsent,
+            send_lag_s=np.frombuffer(self.lags, dtype=np.float64).copy(),
+        )
+
+
+async def _one_call(call, plan: ProcessPlan) -> str:
+    """Send the payload once; return the final status code name."""
+    try:
+        await call(plan.payload, metadata=plan.metadata or None, timeout=plan.timeout_s)
+        return "OK"
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+
+
+async def _closed_loop(call, plan: ProcessPlan, rec: _Recorder, measure_start: float, end: float) -> None:
+    monotonic = time.monotonic
+
+    async def caller() -> None:
+        while True:
+            sent = monotonic()
+            if sent >= end:
+                return
+            code = await _one_call(call, plan)
+            done = monotonic()
+            if sent >= measure_start:
+                rec.record(code, done - sent, done)
+
+    await asyncio.gather(*(caller() for _ in range(plan.concurrency)))
+
+
+async def _open_loop(
+    call, plan: ProcessPlan, rec: _Recorder, start_at: float, measure_start: float, end: float
+) -> None:
+    assert plan.rate is not None
+    monotonic = time.monotonic
+    slots = asyncio.Semaphore(plan.max_inflight)
+    in_flight: set[asyncio.Task] = set()
+
+    async def fire(due: float) -> None:
+        try:
+            sent = monotonic()
+            code = await _one_call(call, plan)
+            done = monotonic()
+            if due >= measure_start:
+                rec.record(code, done - due, done)
+                rec.lags.append(sent - due)
+        finally:
+            slots.release()
+
+    arrivals = (start_at + offset for offset in PoissonArrivals(plan.rate, np.random.default_rng(plan.seed)))
+    for due in arrivals:
+        if due >= end:
+            break
+        delay = due - monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if slots.locked():
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout=max(end - monotonic(), 0.0))
+            except TimeoutError:
+                # The window closed while the cap held this arrival back: it and every
+                # later arrival due in the window were never sent.
+                rest = itertools.takewhile(lambda t: t < end, arrivals)
+                rec.unsent = sum(1 for t in itertools.chain([due], rest) if t >= measure_start)
+                break
+        else:
+            await slots.acquire()
+        task = asyncio.create_task(fire(due))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    if in_flight:
+        await asyncio.gather(*in_flight)
+
+
+async def drive(plan: ProcessPlan, wait_for_start: Callable[[], Awaitable[float]]) -> ProcessResult:
+    """Connect, report ready through ``wait_for_start`` (which returns the shared start
+    time), run the load, and return what was measured."""
+    async with grpc.aio.insecure_channel(plan.target, options=CHANNEL_OPTIONS) as channel:
+        await asyncio.wait_for(channel.channel_ready(), plan.connect_timeout_s)
+        call = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+        start_at = await wait_for_start()
+        measure_start = start_at + plan.warmup_s
+        end = measure_start + plan.duration_s
+        delay = start_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        rec = _Recorder()
+        if plan.rate is None:
+            await _closed_loop(call, plan, rec, measure_start, end)
+        else:
+            await _open_loop(call, plan, rec, start_at, measure_start, end)
+        return rec.result()

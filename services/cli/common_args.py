@@ -1,0 +1,31 @@
+"""Flags every service shares: where to listen, metrics port, drain grace."""
+
+from __future__ import annotations
+
+import argparse
+
+from services.common.server import DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
+
+
+def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default_port, help="gRPC port; 0 picks a free one")
+    parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 picks one")
+    parser.add_argument("--grace-s", type=float, default=30.0, help="seconds in-flight calls get on SIGTERM")
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help="largest request accepted; bigger ones get RESOURCE_EXHAUSTED",
+    )
+
+
+def server_settings(args: argparse.Namespace, **extra) -> ServerSettings:
+    return ServerSettings(
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        grace_s=args.grace_s,
+        max_message_bytes=args.max_message_bytes,
+        **extra,
+    )

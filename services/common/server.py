@@ -1,0 +1,186 @@
+"""Run one Shunter service: gRPC server, health, reflection, metrics, graceful drain.
+
+Every service (worker, router, registry) is a ``ServiceApp`` started by ``run_service``,
+which binds the port (0 picks a free one), reports SERVING once the app is ready, prints
+the readiness line of DESIGN §1 and, on SIGTERM, drains in the order STYLE §13 gives:
+health NOT_SERVING → the app rejects new work → in-flight calls finish → close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from services.common.errors import ShunterError
+
+logger = logging.getLogger(__name__)
+
+#: Default cap on one message; an oversized request fails with RESOURCE_EXHAUSTED.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: Path
+    key_file: Path
+    #: With a client CA, clients must present a certificate it signed (mTLS).
+    client_ca_file: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        ca = self.client_ca_file.read_bytes() if self.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_host: str | None = None
+    metrics_port: int = 0
+    #: Seconds in-flight calls get to finish after SIGTERM.
+    grace_s: float = 30.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    tls: TlsConfig | None = None
+
+
+class ServiceApp(Protocol):
+    #: Short name used in the readiness line and metrics: worker, router, registry.
+    name: str
+    #: Full gRPC service names this app serves (for health and reflection).
+    service_names: tuple[str, ...]
+
+    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+
+    # Optional: an app with a ``bound_address`` attribute gets HOST:PORT written there
+    # before start(), for apps that advertise themselves (workers in cluster mode).
+
+    async def start(self) -> None:
+        """Get ready to serve (load models, connect to stores); runs after the port is bound."""
+
+    async def drain(self) -> None:
+        """Stop taking new work (new calls get UNAVAILABLE); in-flight work continues."""
+
+    async def close(self) -> None:
+        """Release everything once in-flight calls have finished."""
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class RunningService:
+    """A started service: its bound ports and the means to stop it."""
+
+    def __init__(self, app: ServiceApp, settings: ServerSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.server = grpc.aio.server(options=server_options(settings.max_message_bytes))
+        self.health = HealthServicer()
+        self.port = 0
+        self.metrics_port = 0
+        self._stopping = asyncio.Event()
+        self._metrics_httpd = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.app.add_to_server(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (*self.app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)
+        bind = f"{settings.host}:{settings.port}"
+        if settings.tls is not None:
+            self.port = self.server.add_secure_port(bind, settings.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(bind)
+        if self.port == 0:
+            raise OSError(f"cannot bind {bind}")
+        for name in ("", *self.app.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        if hasattr(self.app, "bound_address"):
+            self.app.bound_address = self.address
+        await self.app.start()
+        metrics_host = settings.metrics_host or settings.host
+        self._metrics_httpd, _ = start_http_server(settings.metrics_port, addr=metrics_host)
+        self.metrics_port = self._metrics_httpd.server_address[1]
+        for name in ("", *self.app.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        print(
+            f"shunter {self.app.name} listening on {self.address} metrics {metrics_host}:{self.metrics_port}",
+            flush=True,
+        )
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        logger.info("%s: draining", self.app.name)
+        await self.health.enter_graceful_shutdown()
+        await self.app.drain()
+        await self.server.stop(self.settings.grace_s)
+        await self.app.close()
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+        logger.info("%s: stopped", self.app.name)
+
+
+async def serve_until_signal(app: ServiceApp, settings: ServerSettings) -> None:
+    """Start the service, then run until SIGTERM or SIGINT and drain."""
+    service = RunningService(app, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop)
+    await service.start()
+    await service.wait_stopped()
+
+
+def run(app: ServiceApp, settings: ServerSettings) -> int:
+    """Blocking entry point for the CLI: uvloop when available, exit 0 after a clean drain."""
+    configure_logging()
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    try:
+        runner(serve_until_signal(app, settings))
+    except (OSError, ShunterError) as exc:
+        print(f"shunter {app.name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

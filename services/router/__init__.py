@@ -1,0 +1,1 @@
+"""The router: the stateless front door every client talks to (DESIGN §5)."""

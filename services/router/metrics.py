@@ -1,0 +1,56 @@
+"""The router's own Prometheus metrics (the shared RPC metrics are in services.common.metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+REDIS_UP = Gauge(
+    "shunter_router_redis_up",
+    "1 while Redis answers (shared rate limits and cache); 0 while the router runs without it.",
+)
+RATE_LIMIT_LOCAL = Counter(
+    "shunter_router_rate_limit_local",
+    "Rate-limit decisions made by this replica alone because Redis was unreachable.",
+)
+RATE_LIMITED = Counter(
+    "shunter_router_rate_limited",
+    "Requests rejected with RESOURCE_EXHAUSTED by a key's rate limit.",
+    ["model"],
+)
+CACHE = Counter(
+    "shunter_router_cache",
+    "Response-cache lookups by result: hit, miss, or bypass (Redis unreachable).",
+    ["model", "result"],
+)
+SPLIT = Counter(
+    "shunter_router_split_decisions",
+    "Versions chosen for requests that did not name one (after fallback).",
+    ["model", "version"],
+)
+FALLBACK = Counter(
+    "shunter_router_fallbacks",
+    "Requests sent to the fallback version because the chosen one had no ready worker.",
+    ["model", "version"],
+)
+SHADOW = Counter(
+    "shunter_router_shadow_requests",
+    "Mirrored requests by outcome: agree, disagree, error, dropped (bound reached).",
+    ["model", "version", "outcome"],
+)
+RETRIES = Counter(
+    "shunter_router_retries",
+    "Requests retried on another worker after UNAVAILABLE or a broken connection.",
+)
+EJECTIONS = Counter(
+    "shunter_router_worker_ejections",
+    "Workers ejected for a cool-off after repeated failures.",
+    ["worker"],
+)
+TABLE_REVISION = Gauge(
+    "shunter_router_routing_table_revision",
+    "Revision of the routing table this router holds (0: none yet).",
+)
+REGISTRY_CONNECTED = Gauge(
+    "shunter_router_registry_connected",
+    "1 while the routing-table watch stream is open; 0 while serving on the last table.",
+)

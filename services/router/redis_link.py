@@ -1,0 +1,72 @@
+"""One Redis connection shared by the rate limiter and the cache, with outage tracking.
+
+A router must keep serving when Redis is down (DESIGN §5): callers ask ``available()``
+before each use and report failures; after a failure Redis is skipped for
+``retry_after_s`` (so requests do not each pay a connect timeout) and then probed again
+by the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.router import metrics
+
+logger = logging.getLogger(__name__)
+
+#: Exceptions that mean "Redis is unreachable" (as opposed to a bad command).
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisLink:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        timeout_s: float = 0.25,
+        retry_after_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client: aioredis.Redis | None = (
+            aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry_on_timeout=False,
+                health_check_interval=0,
+            )
+            if url
+            else None
+        )
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._down_until = 0.0
+        self._up = self.client is not None
+        metrics.REDIS_UP.set(1 if self._up else 0)
+
+    def available(self) -> bool:
+        """True when Redis should be tried for this request."""
+        return self.client is not None and (self._up or self._clock() >= self._down_until)
+
+    def succeeded(self) -> None:
+        if not self._up:
+            logger.info("redis reachable again; shared rate limits and cache resume")
+            self._up = True
+            metrics.REDIS_UP.set(1)
+
+    def failed(self, exc: BaseException) -> None:
+        if self._up:
+            logger.warning("redis unreachable (%s); local rate limits, cache bypassed", exc)
+        self._up = False
+        self._down_until = self._clock() + self._retry_after_s
+        metrics.REDIS_UP.set(0)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()

@@ -1,0 +1,277 @@
+"""The async shell around the batching policy: a bounded queue, a loop, instance pool.
+
+One ``Batcher`` per model version. ``submit`` enqueues a request (or rejects it at once
+with UNAVAILABLE when the queue is full or the batcher is draining) and awaits its rows
+of the result. The loop waits for a free engine instance, asks ``policy.decide`` what to
+send, and runs the batch on that instance's own thread (concatenation, the engine call
+and the split all happen there, off the event loop). Every path resolves every waiting
+future: results, the batch's error, DEADLINE_EXCEEDED for expired requests, and
+UNAVAILABLE when the batcher closes with work still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.common.errors import DeadlineExceeded, EngineError, ShunterError, Unavailable
+from services.worker.batching.policy import BatchPolicy, Dispatch, Wait, decide
+
+logger = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+#: Runs one batch of concatenated inputs; returns outputs with the batch's rows first.
+InferFn = Callable[[Arrays], Arrays]
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    inputs: Arrays
+    rows: int
+    enqueued_at: float
+    #: Monotonic time after which the caller no longer wants the answer (None: never).
+    deadline: float | None
+    future: asyncio.Future
+    #: Non-batch shapes of the inputs when the model has variable dimensions; only
+    #: requests with equal keys can be concatenated. None: always compatible.
+    shape_key: tuple | None = None
+
+
+@dataclass(slots=True)
+class BatchTiming:
+    """What one executed batch cost, for statistics and metrics (all in nanoseconds)."""
+
+    rows: int
+    requests: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+    queue_ns: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class EngineInstance:
+    """One engine instance and the single thread that runs it."""
+
+    infer: InferFn
+    executor: ThreadPoolExecutor
+
+
+class Batcher:
+    def __init__(
+        self,
+        instances: list[EngineInstance],
+        policy: BatchPolicy,
+        max_queue_size: int,
+        *,
+        batched: bool = True,
+        on_batch: Callable[[BatchTiming], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not instances:
+            raise ValueError("a batcher needs at least one engine instance")
+        self._policy = policy
+        self._max_queue_size = max_queue_size
+        #: False for models without a batch dimension: requests are never concatenated.
+        self._batched = batched
+        self._on_batch = on_batch
+        self._clock = clock
+        self._queue: deque[PendingRequest] = deque()
+        self._arrival = asyncio.Event()
+        self._free: asyncio.Queue[EngineInstance] = asyncio.Queue()
+        for instance in instances:
+            self._free.put_nowait(instance)
+        self._instances = instances
+        self._running: set[asyncio.Task] = set()
+        self._draining = False
+        self._running_requests = 0
+        self._loop_task: asyncio.Task | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests queued or running."""
+        return len(self._queue) + self._running_requests
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run_loop(), name="batcher")
+
+    async def submit(
+        self, inputs: Arrays, rows: int, timeout_s: float | None = None, shape_key: tuple | None = None
+    ) -> Arrays:
+        """Queue one request and wait for its rows of the batch result."""
+        if self._draining:
+            raise Unavailable("model version is unloading or the worker is shutting down")
+        if len(self._queue) >= self._max_queue_size:
+            raise Unavailable(f"queue full ({self._max_queue_size} requests waiting); retry on another worker")
+        now = self._clock()
+        future = asyncio.get_running_loop().create_future()
+        deadline = now + timeout_s if timeout_s is not None else None
+        self._queue.append(PendingRequest(inputs, rows, now, deadline, future, shape_key))
+        self._arrival.set()
+        # If the caller is cancelled, the future is cancelled too and the loop drops it
+        # before compute.
+        return await future
+
+    async def drain(self) -> None:
+        """Refuse new requests and wait until everything queued or running has finished."""
+        self._draining = True
+        while self._queue or self._running:
+            if self._running:
+                await asyncio.wait(set(self._running))
+            else:
+                await asyncio.sleep(0.001)
+
+    async def close(self) -> None:
+        """Stop the loop; anything still queued gets UNAVAILABLE."""
+        self._draining = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._running:
+            await asyncio.wait(set(self._running))
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(Unavailable("model version was unloaded"))
+        for instance in self._instances:
+            instance.executor.shutdown(wait=True)
+
+    def _drop_dead_head(self, now: float) -> None:
+        """Drop cancelled and expired requests at the head of the queue."""
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if head.future.done():
+                queue.popleft()
+            elif head.deadline is not None and head.deadline <= now:
+                queue.popleft()
+                head.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            else:
+                return
+
+    async def _run_loop(self) -> None:
+        while True:
+            instance = await self._free.get()
+            batch = await self._next_batch()
+            self._running_requests += len(batch)
+            task = asyncio.create_task(self._execute(instance, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _next_batch(self) -> list[PendingRequest]:
+        policy = self._policy
+        while True:
+            now = self._clock()
+            self._drop_dead_head(now)
+            if not self._queue:
+                self._arrival.clear()
+                await self._arrival.wait()
+                continue
+            if not self._batched:
+                return [self._queue.popleft()]
+            head_key = self._queue[0].shape_key
+            rows = []
+            for pending in self._queue:
+                if pending.shape_key != head_key:
+                    break
+                rows.append(pending.rows)
+            decision = decide(rows, now - self._queue[0].enqueued_at, policy)
+            if isinstance(decision, Wait) and len(rows) < len(self._queue):
+                # The next request cannot join this batch: waiting would not grow it.
+                decision = Dispatch(len(rows), sum(rows))
+            if isinstance(decision, Dispatch):
+                return [self._queue.popleft() for _ in range(decision.count)]
+            if isinstance(decision, Wait):
+                self._arrival.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrival.wait(), decision.seconds)
+
+    async def _execute(self, instance: EngineInstance, batch: list[PendingRequest]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            now = self._clock()
+            live: list[PendingRequest] = []
+            for pending in batch:
+                if pending.future.done():
+                    continue
+                if pending.deadline is not None and pending.deadline <= now:
+                    pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                    continue
+                live.append(pending)
+            if not live:
+                return
+            try:
+                results, timing = await loop.run_in_executor(
+                    instance.executor, _run_batch, instance.infer, live, self._batched
+                )
+            except ShunterError as exc:
+                for pending in live:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                return
+            except Exception as exc:
+                logger.exception("batch of %d rows failed", sum(p.rows for p in live))
+                error = EngineError(f"model execution failed: {type(exc).__name__}")
+                for pending in live:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                return
+            timing.queue_ns = [int((now - p.enqueued_at) * 1e9) for p in live]
+            for pending, result in zip(live, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+            if self._on_batch is not None:
+                self._on_batch(timing)
+        finally:
+            self._running_requests -= len(batch)
+            self._free.put_nowait(instance)
+
+
+def _run_batch(infer: InferFn, live: list[PendingRequest], batched: bool) -> tuple[list[Arrays], BatchTiming]:
+    """On the instance thread: concatenate rows, run the engine, split rows back."""
+    t0 = time.perf_counter_ns()
+    if len(live) == 1:
+        inputs = live[0].inputs
+    else:
+        names = live[0].inputs.keys()
+        inputs = {name: _concat([p.inputs[name] for p in live]) for name in names}
+    t1 = time.perf_counter_ns()
+    outputs = infer(inputs)
+    t2 = time.perf_counter_ns()
+    total_rows = sum(p.rows for p in live)
+    if len(live) == 1:
+        results = [outputs]
+    else:
+        for name, array in outputs.items():
+            if array.shape[:1] != (total_rows,):
+                raise EngineError(
+                    f"engine returned {array.shape[0] if array.ndim else 0} rows for output '{name}', "
+                    f"expected {total_rows}"
+                )
+        results = []
+        offset = 0
+        for pending in live:
+            end = offset + pending.rows
+            results.append({name: array[offset:end] for name, array in outputs.items()})
+            offset = end
+    t3 = time.perf_counter_ns()
+    rows = total_rows if batched else 1
+    return results, BatchTiming(rows=rows, requests=len(live), input_ns=t1 - t0, infer_ns=t2 - t1, output_ns=t3 - t2)
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate along the batch dimension (non-batch shapes are equal: see shape_key)."""
+    return np.concatenate(arrays, axis=0)

@@ -1,0 +1,93 @@
+"""The dynamic batching decision, as a pure function (no asyncio, no clock of its own).
+
+Given the row counts of the requests waiting in arrival order, the age of the oldest
+one and the policy, ``decide`` says "dispatch the first N requests now" or "wait this
+long". It follows Triton's dynamic batcher:
+
+1. take requests in order while their rows fit in ``max_batch_size``;
+2. a batch that is full (the next request would not fit, or it is exactly the max)
+   goes now;
+3. else, if the rows taken so far can stop at a preferred size, the largest such
+   prefix goes now;
+4. else, once the oldest request has waited ``max_queue_delay_s``, everything taken
+   goes (the largest batch possible);
+5. else wait for the rest of the delay, or for the next arrival, whichever is first.
+
+Rows, not requests, are counted: a 7-row request fills 7 slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_batch_size: int
+    max_queue_delay_s: float
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_s < 0:
+            raise ValueError(f"max_queue_delay_s must be >= 0, got {self.max_queue_delay_s}")
+
+    @classmethod
+    def unbatched(cls) -> BatchPolicy:
+        """Every request runs alone (models without dynamic_batching)."""
+        return cls(max_batch_size=1, max_queue_delay_s=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Send the first ``count`` waiting requests, ``rows`` rows in all."""
+
+    count: int
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing to send yet: decide again after ``seconds`` or on the next arrival."""
+
+    seconds: float
+
+
+def decide(
+    pending_rows: Sequence[int],
+    oldest_age_s: float,
+    policy: BatchPolicy,
+) -> Dispatch | Wait | None:
+    """The next batching step; None when nothing is waiting."""
+    if not pending_rows:
+        return None
+    limit = policy.max_batch_size
+    taken = 0
+    rows = 0
+    preferred = policy.preferred_batch_sizes
+    best_preferred: tuple[int, int] | None = None  # (count, rows) of the largest preferred prefix
+    full = False
+    for request_rows in pending_rows:
+        if rows + request_rows > limit:
+            full = True
+            break
+        taken += 1
+        rows += request_rows
+        if rows in preferred:
+            best_preferred = (taken, rows)
+        if rows == limit:
+            full = True
+            break
+    if taken == 0:
+        # A single request larger than the batch: validation rejects these before they
+        # are queued, but never wedge the queue if one slips through.
+        return Dispatch(1, pending_rows[0])
+    if full:
+        return Dispatch(taken, rows)
+    if best_preferred is not None:
+        return Dispatch(*best_preferred)
+    if oldest_age_s >= policy.max_queue_delay_s:
+        return Dispatch(taken, rows)
+    return Wait(policy.max_queue_delay_s - oldest_age_s)

@@ -1,0 +1,241 @@
+"""The model versions a worker holds: load, warm up, serve, drain, unload.
+
+``ModelManager`` is the worker's ModelHost: standalone mode fills it from the local
+model repository at start-up; cluster mode (services/worker/cluster.py) loads and
+unloads versions as the registry's routing table changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from services.common.errors import NotFound, Unavailable
+from services.common.model_config import ModelConfig
+from services.common.signature import Signature
+from services.gen.shunter.registry.v1 import registry_pb2
+from services.worker import metrics
+from services.worker.batching.batcher import Arrays, Batcher, BatchTiming, EngineInstance
+from services.worker.batching.policy import BatchPolicy
+from services.worker.engines import create_engine
+from services.worker.engines.base import Engine, EngineSpec
+from services.worker.statistics import VersionStatistics
+
+logger = logging.getLogger(__name__)
+
+
+class VersionState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    FAILED = "UNAVAILABLE"
+
+
+class LoadedVersion:
+    """One model version: its engines (one per instance), its batcher and statistics."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.model = spec.model
+        self.version = spec.version
+        self.config: ModelConfig = spec.config
+        self.signature: Signature = spec.config.signature()
+        self.output_names = tuple(t.name for t in self.config.outputs)
+        self.output_datatypes = {t.name: t.datatype for t in self.config.outputs}
+        self.variable_shapes = any(-1 in t.shape for t in self.config.inputs)
+        self.state = VersionState.LOADING
+        self.error = ""
+        self.stats = VersionStatistics()
+        self.batcher: Batcher | None = None
+        self._engines: list[Engine] = []
+        labels = {"model": self.model, "version": self.version}
+        self._queue_depth = metrics.QUEUE_DEPTH.labels(**labels)
+        self._queue_time = metrics.QUEUE_DURATION.labels(**labels)
+        self._compute_time = metrics.COMPUTE_DURATION.labels(**labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(**labels)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is VersionState.READY
+
+    async def load(self) -> None:
+        """Create, load and warm up every instance, each on its own thread."""
+        config = self.config
+        instances: list[EngineInstance] = []
+        loop = asyncio.get_running_loop()
+        try:
+            for index in range(config.instances):
+                executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"{self.model}-v{self.version}-{index}"
+                )
+                engine = create_engine(self.spec)
+                await loop.run_in_executor(executor, _load_and_warm, engine)
+                self._engines.append(engine)
+                instances.append(EngineInstance(infer=engine.infer, executor=executor))
+        except Exception as exc:
+            for instance in instances:
+                instance.executor.shutdown(wait=False)
+            self.state = VersionState.FAILED
+            self.error = str(exc) or type(exc).__name__
+            raise
+        batching = config.dynamic_batching
+        if batching is not None:
+            policy = BatchPolicy(
+                max_batch_size=config.max_batch_size,
+                max_queue_delay_s=batching.max_queue_delay_us / 1e6,
+                preferred_batch_sizes=tuple(batching.preferred_batch_sizes),
+            )
+            max_queue = batching.max_queue_size
+        else:
+            policy = BatchPolicy.unbatched()
+            max_queue = 1024
+        self.batcher = Batcher(
+            instances,
+            policy,
+            max_queue,
+            batched=batching is not None,
+            on_batch=self._record_batch,
+        )
+        self.batcher.start()
+        self.state = VersionState.READY
+
+    def _record_batch(self, timing: BatchTiming) -> None:
+        self.stats.record_batch(timing)
+        self._batch_size.observe(timing.rows)
+        self._compute_time.observe((timing.input_ns + timing.infer_ns + timing.output_ns) / 1e9)
+        for queue_ns in timing.queue_ns:
+            self._queue_time.observe(queue_ns / 1e9)
+
+    async def infer(self, inputs: Arrays, rows: int, timeout_s: float | None) -> Arrays:
+        if self.state is not VersionState.READY or self.batcher is None:
+            raise Unavailable(f"model '{self.model}' version {self.version} is not ready ({self.state.value})")
+        shape_key = (
+            tuple((name, array.shape[1:]) for name, array in inputs.items()) if self.variable_shapes else None
+        )
+        start = time.perf_counter_ns()
+        self._queue_depth.inc()
+        ok = False
+        try:
+            result = await self.batcher.submit(inputs, rows, timeout_s, shape_key)
+            ok = True
+            return result
+        finally:
+            self._queue_depth.dec()
+            self.stats.record_request(ok, time.perf_counter_ns() - start)
+
+    @property
+    def in_flight(self) -> int:
+        return self.batcher.in_flight if self.batcher else 0
+
+    async def drain(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.drain()
+
+    async def close(self) -> None:
+        self.state = VersionState.UNLOADING
+        if self.batcher is not None:
+            await self.batcher.close()
+        for engine in self._engines:
+            try:
+                engine.close()
+            except Exception:
+                logger.exception("closing %s v%s", self.model, self.version)
+        self._engines.clear()
+
+
+def _load_and_warm(engine: Engine) -> None:
+    engine.load()
+    engine.warmup()
+
+
+class ModelManager:
+    """Every version this worker serves, by model name and version string."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, dict[str, LoadedVersion]] = {}
+        self._latest: dict[str, LoadedVersion] = {}
+
+    def models(self) -> dict[str, dict[str, LoadedVersion]]:
+        return self._models
+
+    async def load_version(self, model: str, version: str, version_dir: Path, config: ModelConfig) -> None:
+        existing = self._models.get(model, {}).get(version)
+        if existing is not None and existing.state in (VersionState.READY, VersionState.LOADING):
+            return
+        loaded = LoadedVersion(EngineSpec(model, version, version_dir, config))
+        self._models.setdefault(model, {})[version] = loaded
+        logger.info("loading %s version %s (%s)", model, version, config.backend)
+        try:
+            await loaded.load()
+        except Exception as exc:
+            logger.error("cannot load %s version %s: %s", model, version, loaded.error or exc)
+            raise
+        finally:
+            self._refresh_latest(model)
+        logger.info("ready: %s version %s", model, version)
+
+    def record_failure(self, model: str, version: str, config: ModelConfig, version_dir: Path, error: str) -> None:
+        """Remember a version that was refused before loading (e.g. a sha256 mismatch)."""
+        loaded = LoadedVersion(EngineSpec(model, version, version_dir, config))
+        loaded.state = VersionState.FAILED
+        loaded.error = error
+        self._models.setdefault(model, {})[version] = loaded
+
+    async def unload_version(self, model: str, version: str) -> None:
+        loaded = self._models.get(model, {}).pop(version, None)
+        if loaded is None:
+            return
+        self._refresh_latest(model)
+        if not self._models.get(model):
+            self._models.pop(model, None)
+        logger.info("unloading %s version %s", model, version)
+        await loaded.drain()
+        await loaded.close()
+
+    def _refresh_latest(self, model: str) -> None:
+        ready = [v for v in self._models.get(model, {}).values() if v.ready]
+        if ready:
+            self._latest[model] = max(ready, key=lambda v: int(v.version))
+        else:
+            self._latest.pop(model, None)
+
+    def get(self, model: str, version: str = "") -> LoadedVersion:
+        """The version a request names, or the highest ready one when it names none."""
+        if version:
+            versions = self._models.get(model)
+            if versions is None:
+                raise NotFound(f"unknown model '{model}'")
+            loaded = versions.get(version)
+            if loaded is None:
+                raise NotFound(f"model '{model}' has no version '{version}' (has: {', '.join(sorted(versions))})")
+            return loaded
+        loaded = self._latest.get(model)
+        if loaded is None:
+            if model in self._models:
+                raise Unavailable(f"model '{model}' has no ready version")
+            raise NotFound(f"unknown model '{model}'")
+        return loaded
+
+    def version_statuses(self) -> list[registry_pb2.VersionStatus]:
+        return [
+            registry_pb2.VersionStatus(
+                model=model, version=version, ready=v.ready, in_flight=v.in_flight, error=v.error
+            )
+            for model, versions in self._models.items()
+            for version, v in versions.items()
+        ]
+
+    async def drain(self) -> None:
+        await asyncio.gather(*(v.drain() for versions in self._models.values() for v in versions.values()))
+
+    async def close(self) -> None:
+        for versions in list(self._models.values()):
+            for loaded in list(versions.values()):
+                await loaded.close()
+        self._models.clear()
+        self._latest.clear()
+

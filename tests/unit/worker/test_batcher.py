@@ -1,0 +1,137 @@
+"""The async batcher shell with a fake engine: every future is resolved on every path."""
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from services.common.errors import DeadlineExceeded, EngineError, Unavailable
+from services.worker.batching.batcher import Batcher, EngineInstance
+from services.worker.batching.policy import BatchPolicy
+
+
+class FakeEngine:
+    """Doubles its input; records the batch sizes it saw; can be told to fail or block."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.fail = False
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def infer(self, inputs):
+        self.gate.wait(5)
+        x = inputs["x"]
+        self.batches.append(x.shape[0])
+        if self.fail:
+            raise RuntimeError("boom")
+        return {"y": x * 2}
+
+
+def make_batcher(engine, instances=1, max_batch=8, delay_s=0.05, queue=100, batched=True):
+    pool = [EngineInstance(engine.infer, ThreadPoolExecutor(1)) for _ in range(instances)]
+    batcher = Batcher(pool, BatchPolicy(max_batch, delay_s), queue, batched=batched)
+    batcher.start()
+    return batcher
+
+
+def rows(n, value):
+    return {"x": np.full((n, 2), value, dtype=np.float32)}
+
+
+async def test_requests_of_different_sizes_share_a_batch_and_get_their_rows_back():
+    engine = FakeEngine()
+    batcher = make_batcher(engine, max_batch=8, delay_s=0.2)
+    sizes = [1, 3, 2, 2]
+    results = await asyncio.gather(*(batcher.submit(rows(n, i), n) for i, n in enumerate(sizes)))
+    for i, (n, result) in enumerate(zip(sizes, results, strict=True)):
+        assert result["y"].shape == (n, 2)
+        assert np.all(result["y"] == 2 * i)
+    assert engine.batches == [8]
+    await batcher.close()
+
+
+async def test_engine_failure_fails_every_request_of_the_batch_and_the_batcher_keeps_going():
+    engine = FakeEngine()
+    engine.fail = True
+    batcher = make_batcher(engine, max_batch=4, delay_s=0.2)
+    results = await asyncio.gather(*(batcher.submit(rows(1, i), 1) for i in range(4)), return_exceptions=True)
+    assert all(isinstance(r, EngineError) for r in results)
+    engine.fail = False
+    assert (await batcher.submit(rows(1, 5), 1))["y"][0, 0] == 10
+    await batcher.close()
+
+
+async def test_full_queue_is_rejected_at_once_with_unavailable():
+    engine = FakeEngine()
+    engine.gate.clear()  # the first batch blocks the only instance
+    batcher = make_batcher(engine, max_batch=1, delay_s=0.0, queue=2)
+    first = asyncio.create_task(batcher.submit(rows(1, 0), 1))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.create_task(batcher.submit(rows(1, i), 1)) for i in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Unavailable, match="queue full"):
+        await batcher.submit(rows(1, 9), 1)
+    engine.gate.set()
+    await asyncio.gather(first, *queued)
+    await batcher.close()
+
+
+async def test_expired_and_cancelled_requests_are_dropped_before_compute():
+    engine = FakeEngine()
+    engine.gate.clear()
+    batcher = make_batcher(engine, max_batch=1, delay_s=0.0)
+    blocker = asyncio.create_task(batcher.submit(rows(1, 0), 1))
+    await asyncio.sleep(0.05)
+    expired = asyncio.create_task(batcher.submit(rows(1, 1), 1, timeout_s=0.01))
+    cancelled = asyncio.create_task(batcher.submit(rows(1, 2), 1))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    engine.gate.set()
+    await blocker
+    with pytest.raises(DeadlineExceeded):
+        await expired
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await batcher.close()
+    assert engine.batches == [1]  # only the blocker ever ran
+
+
+async def test_close_resolves_queued_requests_with_unavailable():
+    engine = FakeEngine()
+    engine.gate.clear()
+    batcher = make_batcher(engine, max_batch=1, delay_s=0.0)
+    running = asyncio.create_task(batcher.submit(rows(1, 0), 1))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(batcher.submit(rows(1, 1), 1))
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0.01)
+    engine.gate.set()
+    await closing
+    await running
+    with pytest.raises(Unavailable):
+        await queued
+
+
+async def test_unbatched_model_runs_each_request_alone():
+    engine = FakeEngine()
+    batcher = make_batcher(engine, max_batch=8, delay_s=0.2, batched=False)
+    await asyncio.gather(*(batcher.submit(rows(1, i), 1) for i in range(3)))
+    assert engine.batches == [1, 1, 1]
+    await batcher.close()
+
+
+async def test_requests_with_different_shapes_are_not_mixed():
+    engine = FakeEngine()
+    batcher = make_batcher(engine, max_batch=8, delay_s=0.2)
+
+    async def submit(width, value):
+        inputs = {"x": np.full((1, width), value, dtype=np.float32)}
+        return await batcher.submit(inputs, 1, shape_key=(("x", (width,)),))
+
+    results = await asyncio.gather(submit(2, 1), submit(3, 2), submit(2, 3))
+    assert [r["y"].shape for r in results] == [(1, 2), (1, 3), (1, 2)]
+    await batcher.close()
