@@ -55,7 +55,9 @@ def main() -> int:
                 for f in files
                 if not (TARGET / f).exists() or not filecmp.cmp(fresh / f, TARGET / f, shallow=False)
             ]
-            committed = {p.relative_to(TARGET) for p in TARGET.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+            committed = {
+                p.relative_to(TARGET) for p in TARGET.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+            }
             stale += [str(p) for p in committed - set(files)]
             if stale:
                 print("stale generated code (run scripts/gen_protos.py):", ", ".join(sorted(stale)))

@@ -34,8 +34,8 @@ class ProcessResult:
     codes: dict[str, int]
     #: Monotonic time of the latest completion of a counted call (0.0 if none).
     last_done: float = 0.0
-    #: Open loop: arrivals due inside the window that were never sent because the
-    #: in-flight cap was reached (the client, not the server, was the limit).
+    #: Open loop: arrivals due inside the window that were dropped, never sent, because
+    #: the in-flight cap was reached (the offered rate outran the server or the cap).
     unsent: int = 0
     #: Open loop: how late each counted call was sent after its scheduled time (seconds).
     send_lag_s: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -156,7 +156,7 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines.append(f"  Throughput:   {report['throughput_rps']:.1f} req/s")
     lines.append(f"  Rows/s (OK):  {report['rows_per_s']:.1f}")
     if report.get("unsent"):
-        lines.append(f"  Unsent:       {report['unsent']} (in-flight cap reached; raise --max-inflight)")
+        lines.append(f"  Unsent:       {report['unsent']} (dropped: --max-inflight calls were outstanding)")
     lines.append("")
     lines.append("Latency of OK calls (ms):")
     latency = report["latency_ms"]
@@ -166,9 +166,7 @@ def format_table(report: Mapping[str, Any]) -> str:
     lag = report.get("send_lag_ms")
     if lag and lag.get("p50") is not None:
         lines.append("")
-        lines.append(
-            f"Send lag behind schedule (ms): p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}"
-        )
+        lines.append(f"Send lag behind schedule (ms): p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}")
     lines.append("")
     lines.append("Status codes:")
     codes = report["codes"]

@@ -15,6 +15,10 @@ import sys
 COMMAND_MODULES = (
     "worker_cmd",
     "bench_cmd",
+    "router_cmd",
+    "up_cmd",
+    "registry_cmd",
+    "admin_cmds",
 )
 
 

@@ -57,7 +57,7 @@ class LocalGcra:
         tat = max(self._tat.get(bucket, now), now)
         new_tat = tat + interval
         allow_at = new_tat - burst * interval
-        if now < allow_at:
+        if allow_at - now > 1e-9:  # not a float rounding residue
             return allow_at - now
         if len(self._tat) >= self.MAX_BUCKETS:
             self._tat = {key: value for key, value in self._tat.items() if value > now}

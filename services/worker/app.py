@@ -39,7 +39,8 @@ class WorkerApp:
         only_models: set[str] | None = None,
         cluster: ClusterSettings | None = None,
     ) -> None:
-        self.models = ModelManager()
+        trusted = cluster.trusted_repositories if cluster is not None and repository is None else None
+        self.models = ModelManager(trusted_roots=trusted)
         self.servicer = WorkerServicer(self.models)
         self._repository = repository
         self._only = only_models

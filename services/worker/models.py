@@ -22,7 +22,7 @@ from services.worker import metrics
 from services.worker.batching.batcher import Arrays, Batcher, BatchTiming, EngineInstance
 from services.worker.batching.policy import BatchPolicy
 from services.worker.engines import create_engine
-from services.worker.engines.base import Engine, EngineSpec
+from services.worker.engines.base import Engine, EngineLoadError, EngineSpec
 from services.worker.statistics import VersionStatistics
 
 logger = logging.getLogger(__name__)
@@ -153,9 +153,16 @@ def _load_and_warm(engine: Engine) -> None:
 
 
 class ModelManager:
-    """Every version this worker serves, by model name and version string."""
+    """Every version this worker serves, by model name and version string.
 
-    def __init__(self) -> None:
+    ``trusted_roots`` limits where python handlers may run from: None trusts everything
+    (standalone mode, where the operator chose the repository), otherwise a version with
+    a handler must live under one of these directories (cluster mode, where the registry
+    names the artifact).
+    """
+
+    def __init__(self, trusted_roots: tuple[Path, ...] | None = None) -> None:
+        self._trusted_roots = trusted_roots
         self._models: dict[str, dict[str, LoadedVersion]] = {}
         self._latest: dict[str, LoadedVersion] = {}
 
@@ -168,6 +175,13 @@ class ModelManager:
             return
         loaded = LoadedVersion(EngineSpec(model, version, version_dir, config))
         self._models.setdefault(model, {})[version] = loaded
+        if not self._handler_allowed(version_dir, config):
+            loaded.state = VersionState.FAILED
+            loaded.error = (
+                f"{version_dir}: python handlers run only from a trusted repository (--trusted-repository)"
+            )
+            logger.error("refusing %s version %s: %s", model, version, loaded.error)
+            raise EngineLoadError(loaded.error)
         logger.info("loading %s version %s (%s)", model, version, config.backend)
         try:
             await loaded.load()
@@ -177,6 +191,12 @@ class ModelManager:
         finally:
             self._refresh_latest(model)
         logger.info("ready: %s version %s", model, version)
+
+    def _handler_allowed(self, version_dir: Path, config: ModelConfig) -> bool:
+        if self._trusted_roots is None or (config.handler is None and config.backend != "python"):
+            return True
+        resolved = version_dir.resolve()
+        return any(resolved.is_relative_to(root) for root in self._trusted_roots)
 
     def record_failure(self, model: str, version: str, config: ModelConfig, version_dir: Path, error: str) -> None:
         """Remember a version that was refused before loading (e.g. a sha256 mismatch)."""

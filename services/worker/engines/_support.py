@@ -7,7 +7,7 @@ modules import their heavy library themselves.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +112,15 @@ def fallback_to_cpu(device: str, what: str) -> str:
     """
     logger.warning("%s: device %s requested but CUDA is not available; running on cpu", what, device)
     return "cpu"
+
+
+def run_warmup(
+    infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    batch: dict[str, np.ndarray],
+    what: str,
+) -> None:
+    """Run the warm-up batch; a model that cannot run it cannot serve, so that is a load error."""
+    try:
+        infer(batch)
+    except Exception as exc:
+        raise EngineLoadError(f"{what}: warm-up batch failed: {exc}") from exc

@@ -19,6 +19,7 @@ memory on the hot path.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,16 @@ from services.worker.engines._support import (
     collect_outputs,
     fallback_to_cpu,
     require_file,
+    run_warmup,
     warmup_inputs,
 )
 from services.worker.engines.base import EngineLoadError, EngineSpec
 
 logger = logging.getLogger(__name__)
+
+# TorchScript is deprecated upstream but is still the format DESIGN §3 serves; say so
+# once in the docs, not on every load.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=DeprecationWarning)
 
 
 class TorchEngineBase:
@@ -92,12 +98,11 @@ class TorchEngineBase:
         if self._device.type == "cuda":
             self._stream = torch.cuda.Stream(self._device)
         self._module = module
-        logger.info(
-            "loaded %s %s/%s from %s on %s", self.kind, self.spec.model, self.spec.version, path, self._device
-        )
+        logger.info("loaded %s %s/%s from %s on %s", self.kind, self.spec.model, self.spec.version, path, self._device)
 
     def warmup(self) -> None:
-        self.infer(warmup_inputs(self._inputs, self.spec.config.max_batch_size))
+        batch = warmup_inputs(self._inputs, self.spec.config.max_batch_size)
+        run_warmup(self.infer, batch, f"{self.spec.model}/{self.spec.version}")
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._module is None:
@@ -169,9 +174,7 @@ class TorchEngineBase:
     def _name_outputs(self, result: Any) -> dict[str, np.ndarray]:
         if isinstance(result, torch.Tensor):
             if len(self._outputs) != 1:
-                raise EngineError(
-                    f"{self.kind} returned one tensor but the config names {len(self._outputs)} outputs"
-                )
+                raise EngineError(f"{self.kind} returned one tensor but the config names {len(self._outputs)} outputs")
             named = {self._outputs[0].name: result}
         elif isinstance(result, dict):
             named = result
@@ -183,10 +186,10 @@ class TorchEngineBase:
             named = {spec.name: value for spec, value in zip(self._outputs, result, strict=False)}
         else:
             raise EngineError(f"{self.kind} returned {type(result).__name__}, expected tensors")
-        return {name: _to_numpy(value) for name, value in named.items() if isinstance(value, torch.Tensor)}
+        return {name: tensor_to_numpy(value) for name, value in named.items() if isinstance(value, torch.Tensor)}
 
 
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
     tensor = tensor.detach().to("cpu")
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(NUMPY_DTYPES["BF16"])

@@ -1,0 +1,140 @@
+"""``shunter bench``: load-test a model served over the Open Inference Protocol (like ghz)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+
+EPILOG = """\
+Closed loop (default): --concurrency callers in total, each sending its next request as
+soon as the last one returns. Open loop (--rate R): Poisson arrivals at R req/s in total,
+each sent on schedule whether or not earlier calls have returned; latency counts from the
+scheduled time, so queueing on the server is not hidden. Every call sends the same
+request, built once from the model's metadata (random values; BYTES inputs get short
+sentences). Latency percentiles are over calls that returned OK; throughput counts every
+call, rows/s counts rows that came back OK.
+
+examples:
+  shunter bench --target 127.0.0.1:8001 --model digits --concurrency 64 --duration 10
+  shunter bench --target 127.0.0.1:8001 --model minilm --rate 200 --duration 30 --json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="load-test a model over gRPC (closed or open loop), like ghz",
+        description="Load-test a model served over the Open Inference Protocol (KServe v2 gRPC).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--target", required=True, metavar="HOST:PORT", help="worker or router address")
+    parser.add_argument("--model", required=True, help="model name")
+    parser.add_argument("--model-version", default="", metavar="V", help="version (default: the server's choice)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        metavar="N",
+        help="closed loop: concurrent callers in total (default 16)",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, metavar="S", help="measured seconds (default 10)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="open loop: Poisson arrivals per second in total (ignores --concurrency)",
+    )
+    parser.add_argument("--api-key", default=None, metavar="K", help="sent as 'authorization: Bearer K'")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="P",
+        help="client processes (default min(4, CPU count)); load is spread evenly",
+    )
+    parser.add_argument("--batch-rows", type=int, default=1, metavar="B", help="rows per request (default 1)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds of load before measuring starts (default 0.5)",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per-call deadline (default 10)")
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="open loop: cap on outstanding calls over all processes (default 1024)",
+    )
+    parser.add_argument(
+        "--dim-length",
+        type=int,
+        default=16,
+        metavar="L",
+        help="length given to variable (-1) input dimensions (default 16)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for inputs and arrivals (default 0)")
+    parser.set_defaults(func=run)
+
+
+def _json_safe(value):
+    """NaN and infinities are not JSON; report them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from services.bench import BenchError, BenchOptions, format_table, run_bench  # heavy: keep --help fast
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = BenchOptions(
+        target=args.target,
+        model=args.model,
+        model_version=args.model_version,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        rate=args.rate,
+        api_key=args.api_key,
+        processes=args.processes,
+        batch_rows=args.batch_rows,
+        warmup_s=args.warmup,
+        timeout_s=args.timeout,
+        max_inflight=args.max_inflight,
+        dim_length=args.dim_length,
+        seed=args.seed,
+    )
+    try:
+        report = run_bench(options)
+    except BenchError as exc:
+        print(f"shunter bench: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(_json_safe(report)))
+    else:
+        print(format_table({**report, "header": _header(report)}))
+    return 0
+
+
+def _header(report: dict) -> str:
+    version = report["model_version"] or "(server default)"
+    if report["mode"] == "closed":
+        load = f"closed loop, concurrency {report['concurrency']}"
+    else:
+        load = f"open loop, {report['rate']:g} req/s Poisson"
+    inputs = ", ".join(f"{name} {shape}" for name, shape in report["inputs"].items())
+    return (
+        f"shunter bench → {report['target']}  model {report['model']} version {version}\n"
+        f"{load} over {report['processes']} process(es), warm-up {report['warmup_s']:g} s\n"
+        f"request: {inputs}"
+    )

@@ -1,0 +1,73 @@
+"""`shunter router`: the stateless front door (auth, limits, splits, cache, balancing)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from services.cli.common_args import add_server_args, server_settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "router",
+        help="run a router (clients' inference endpoint)",
+        description=(
+            "Serve the Open Inference Protocol to clients and route each request to a worker, "
+            "following the registry's routing table."
+        ),
+    )
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get("SHUNTER_REGISTRY"),
+        help="registry HOST:PORT (default $SHUNTER_REGISTRY)",
+    )
+    parser.add_argument(
+        "--admin-key",
+        default=os.environ.get("SHUNTER_ADMIN_KEY"),
+        help="key for the registry's watch stream (default $SHUNTER_ADMIN_KEY)",
+    )
+    parser.add_argument("--admin-key-file", type=Path, help="read the registry key from this file instead")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("SHUNTER_REDIS_URL", ""),
+        help="Redis for shared rate limits and the cache (default $SHUNTER_REDIS_URL; "
+        "none: per-replica limits, no cache)",
+    )
+    parser.add_argument("--key-prefix", default="shunter:", help="prefix of the router's Redis keys")
+    parser.add_argument("--request-timeout-s", type=float, default=60.0,
+                        help="deadline for requests whose caller sets none")
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    add_server_args(parser, default_port=8001)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from services.common.server import TlsConfig
+    from services.common.server import run as run_service
+    from services.router.app import RouterApp
+    from services.router.settings import RouterSettings
+
+    if not args.registry:
+        print("shunter router: give --registry HOST:PORT (or set $SHUNTER_REGISTRY)")
+        return 2
+    admin_key = args.admin_key_file.read_text().strip() if args.admin_key_file else args.admin_key
+    if not admin_key:
+        print("shunter router: give --admin-key, --admin-key-file or $SHUNTER_ADMIN_KEY")
+        return 2
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("shunter router: --tls-cert and --tls-key go together")
+        return 2
+    tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    settings = RouterSettings(
+        registry=args.registry,
+        admin_key=admin_key,
+        redis_url=args.redis_url,
+        key_prefix=args.key_prefix,
+        request_timeout_s=args.request_timeout_s,
+        max_message_bytes=args.max_message_bytes,
+    )
+    return run_service(RouterApp(settings), server_settings(args, tls=tls))

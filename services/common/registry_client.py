@@ -1,0 +1,236 @@
+"""Async client of the registry, used by workers, routers and the CLI.
+
+Typed methods over ``shunter.registry.v1.Registry`` that send the admin key as
+``authorization: Bearer <key>`` and raise the ShunterError subclass matching the
+server's status (``NotFound``, ``InvalidArgument``, ``Unavailable``, ...) with the
+server's message. ``watch()`` follows the routing table for as long as the caller
+iterates: it reconnects with jittered exponential backoff (to the next address when
+several are given, e.g. ``"reg-a:50051,reg-b:50051"``) and resumes without repeating a
+revision it already yielded.
+
+After each write, ``last_revision`` holds the registry revision the write created (0 if
+it changed nothing routing depends on, e.g. a heartbeat that only renewed the lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import grpc
+
+from services.common import errors
+from services.common.api_keys import auth_metadata
+from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.gen.shunter.registry.v1 import registry_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+REVISION_METADATA = "x-shunter-revision"
+_ERRORS: dict[grpc.StatusCode, type[errors.ShunterError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.CANCELLED: errors.Cancelled,
+}
+#: Watch errors worth no retry: the key is wrong and stays wrong.
+_FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED)
+
+
+def to_shunter_error(exc: grpc.aio.AioRpcError, address: str) -> errors.ShunterError:
+    code = exc.code()
+    details = exc.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE and not details.startswith("the registry"):
+        # A transport failure (the registry's own UNAVAILABLE messages name themselves).
+        details = f"cannot reach the registry at {address}: {details}"
+    cls = _ERRORS.get(code, errors.ShunterError)
+    error = cls(details)
+    error.grpc_code = code  # type: ignore[attr-defined] - kept for callers that print it
+    return error
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        address: str | Sequence[str],
+        admin_key: str | None,
+        *,
+        timeout_s: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        addresses = address.split(",") if isinstance(address, str) else list(address)
+        self.addresses = [a.strip() for a in addresses if a.strip()]
+        if not self.addresses:
+            raise ValueError("no registry address given")
+        self.timeout_s = timeout_s
+        self.last_revision = 0
+        self._metadata = auth_metadata(admin_key) if admin_key else ()
+        self._credentials = credentials
+        self._index = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
+
+    @property
+    def address(self) -> str:
+        return self.addresses[self._index]
+
+    def _stub(self) -> registry_pb2_grpc.RegistryStub:
+        address = self.address
+        channel = self._channels.get(address)
+        if channel is None:
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(address, self._credentials)
+            else:
+                channel = grpc.aio.insecure_channel(address)
+            self._channels[address] = channel
+        return registry_pb2_grpc.RegistryStub(channel)
+
+    def _rotate(self) -> None:
+        self._index = (self._index + 1) % len(self.addresses)
+
+    async def _call(self, method: str, request: Any, *, write: bool = False) -> Any:
+        address = self.address
+        call = getattr(self._stub(), method)(request, metadata=self._metadata, timeout=self.timeout_s)
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and len(self.addresses) > 1:
+                self._rotate()  # the next call tries another replica; this one is not retried
+            raise to_shunter_error(exc, address) from None
+        if write:
+            self.last_revision = 0
+            for key, value in await call.trailing_metadata() or ():
+                if key == REVISION_METADATA:
+                    self.last_revision = int(value)
+        return response
+
+    # ---- catalogue -------------------------------------------------------------------
+
+    async def register_model_version(
+        self, model: str, version: str | int, artifact_uri: str, sha256: str, config_yaml: str,
+        state: int = rpb.STAGED,
+    ) -> rpb.ModelVersion:
+        request = rpb.RegisterModelVersionRequest(
+            model=model, version=str(version), artifact_uri=artifact_uri, sha256=sha256,
+            config_yaml=config_yaml, state=state,
+        )
+        return await self._call("RegisterModelVersion", request, write=True)
+
+    async def list_models(self) -> list[rpb.Model]:
+        return list((await self._call("ListModels", rpb.ListModelsRequest())).models)
+
+    async def get_model(self, name: str) -> rpb.Model:
+        return await self._call("GetModel", rpb.GetModelRequest(name=name))
+
+    async def set_version_state(self, model: str, version: str | int, state: int) -> rpb.ModelVersion:
+        request = rpb.SetVersionStateRequest(model=model, version=str(version), state=state)
+        return await self._call("SetVersionState", request, write=True)
+
+    # ---- traffic ---------------------------------------------------------------------
+
+    async def set_traffic_policy(self, policy: rpb.TrafficPolicy) -> rpb.TrafficPolicy:
+        return await self._call("SetTrafficPolicy", rpb.SetTrafficPolicyRequest(policy=policy), write=True)
+
+    async def set_weights(self, model: str, weights: dict[str, int], **fields: Any) -> rpb.TrafficPolicy:
+        """Replace a model's policy: ``weights`` plus any TrafficPolicy field by name."""
+        policy = rpb.TrafficPolicy(model=model, weights={str(k): int(v) for k, v in weights.items()}, **fields)
+        return await self.set_traffic_policy(policy)
+
+    async def get_traffic_policy(self, model: str) -> rpb.TrafficPolicy:
+        return await self._call("GetTrafficPolicy", rpb.GetTrafficPolicyRequest(model=model))
+
+    # ---- workers ---------------------------------------------------------------------
+
+    async def register_worker(
+        self, address: str, versions: Iterable[rpb.VersionStatus] = (), *, ttl_s: int = 0, worker_id: str = ""
+    ) -> rpb.WorkerLease:
+        request = rpb.RegisterWorkerRequest(address=address, versions=list(versions), ttl_s=ttl_s,
+                                            worker_id=worker_id)
+        return await self._call("RegisterWorker", request, write=True)
+
+    async def heartbeat(self, worker_id: str, versions: Iterable[rpb.VersionStatus] = ()) -> rpb.WorkerLease:
+        """Renew a lease; raises NotFound once it has expired (then register again)."""
+        request = rpb.HeartbeatRequest(worker_id=worker_id, versions=list(versions))
+        return await self._call("Heartbeat", request, write=True)
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self._call("DeregisterWorker", rpb.DeregisterWorkerRequest(worker_id=worker_id), write=True)
+
+    async def list_workers(self) -> list[rpb.Worker]:
+        return list((await self._call("ListWorkers", rpb.ListWorkersRequest())).workers)
+
+    # ---- API keys --------------------------------------------------------------------
+
+    async def create_api_key(
+        self, tenant: str, models: Iterable[str] = (), *, rate: rpb.RateLimit | None = None, admin: bool = False
+    ) -> rpb.CreateApiKeyResponse:
+        """Create a key; the response's ``secret`` is the whole key, shown only this once."""
+        request = rpb.CreateApiKeyRequest(tenant=tenant, models=list(models), rate=rate, admin=admin)
+        return await self._call("CreateApiKey", request, write=True)
+
+    async def list_api_keys(self) -> list[rpb.ApiKey]:
+        return list((await self._call("ListApiKeys", rpb.ListApiKeysRequest())).keys)
+
+    async def revoke_api_key(self, key_id: str) -> rpb.ApiKey:
+        return await self._call("RevokeApiKey", rpb.RevokeApiKeyRequest(key_id=key_id), write=True)
+
+    # ---- the routing table -----------------------------------------------------------
+
+    async def watch(
+        self, *, min_backoff_s: float = 0.1, max_backoff_s: float = 5.0
+    ) -> AsyncIterator[rpb.RoutingTable]:
+        """Yield the routing table now and after every change, reconnecting forever.
+
+        Raises ``Unauthenticated``/``PermissionDenied`` (the key will not get better);
+        every other failure is logged and retried. A revision is never yielded twice; a
+        lower one (Redis lost its data and every registry restarted) is yielded with a
+        warning, since it is the registry's truth now.
+        """
+        last: int | None = None
+        backoff = min_backoff_s
+        failures = 0
+        while True:
+            address = self.address
+            call = self._stub().WatchRoutingTable(rpb.WatchRoutingTableRequest(), metadata=self._metadata)
+            try:
+                async for table in call:
+                    backoff, failures = min_backoff_s, 0
+                    if last is not None and table.revision == last:
+                        continue
+                    if last is not None and table.revision < last:
+                        logger.warning("registry revision went back from %s to %s at %s",
+                                       last, table.revision, address)
+                    last = table.revision
+                    yield table
+                logger.info("registry watch stream at %s ended; reconnecting", address)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _FATAL:
+                    raise to_shunter_error(exc, address) from None
+                failures += 1
+                log = logger.warning if failures in (1, 10) or failures % 100 == 0 else logger.debug
+                log("registry watch at %s failed (%s: %s); retrying", address, exc.code().name, exc.details())
+            finally:
+                call.cancel()
+            if len(self.addresses) > 1:
+                self._rotate()
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, max_backoff_s)

@@ -1,0 +1,1 @@
+"""The registry service: models, traffic policies, worker leases and API keys on Redis."""

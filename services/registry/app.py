@@ -1,0 +1,102 @@
+"""The registry as a ``ServiceApp``: settings, bootstrap admin key, store and servicer."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from services.common import api_keys
+from services.common.errors import Unavailable
+from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.gen.shunter.registry.v1 import registry_pb2_grpc
+from services.registry import validation
+from services.registry.catalogue import Catalogue
+from services.registry.service import RegistryService
+from services.registry.store import RedisStore, now_ms
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registry"].full_name
+MIN_BOOTSTRAP_KEY_LEN = 16
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    redis_url: str
+    #: Prefix of every Redis key, so several clusters can share one Redis.
+    key_prefix: str = "shunter:"
+    #: File holding the first admin key (its text); only the key's hash is ever stored.
+    admin_key_file: Path | None = None
+    #: Lease TTL a worker gets when it asks for none; a killed worker leaves within it.
+    lease_ttl_s: int = 10
+    #: Safety-net re-read of Redis, on top of pub/sub wakeups (also notices expired leases).
+    refresh_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.lease_ttl_s <= validation.MAX_TTL_S:
+            raise ValueError(f"lease TTL must be between 1 and {validation.MAX_TTL_S} s, got {self.lease_ttl_s}")
+        if self.refresh_interval_s <= 0:
+            raise ValueError("refresh interval must be positive")
+
+
+def bootstrap_key(path: Path) -> rpb.ApiKey:
+    """The admin ApiKey record (hash only) for the key held in ``path``."""
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read admin key file {path}: {exc.strerror}") from None
+    if len(text) < MIN_BOOTSTRAP_KEY_LEN or any(c.isspace() for c in text):
+        raise ValueError(
+            f"admin key file {path} must hold one key of at least {MIN_BOOTSTRAP_KEY_LEN} "
+            "characters without spaces (e.g. `openssl rand -hex 32 > admin.key`)"
+        )
+    digest = api_keys.key_hash(text)
+    key_id = api_keys.key_id_of(text) or f"boot-{digest[:8]}"
+    return rpb.ApiKey(key_id=key_id, tenant="bootstrap", admin=True, created_at_ms=now_ms(), secret_sha256=digest)
+
+
+class RegistryApp:
+    name = "registry"
+    service_names = (SERVICE_NAME,)
+
+    def __init__(self, settings: RegistrySettings) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap_key(settings.admin_key_file) if settings.admin_key_file else None
+        self.store = RedisStore(
+            settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s
+        )
+        self.store.on_snapshot = self._ensure_bootstrap
+        self.service = RegistryService(
+            self.store, default_ttl_s=settings.lease_ttl_s, bootstrap=self.bootstrap
+        )
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        registry_pb2_grpc.add_RegistryServicer_to_server(self.service, server)
+
+    async def start(self) -> None:
+        logger.info("registry: Redis at %s, key prefix %r", self.store.where, self.settings.key_prefix)
+        await self.store.start()
+        if self.store.catalogue is None:
+            logger.warning("registry: starting without Redis; serving nothing until it answers")
+        if self.bootstrap is None:
+            logger.info("registry: no --admin-key-file; only admin keys already in Redis are accepted")
+
+    async def drain(self) -> None:
+        self.service.drain()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def _ensure_bootstrap(self, catalogue: Catalogue) -> None:
+        """Keep the bootstrap key in Redis (its hash), e.g. after Redis lost its data."""
+        key = self.bootstrap
+        if key is None or key.secret_sha256 in catalogue.keys_by_hash:
+            return
+        try:
+            if await self.store.add_key_if_absent(key):
+                logger.info("registry: stored bootstrap admin key %s (its hash only)", key.key_id)
+        except Unavailable:
+            pass

@@ -1,0 +1,22 @@
+"""The registry's own Prometheus metrics (the per-RPC ones are in services.common.metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REVISION = Gauge("shunter_registry_revision", "Revision of the snapshot this replica serves.")
+REDIS_UP = Gauge(
+    "shunter_registry_redis_up", "1 while Redis answers; 0 while writes are refused and reads serve the last snapshot."
+)
+WATCHERS = Gauge("shunter_registry_watchers", "Open WatchRoutingTable streams on this replica.")
+SNAPSHOTS_SENT = Counter("shunter_registry_snapshots_sent", "Routing-table snapshots sent to watchers.")
+WRITES = Counter("shunter_registry_writes", "Registry writes that changed state, by kind.", ["kind"])
+WRITE_RETRIES = Histogram(
+    "shunter_registry_write_retries",
+    "Optimistic-transaction retries a write needed (concurrent writers).",
+    buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128),
+)
+LEASES_EXPIRED = Counter("shunter_registry_leases_expired", "Worker leases removed because they expired.")
+AUTH_FAILURES = Counter(
+    "shunter_registry_auth_failures", "Calls refused for their key, by reason.", ["reason"]
+)

@@ -1,0 +1,382 @@
+"""The ``shunter.registry.v1.Registry`` servicer: auth, validation, then the store.
+
+Every RPC needs an admin key (``authorization: Bearer <key>``): none or an unknown or
+revoked key is UNAUTHENTICATED, a data-plane key PERMISSION_DENIED. Keys are checked
+against Redis when it answers (so a revocation holds at once on every replica) and
+against the last snapshot when it does not. Each write answers with the revision it
+created in the ``x-shunter-revision`` trailing metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from redis.exceptions import RedisError
+
+from services.common import api_keys
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ShunterError,
+    Unauthenticated,
+    Unavailable,
+)
+from services.common.grpc_errors import grpc_method
+from services.common.metrics import IN_FLIGHT, REQUEST_LATENCY, REQUESTS
+from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.gen.shunter.registry.v1 import registry_pb2_grpc
+from services.registry import metrics, validation
+from services.registry.store import RedisStore, now_ms
+
+logger = logging.getLogger(__name__)
+
+REVISION_METADATA = "x-shunter-revision"
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext, rpb.ApiKey], Awaitable[Any]]
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status.name
+    return "UNKNOWN"
+
+
+def admin_rpc(fn: Handler) -> Callable[..., Awaitable[Any]]:
+    """Authorise the caller as an admin, map errors to statuses, and record metrics."""
+    method = fn.__name__
+
+    async def authorised(self: RegistryService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if self.draining:
+            raise Unavailable("the registry is shutting down; try another replica")
+        caller = await self.authorise(context)
+        return await fn(self, request, context, caller)
+
+    authorised.__name__ = authorised.__qualname__ = method
+    handler = grpc_method(authorised)
+
+    @functools.wraps(fn)
+    async def instrumented(self: RegistryService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        model = getattr(request, "model", "") or getattr(request, "name", "")
+        if not model and isinstance(request, rpb.SetTrafficPolicyRequest):
+            model = request.policy.model
+        code = "OK"
+        started = time.monotonic()
+        IN_FLIGHT.labels("registry", method).inc()
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            code = _code_name(context)
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            IN_FLIGHT.labels("registry", method).dec()
+            label = model if isinstance(model, str) and validation.NAME_RE.match(model) else ""
+            REQUESTS.labels("registry", method, label, getattr(request, "version", ""), code).inc()
+            REQUEST_LATENCY.labels("registry", method, label).observe(time.monotonic() - started)
+
+    return instrumented
+
+
+class RegistryService(registry_pb2_grpc.RegistryServicer):
+    def __init__(self, store: RedisStore, *, default_ttl_s: int, bootstrap: rpb.ApiKey | None) -> None:
+        self.store = store
+        self.keys = store.keys
+        self.default_ttl_s = default_ttl_s
+        self.bootstrap = bootstrap
+        self.draining = False
+        self._drained = asyncio.Event()
+
+    def drain(self) -> None:
+        self.draining = True
+        self._drained.set()
+
+    # ---- auth ------------------------------------------------------------------------
+
+    async def authorise(self, context: grpc.aio.ServicerContext) -> rpb.ApiKey:
+        token = api_keys.context_token(context)
+        if token is None:
+            metrics.AUTH_FAILURES.labels("missing").inc()
+            raise Unauthenticated("missing `authorization: Bearer <admin key>` metadata")
+        digest = api_keys.key_hash(token)
+        key = None
+        looked_up = False
+        if self.store.redis_up:
+            try:
+                key = await self.store.lookup_key(digest)
+                looked_up = True
+            except RedisError as exc:
+                self.store.unavailable(exc)
+        if not looked_up and self.store.catalogue is not None:
+            key = self.store.catalogue.keys_by_hash.get(digest)
+        if key is None and self.bootstrap is not None and digest == self.bootstrap.secret_sha256:
+            key = self.bootstrap
+        if key is None or key.revoked or key.secret_sha256 != digest:
+            metrics.AUTH_FAILURES.labels("invalid").inc()
+            raise Unauthenticated("invalid or revoked API key")
+        if not key.admin:
+            metrics.AUTH_FAILURES.labels("not_admin").inc()
+            raise PermissionDenied(f"key {key.key_id} is a data-plane key; registry RPCs need an admin key")
+        return key
+
+    @staticmethod
+    def _revision(context: grpc.aio.ServicerContext, revision: int) -> None:
+        if revision:
+            context.set_trailing_metadata(((REVISION_METADATA, str(revision)),))
+
+    # ---- catalogue -------------------------------------------------------------------
+
+    @admin_rpc
+    async def RegisterModelVersion(self, request, context, caller):
+        version = validation.build_version(request, caller.key_id, now_ms())
+        model, number = version.model, version.version
+
+        async def prepare(pipe: Any) -> tuple[rpb.ModelVersion, Callable[[Any], None]]:
+            if await pipe.hexists(self.keys.versions(model), number):
+                raise AlreadyExists(
+                    f"version {number} of model {model!r} is already registered; versions are "
+                    "immutable, register a new version number"
+                )
+            has_policy = await pipe.hexists(self.keys.policies, model)
+
+            def queue(p: Any) -> None:
+                p.sadd(self.keys.models, model)
+                p.hset(self.keys.versions(model), number, version.SerializeToString())
+                if not has_policy and version.state != rpb.ARCHIVED:
+                    # The first version of a model takes all its traffic until an operator
+                    # sets a policy, so a freshly registered model is servable at once.
+                    first = rpb.TrafficPolicy(model=model, weights={number: 100})
+                    p.hset(self.keys.policies, model, first.SerializeToString())
+
+            return version, queue
+
+        result, revision = await self.store.transact(prepare)
+        metrics.WRITES.labels("register_version").inc()
+        logger.info("registry: %s registered %s version %s (%s, sha256 %s)",
+                    caller.key_id, model, number, version.backend, version.sha256[:12])
+        self._revision(context, revision)
+        return result
+
+    @admin_rpc
+    async def ListModels(self, request, context, caller):
+        catalogue = await self.store.current()
+        return rpb.ListModelsResponse(models=catalogue.models())
+
+    @admin_rpc
+    async def GetModel(self, request, context, caller):
+        validation.check_name(request.name)
+        model = (await self.store.current()).model(request.name)
+        if model is None:
+            raise NotFound(f"model {request.name!r} is not registered")
+        return model
+
+    @admin_rpc
+    async def SetVersionState(self, request, context, caller):
+        model = validation.check_name(request.model)
+        number = validation.check_version(request.version)
+        state = validation.check_state(request.state)
+
+        async def prepare(pipe: Any) -> tuple[rpb.ModelVersion, Callable[[Any], None]]:
+            raw = await pipe.hget(self.keys.versions(model), number)
+            if raw is None:
+                if not await pipe.sismember(self.keys.models, model):
+                    raise NotFound(f"model {model!r} is not registered")
+                raise NotFound(f"version {number} of model {model!r} is not registered")
+            version = rpb.ModelVersion.FromString(raw)
+            if state == rpb.ARCHIVED:
+                raw_policy = await pipe.hget(self.keys.policies, model)
+                policy = rpb.TrafficPolicy.FromString(raw_policy) if raw_policy else None
+                validation.check_archivable(model, number, policy)
+            version.state = state
+
+            def queue(p: Any) -> None:
+                p.hset(self.keys.versions(model), number, version.SerializeToString())
+
+            return version, queue
+
+        result, revision = await self.store.transact(prepare)
+        metrics.WRITES.labels("set_version_state").inc()
+        logger.info("registry: %s set %s version %s to %s",
+                    caller.key_id, model, number, validation.state_name(state))
+        self._revision(context, revision)
+        return result
+
+    # ---- traffic ---------------------------------------------------------------------
+
+    @admin_rpc
+    async def SetTrafficPolicy(self, request, context, caller):
+        model = validation.check_name(request.policy.model)
+
+        async def prepare(pipe: Any) -> tuple[rpb.TrafficPolicy, Callable[[Any], None]]:
+            raw = await pipe.hgetall(self.keys.versions(model))
+            versions = {k.decode(): rpb.ModelVersion.FromString(v) for k, v in raw.items()}
+            policy = validation.check_policy(request.policy, versions)
+
+            def queue(p: Any) -> None:
+                p.hset(self.keys.policies, model, policy.SerializeToString())
+
+            return policy, queue
+
+        result, revision = await self.store.transact(prepare)
+        metrics.WRITES.labels("set_traffic_policy").inc()
+        logger.info("registry: %s set the traffic policy of %s: weights %s shadow %s fallback %s",
+                    caller.key_id, model, dict(result.weights), result.shadow_version or "-",
+                    result.fallback_version or "-")
+        self._revision(context, revision)
+        return result
+
+    @admin_rpc
+    async def GetTrafficPolicy(self, request, context, caller):
+        validation.check_name(request.model)
+        model = (await self.store.current()).model(request.model)
+        if model is None:
+            raise NotFound(f"model {request.model!r} is not registered")
+        return model.policy
+
+    # ---- workers ---------------------------------------------------------------------
+
+    @admin_rpc
+    async def RegisterWorker(self, request, context, caller):
+        validation.check_worker(request)
+        worker_id = request.worker_id or f"w-{secrets.token_hex(6)}"
+        ttl_s = request.ttl_s or self.default_ttl_s
+        status = rpb.Worker(versions=request.versions)
+        revision, expires = await self.store.register_worker(worker_id, request.address, status, ttl_s * 1000)
+        metrics.WRITES.labels("register_worker").inc()
+        logger.info("registry: worker %s at %s registered (lease %ss)", worker_id, request.address, ttl_s)
+        self._revision(context, revision)
+        return rpb.WorkerLease(worker_id=worker_id, ttl_s=ttl_s, expires_at_ms=expires)
+
+    @admin_rpc
+    async def Heartbeat(self, request, context, caller):
+        if not validation.WORKER_ID_RE.match(request.worker_id):
+            raise InvalidArgument(f"worker_id {request.worker_id!r} is not well-formed")
+        validation.check_statuses(request.versions)
+        status = rpb.Worker(versions=request.versions)
+        revision, expires, ttl_ms = await self.store.heartbeat(request.worker_id, status)
+        if revision:
+            metrics.WRITES.labels("heartbeat").inc()
+        self._revision(context, revision)
+        return rpb.WorkerLease(worker_id=request.worker_id, ttl_s=ttl_ms // 1000, expires_at_ms=expires)
+
+    @admin_rpc
+    async def DeregisterWorker(self, request, context, caller):
+        if not validation.WORKER_ID_RE.match(request.worker_id):
+            raise InvalidArgument(f"worker_id {request.worker_id!r} is not well-formed")
+        revision = int(await self.store.run_script("DEREGISTER_WORKER", request.worker_id))
+        if revision:
+            metrics.WRITES.labels("deregister_worker").inc()
+            logger.info("registry: worker %s deregistered", request.worker_id)
+        self._revision(context, revision)
+        return rpb.DeregisterWorkerResponse()
+
+    @admin_rpc
+    async def ListWorkers(self, request, context, caller):
+        catalogue = await self.store.current(force=True)
+        return rpb.ListWorkersResponse(workers=catalogue.sorted_workers())
+
+    # ---- API keys --------------------------------------------------------------------
+
+    @admin_rpc
+    async def CreateApiKey(self, request, context, caller):
+        validation.check_key_request(request)
+        key_id, secret = api_keys.new_key()
+        key = rpb.ApiKey(
+            key_id=key_id, tenant=request.tenant, models=request.models, rate=request.rate,
+            admin=request.admin, created_at_ms=now_ms(), secret_sha256=api_keys.key_hash(secret),
+        )
+
+        async def prepare(pipe: Any) -> tuple[rpb.ApiKey, Callable[[Any], None]]:
+            def queue(p: Any) -> None:
+                p.hset(self.keys.keys, key_id, key.SerializeToString())
+                p.hset(self.keys.key_hashes, key.secret_sha256, key_id)
+
+            return key, queue
+
+        _, revision = await self.store.transact(prepare)
+        metrics.WRITES.labels("create_key").inc()
+        logger.info("registry: %s created key %s for tenant %s (admin=%s)",
+                    caller.key_id, key_id, request.tenant, request.admin)
+        self._revision(context, revision)
+        return rpb.CreateApiKeyResponse(key=key, secret=secret)
+
+    @admin_rpc
+    async def ListApiKeys(self, request, context, caller):
+        catalogue = await self.store.current()
+        return rpb.ListApiKeysResponse(keys=catalogue.sorted_keys())
+
+    @admin_rpc
+    async def RevokeApiKey(self, request, context, caller):
+        key_id = request.key_id
+        if not _KEY_ID_RE.match(key_id):
+            raise InvalidArgument(f"key id {key_id!r} is not well-formed")
+
+        async def prepare(pipe: Any) -> tuple[rpb.ApiKey, Callable[[Any], None]]:
+            raw = await pipe.hgetall(self.keys.keys)
+            keys = {k.decode(): rpb.ApiKey.FromString(v) for k, v in raw.items()}
+            if key_id not in keys:
+                raise NotFound(f"key {key_id!r} does not exist")
+            key = keys[key_id]
+            others = [k for k in keys.values() if k.admin and not k.revoked and k.key_id != key_id]
+            if key.admin and not key.revoked and not others:
+                raise FailedPrecondition(
+                    f"key {key_id} is the last active admin key; create another admin key first"
+                )
+            key.revoked = True
+
+            def queue(p: Any) -> None:
+                p.hset(self.keys.keys, key_id, key.SerializeToString())
+
+            return key, queue
+
+        result, revision = await self.store.transact(prepare)
+        metrics.WRITES.labels("revoke_key").inc()
+        logger.info("registry: %s revoked key %s", caller.key_id, key_id)
+        self._revision(context, revision)
+        return result
+
+    # ---- the watch stream ------------------------------------------------------------
+
+    async def WatchRoutingTable(self, request, context):
+        try:
+            if self.draining:
+                raise Unavailable("the registry is shutting down; try another replica")
+            await self.authorise(context)
+        except ShunterError as exc:
+            await context.abort(exc.code, exc.message)
+        metrics.WATCHERS.inc()
+        drained = asyncio.ensure_future(self._drained.wait())
+        sent = None
+        try:
+            while not self.draining:
+                changed = self.store.change_event()
+                catalogue = self.store.catalogue
+                if catalogue is not None and catalogue.revision != sent:
+                    await context.write(catalogue.routing_table)
+                    metrics.SNAPSHOTS_SENT.inc()
+                    sent = catalogue.revision
+                    continue
+                waiter = asyncio.ensure_future(changed.wait())
+                try:
+                    await asyncio.wait({waiter, drained}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+        finally:
+            drained.cancel()
+            metrics.WATCHERS.dec()

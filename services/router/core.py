@@ -1,0 +1,188 @@
+"""The request path: auth → rate limit → version choice → validation → cache → forward.
+
+``Router.infer`` takes the caller's serialised ModelInferRequest and returns the
+worker's serialised response, so the gRPC layer (servicer.py) only maps outcomes to
+statuses. The request is parsed once, for the model name and validation; the bytes that
+go to the worker are the caller's own (plus an appended ``model_version`` when the
+split chose one), and the response bytes come back untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from services.common.tensors import decode_request
+from services.gen.inference import grpc_service_pb2 as pb
+from services.router import metrics, wire
+from services.router.auth import authenticate, authorize
+from services.router.balancer import Balancer
+from services.router.cache import ResponseCache, canonical_digest, strip_id
+from services.router.limiter import RateLimiter
+from services.router.redis_link import RedisLink
+from services.router.settings import RouterSettings
+from services.router.shadow import ShadowMirror
+from services.router.table import ModelEntry, RoutingSnapshot, VersionEntry
+from services.router.upstream import WorkerTransport, forward_infer
+
+logger = logging.getLogger(__name__)
+
+#: Invocation metadata forwarded to workers: W3C trace context.
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+class RateLimited(ResourceExhausted):
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class InferResult:
+    response: bytes
+    model: str
+    version: str
+
+
+class Router:
+    """Everything one router replica holds: the snapshot, workers, Redis-backed helpers."""
+
+    def __init__(self, settings: RouterSettings, *, redis: RedisLink | None = None) -> None:
+        self.settings = settings
+        self.snapshot = RoutingSnapshot.empty()
+        self.redis = redis or RedisLink(
+            settings.redis_url or None,
+            timeout_s=settings.redis_timeout_s,
+            retry_after_s=settings.redis_retry_after_s,
+        )
+        self.balancer = Balancer(
+            lambda address: WorkerTransport(address, settings.max_message_bytes),
+            eject_after=settings.eject_after_failures,
+            cooloff_s=settings.eject_cooloff_s,
+        )
+        self.limiter = RateLimiter(self.redis, settings.key_prefix)
+        self.cache = ResponseCache(self.redis, settings.key_prefix)
+        self.shadow = ShadowMirror(pb.ModelInferResponse, settings.shadow_max_in_flight)
+        self._closing: set[asyncio.Task] = set()
+
+    # -- routing table --------------------------------------------------------------
+
+    def install(self, snapshot: RoutingSnapshot) -> None:
+        """Swap in a new routing table; close channels to workers that left it."""
+        self.snapshot = snapshot
+        metrics.TABLE_REVISION.set(snapshot.revision)
+        for replica in self.balancer.retain(snapshot.worker_addresses):
+            if replica.transport is not None:
+                # Grace lets calls already on the channel finish.
+                task = asyncio.get_running_loop().create_task(replica.transport.close(5.0))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    @property
+    def ready(self) -> bool:
+        return self.snapshot.revision > 0
+
+    # -- the request path -----------------------------------------------------------
+
+    async def infer(self, raw: bytes, headers: Mapping[str, str], deadline: float) -> InferResult:
+        snapshot = self.snapshot
+        key = authenticate(snapshot, headers.get("authorization"))
+        try:
+            request = pb.ModelInferRequest.FromString(raw)
+        except DecodeError:
+            raise InvalidArgument("the request is not a valid ModelInferRequest") from None
+        name = request.model_name
+        authorize(key, name)
+        if key.per_second > 0:
+            bucket = f"{key.key_id}:{name}" if key.per_model else key.key_id
+            wait_s = await self.limiter.acquire(bucket, key.per_second, key.burst)
+            if wait_s > 0:
+                metrics.RATE_LIMITED.labels(name if name in snapshot.models else "").inc()
+                raise RateLimited(
+                    f"rate limit of {key.per_second:g}/s for key '{key.key_id}' exceeded; "
+                    f"retry after {wait_s * 1000:.0f} ms",
+                    wait_s,
+                )
+        model = snapshot.models.get(name)
+        if model is None:
+            raise NotFound(f"unknown model '{name}'" if name else "the request names no model")
+        if request.model_version:
+            entry = model.versions.get(request.model_version)
+            if entry is None:
+                raise NotFound(f"unknown version '{request.model_version}' of model '{name}'")
+            forward_raw = raw
+        else:
+            entry = self.choose_version(model, headers)
+            forward_raw = wire.with_model_version(raw, entry.version)
+        decoded = decode_request(request, entry.signature, materialize=False)
+        if entry.signature.batched and decoded.batch_size == 0:
+            raise InvalidArgument("batch size 0: send at least one row")
+        if not entry.workers:
+            raise Unavailable(f"no ready worker for model '{name}' version '{entry.version}'")
+
+        policy = model.policy
+        cache_key = None
+        if policy.cache_enabled:
+            cache_key = self.cache.key(name, entry.version, canonical_digest(request, decoded))
+            cached = await self.cache.get(name, cache_key, request.id)
+            if cached is not None:
+                return InferResult(cached, name, entry.version)
+
+        trace = tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None
+        response = await forward_infer(self.balancer, entry.workers, forward_raw, deadline, trace)
+
+        if cache_key is not None:
+            ttl = policy.cache_ttl_s or self.settings.default_cache_ttl_s
+            await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
+        shadow_version = policy.shadow_version
+        if shadow_version and shadow_version != entry.version:
+            self._mirror(model, shadow_version, raw, response, trace)
+        return InferResult(response, name, entry.version)
+
+    def choose_version(self, model: ModelEntry, headers: Mapping[str, str]) -> VersionEntry:
+        """The split's choice, or the fallback version when the choice has no usable worker."""
+        sticky = headers.get(model.sticky_header) if model.sticky_header else None
+        chosen = model.split.choose(sticky.encode() if sticky is not None else None) or model.default_version
+        entry = model.versions[chosen]
+        if not self.balancer.healthy(entry.workers):
+            fallback = model.versions.get(model.policy.fallback_version)
+            if fallback is not None and fallback is not entry and self.balancer.healthy(fallback.workers):
+                metrics.FALLBACK.labels(model.name, fallback.version).inc()
+                entry = fallback
+        metrics.SPLIT.labels(model.name, entry.version).inc()
+        return entry
+
+    def _mirror(
+        self,
+        model: ModelEntry,
+        version: str,
+        raw: bytes,
+        primary: bytes,
+        trace: tuple[tuple[str, str], ...] | None,
+    ) -> None:
+        entry = model.versions.get(version)
+        if entry is None or not entry.workers:
+            metrics.SHADOW.labels(model.name, version, "error").inc()
+            return
+        shadow_raw = wire.with_model_version(raw, version)
+        timeout_s = self.settings.shadow_timeout_s
+
+        async def send() -> bytes:
+            deadline = time.monotonic() + timeout_s
+            return await forward_infer(self.balancer, entry.workers, shadow_raw, deadline, trace)
+
+        self.shadow.mirror(model.name, version, primary, send)
+
+    async def close(self) -> None:
+        await self.shadow.close()
+        transports = [r.transport for r in self.balancer.retain(()) if r.transport is not None]
+        await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.redis.close()

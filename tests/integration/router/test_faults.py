@@ -1,0 +1,101 @@
+"""Faults under load: a worker SIGKILLed, Redis stopped, the registry gone. Each test restores the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import grpc
+
+from tests.integration.router.client import Client, auth, calc_request
+from tests.integration.router.cluster import Cluster, metric, wait_for
+from tests.support.processes import start_service
+
+
+async def load(addresses: list[str], key: str, seconds: float, during: Callable[[], None],
+               at: float, concurrency: int = 4) -> Counter:
+    """Closed-loop load on every router; ``during()`` runs (in a thread) ``at`` seconds in."""
+    outcomes: Counter = Counter()
+    details: list[str] = []
+    stop_at = time.monotonic() + seconds
+
+    async def loop(address: str, n: int) -> None:
+        async with Client(address) as client:
+            i = 0
+            while time.monotonic() < stop_at:
+                i += 1
+                request = calc_request(values=(n, i, 0, 1))
+                try:
+                    await client.stub.ModelInfer(request, metadata=auth(key), timeout=10)
+                    outcomes["OK"] += 1
+                except grpc.aio.AioRpcError as err:
+                    outcomes[err.code().name] += 1
+                    details.append(err.details())
+
+    async def fault() -> None:
+        await asyncio.sleep(at)
+        await asyncio.to_thread(during)
+
+    await asyncio.gather(fault(), *(loop(a, n) for n, a in enumerate(addresses * concurrency)))
+    assert set(outcomes) == {"OK"}, (outcomes, details[:5])
+    return outcomes
+
+
+async def test_sigkill_one_of_two_workers_under_load_fails_no_request(cluster: Cluster):
+    victim = cluster.workers[0]
+    retries_before = sum(metric(r.metrics_url, "shunter_router_retries_total") for r in cluster.routers)
+    outcomes = await load([r.address for r in cluster.routers], cluster.keys["data"], 3.0, victim.kill, at=1.0)
+    assert outcomes["OK"] > 0
+    retries = sum(metric(r.metrics_url, "shunter_router_retries_total") for r in cluster.routers)
+    assert retries > retries_before  # calls that met the dead worker were retried elsewhere
+    cluster.workers.remove(victim)
+    cluster.add_worker()
+
+
+async def test_redis_stopped_under_load_still_served(cluster: Cluster):
+    cluster.set_policy("calc", {"1": 100}, cache_enabled=True, cache_ttl_s=30)
+    router = cluster.routers[0]
+    seen_down: list[float] = []
+
+    def outage() -> None:
+        cluster.redis.stop()
+        wait_for(lambda: metric(router.metrics_url, "shunter_router_redis_up") == 0, 10, "redis_up 0")
+        seen_down.append(metric(router.metrics_url, "shunter_router_rate_limit_local_total"))
+        time.sleep(1.0)
+        cluster.redis.start()
+
+    try:
+        await load([r.address for r in cluster.routers], cluster.keys["fast-limit"], 4.0, outage, at=0.5)
+        assert seen_down and seen_down[0] > 0  # the local limiter decided while Redis was away
+        assert metric(router.metrics_url, "shunter_router_cache_total", model="calc", result="bypass") > 0
+        # Redis is back: the next requests use it again.
+        async with Client(router.address) as client:
+            await client.stub.ModelInfer(calc_request(), metadata=auth(cluster.keys["fast-limit"]))
+            await asyncio.sleep(1.1)
+            await client.stub.ModelInfer(calc_request(), metadata=auth(cluster.keys["fast-limit"]))
+        wait_for(lambda: metric(router.metrics_url, "shunter_router_redis_up") == 1, 10, "redis_up 1")
+    finally:
+        cluster.set_policy("calc", {"1": 100})
+
+
+async def test_registry_down_routers_serve_on_last_table(cluster: Cluster):
+    port = cluster.registry.port
+    cluster.registry.terminate()
+    try:
+        for router in cluster.routers:
+            wait_for(lambda r=router: metric(r.metrics_url, "shunter_router_registry_connected") == 0, 15,
+                     "router notices the registry is gone")
+            async with Client(router.address) as client:
+                for _ in range(5):
+                    response = await client.stub.ModelInfer(calc_request(), metadata=auth(cluster.keys["data"]))
+                    assert response.model_version == "1"
+    finally:
+        key_file = cluster.repository.parent / "admin.key"
+        cluster.registry = start_service(
+            ["registry", "--redis-url", cluster.redis.url, "--admin-key-file", str(key_file), "--port", str(port)]
+        )
+    for router in cluster.routers:
+        wait_for(lambda r=router: metric(r.metrics_url, "shunter_router_registry_connected") == 1, 30,
+                 "router reconnects to the registry")

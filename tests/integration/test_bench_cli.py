@@ -1,0 +1,139 @@
+"""`shunter bench` against a real worker: the JSON report's shape, and every call OK.
+
+Timing is never asserted: only counts, keys and the ordering of percentiles.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.models import build_examples
+from tests.support.processes import ROOT, start_service
+
+LATENCY_KEYS = ("min", "p50", "p90", "p95", "p99", "max", "mean")
+
+
+def _worker_missing() -> str | None:
+    if not (ROOT / "services" / "cli" / "worker_cmd.py").exists():
+        return "`shunter worker` is not available yet (services/cli/worker_cmd.py missing)"
+    if not (ROOT / "scripts" / "build_examples.py").exists():
+        return "example models cannot be built yet (scripts/build_examples.py missing)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def worker():
+    reason = _worker_missing()
+    if reason:
+        pytest.skip(reason)
+    repo = build_examples()
+    service = start_service(["worker", "--model-repository", str(repo), "--models", "digits,minilm", "--port", "0"])
+    yield service
+    assert service.terminate() == 0, service.logs()
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def check_report(report: dict) -> None:
+    assert set(report) >= {
+        "requests",
+        "rows",
+        "duration_s",
+        "throughput_rps",
+        "rows_per_s",
+        "latency_ms",
+        "codes",
+    }
+    assert report["requests"] > 0
+    assert report["codes"] == {"OK": report["requests"]}, report["codes"]
+    assert report["duration_s"] > 0
+    assert report["throughput_rps"] > 0 and report["rows_per_s"] > 0
+    latency = report["latency_ms"]
+    assert set(latency) == set(LATENCY_KEYS)
+    ordered = [latency[k] for k in ("min", "p50", "p90", "p95", "p99", "max")]
+    assert ordered == sorted(ordered)
+    assert latency["min"] <= latency["mean"] <= latency["max"]
+
+
+def test_closed_loop_over_two_processes(worker):
+    done = bench(
+        "--target",
+        worker.address,
+        "--model",
+        "digits",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1",
+        "--processes",
+        "2",
+        "--warmup",
+        "0.2",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    check_report(report)
+    assert report["mode"] == "closed" and report["processes"] == 2
+    assert report["rows"] == report["requests"]
+
+
+def test_open_loop_with_text_and_batch_rows(worker):
+    done = bench(
+        "--target",
+        worker.address,
+        "--model",
+        "minilm",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--processes",
+        "1",
+        "--batch-rows",
+        "2",
+        "--warmup",
+        "0.2",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    check_report(report)
+    assert report["mode"] == "open"
+    assert report["rows"] == 2 * report["requests"]
+    assert report["inputs"] == {"TEXT": "BYTES[2, 1]"}
+
+
+def test_table_output_and_unknown_model(worker):
+    done = bench(
+        "--target",
+        worker.address,
+        "--model",
+        "digits",
+        "--concurrency",
+        "1",
+        "--duration",
+        "0.3",
+        "--processes",
+        "1",
+        "--warmup",
+        "0",
+    )
+    assert done.returncode == 0, done.stderr
+    for word in ("Requests", "Throughput", "p99", "Status codes", "OK"):
+        assert word in done.stdout
+    missing = bench("--target", worker.address, "--model", "no-such-model", "--duration", "0.3")
+    assert missing.returncode == 2
+    assert "NOT_FOUND" in missing.stderr
