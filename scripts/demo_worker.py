@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.processes import start_service  # noqa: E402
+from tests.support.processes import start_service
 
 ROOT = Path(__file__).resolve().parents[1]
 

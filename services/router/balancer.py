@@ -77,15 +77,18 @@ class Balancer:
 
     def pick(self, addresses: Sequence[str], exclude: Replica | None = None) -> Replica | None:
         """The replica for the next attempt, or None when no worker is left to try."""
-        candidates = [a for a in addresses if exclude is None or a != exclude.address]
+        candidates = addresses if exclude is None else [a for a in addresses if a != exclude.address]
         if not candidates:
             return None
-        healthy = self.healthy(candidates)
-        pool = healthy or candidates
-        if len(pool) == 1:
+        pool = self.healthy(candidates) or candidates
+        count = len(pool)
+        if count == 1:
             return self.replica(pool[0])
-        first, second = self._rng.sample(pool, 2)
-        a, b = self.replica(first), self.replica(second)
+        i = self._rng.randrange(count)
+        j = self._rng.randrange(count - 1)
+        if j >= i:
+            j += 1  # two distinct choices
+        a, b = self.replica(pool[i]), self.replica(pool[j])
         return a if a.outstanding <= b.outstanding else b
 
     def succeeded(self, replica: Replica) -> None:

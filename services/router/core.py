@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -70,6 +71,8 @@ class Router:
         self.cache = ResponseCache(self.redis, settings.key_prefix)
         self.shadow = ShadowMirror(pb.ModelInferResponse, settings.shadow_max_in_flight)
         self._closing: set[asyncio.Task] = set()
+        #: Labelled split counters by (model, version): labels() costs more than inc().
+        self._split_counters: dict[tuple[str, str], Any] = {}
 
     # -- routing table --------------------------------------------------------------
 
@@ -155,7 +158,12 @@ class Router:
             if fallback is not None and fallback is not entry and self.balancer.healthy(fallback.workers):
                 metrics.FALLBACK.labels(model.name, fallback.version).inc()
                 entry = fallback
-        metrics.SPLIT.labels(model.name, entry.version).inc()
+        counter = self._split_counters.get((model.name, entry.version))
+        if counter is None:
+            counter = self._split_counters[(model.name, entry.version)] = metrics.SPLIT.labels(
+                model.name, entry.version
+            )
+        counter.inc()
         return entry
 
     def _mirror(

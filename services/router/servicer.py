@@ -109,6 +109,9 @@ class RouterServicer:
             model, version = result.model, result.version
             context.set_trailing_metadata(((VERSION_TRAILER, version),))
             return result.response
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
             code, message = status_of(exc)
             if not isinstance(exc, ShunterError):
@@ -142,6 +145,9 @@ class RouterServicer:
                 result = await self.router.infer(raw, headers, self._deadline(context))
                 model, version = result.model, result.version
                 await out.put(wire.stream_response(result.response))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as exc:
                 code, message = status_of(exc)
                 if not isinstance(exc, ShunterError):

@@ -71,7 +71,8 @@ def test_infer_matches_the_model_run_in_process(client, version):
     x = digits_samples(5)
     inp = grpcclient.InferInput("input__0", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    result = client.infer("digits", [inp], model_version=version, outputs=[grpcclient.InferRequestedOutput("output__0")])
+    requested = [grpcclient.InferRequestedOutput("output__0")]
+    result = client.infer("digits", [inp], model_version=version, outputs=requested)
     served = result.as_numpy("output__0")
     np.testing.assert_allclose(served, in_process_digits(version, x), rtol=1e-5, atol=1e-6)
     assert result.get_response().model_version == version

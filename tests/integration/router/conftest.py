@@ -17,4 +17,7 @@ def cluster(tmp_path_factory) -> Cluster:
     )
     started.set_policy("calc", {"1": 100})
     yield started
+    logs = {r.address: r.logs() for r in started.routers}
     started.stop()
+    for address, log in logs.items():
+        assert "Traceback" not in log, f"router {address} logged an unexpected error:\n{log}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 
 import grpc
@@ -10,9 +12,11 @@ import numpy as np
 import pytest
 
 from services.gen.inference import grpc_service_pb2 as pb
+from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.router.client import Client, auth, calc_request, echo_request, output
 from tests.integration.router.cluster import Cluster, metric, wait_for
 from tests.integration.router.conftest import MAX_MESSAGE_BYTES
+from tests.support.processes import start_service
 
 
 def worker_infer_calls(cluster: Cluster) -> float:
@@ -300,3 +304,38 @@ async def test_rate_limit_holds_across_two_routers(cluster: Cluster):
     assert 10 <= admitted <= 10 + 50 * elapsed + 1, (admitted, elapsed)
     assert rejected > 0
     assert all(int(t["retry-after-ms"]) > 0 for t in trailers)
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_is_configuration(cluster: Cluster, certificate):
+    cert, key = certificate
+    router = start_service(
+        ["router", "--registry", cluster.registry.address, "--redis-url", cluster.redis.url, "--port", "0",
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        env={"SHUNTER_ADMIN_KEY": cluster.admin_key},
+    )
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(router.address, credentials) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            response = await stub.ModelInfer(calc_request(), metadata=auth(cluster.keys["data"]))
+            assert response.model_version == "1"
+        async with Client(router.address) as plain:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await plain.stub.ModelInfer(calc_request(), metadata=auth(cluster.keys["data"]), timeout=5)
+    finally:
+        router.terminate()

@@ -20,6 +20,7 @@ DATA_KEY = "shk_000000000001_datakeydatakeydatakeydatakey"
 LIMITED_KEY = "shk_000000000002_limitedlimitedlimitedlimited"
 DIGITS_ONLY_KEY = "shk_000000000003_digitsonlydigitsonlydigitsonly"
 REVOKED_KEY = "shk_000000000004_revokedrevokedrevokedrevoked"
+PER_MODEL_KEY = "shk_000000000005_permodelpermodelpermodelpermodel"
 
 
 def model(name: str, versions: dict[str, str], signature: rpb.Signature, **policy) -> rpb.Model:
@@ -53,6 +54,8 @@ def keys() -> list[rpb.ApiKey]:
                    rate=rpb.RateLimit(per_second=1, burst=2)),
         rpb.ApiKey(key_id="000000000003", tenant="t", secret_sha256=key_hash(DIGITS_ONLY_KEY), models=["digits"]),
         rpb.ApiKey(key_id="000000000004", tenant="t", secret_sha256=key_hash(REVOKED_KEY), revoked=True),
+        rpb.ApiKey(key_id="000000000005", tenant="t", secret_sha256=key_hash(PER_MODEL_KEY),
+                   rate=rpb.RateLimit(per_second=1, burst=1, per_model=True)),
     ]
 
 

@@ -78,3 +78,36 @@ def test_outputs_agree():
     assert not outputs_agree(response([1.0, 2.0]), response([1.0, 2.5]))
     assert not outputs_agree(response([1.0, 2.0]), response([1.0, 2.0], name="z"))
     assert not outputs_agree(response([1.0, 2.0]), response([1.0, 2.0, 3.0]))
+
+
+async def test_shadow_mirror_is_bounded_and_counts():
+    import asyncio
+
+    from services.router import metrics
+    from services.router.shadow import ShadowMirror
+
+    def count(outcome: str) -> float:
+        return metrics.SHADOW.labels("m", "9", outcome)._value.get()
+
+    gate = asyncio.Event()
+    primary = response([1.0, 2.0]).SerializeToString()
+
+    async def slow() -> bytes:
+        await gate.wait()
+        return primary
+
+    async def broken() -> bytes:
+        raise RuntimeError("worker gone")
+
+    mirror = ShadowMirror(pb.ModelInferResponse, max_in_flight=1)
+    before = {o: count(o) for o in ("agree", "dropped", "error")}
+    mirror.mirror("m", "9", primary, slow)
+    mirror.mirror("m", "9", primary, slow)  # no slot left: dropped, never queued
+    assert count("dropped") == before["dropped"] + 1
+    gate.set()
+    await asyncio.sleep(0.01)
+    assert count("agree") == before["agree"] + 1
+    mirror.mirror("m", "9", primary, broken)
+    await asyncio.sleep(0.01)
+    assert count("error") == before["error"] + 1
+    await mirror.close()

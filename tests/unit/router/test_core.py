@@ -109,3 +109,17 @@ async def test_rate_limited_key_gets_retry_after(router):
     with pytest.raises(ResourceExhausted) as info:
         await router.infer(digits_request(), headers(LIMITED_KEY), deadline())
     assert 0 < info.value.retry_after_s <= 1.0
+
+
+async def test_per_model_limit_has_a_bucket_per_model(router):
+    from .tables import PER_MODEL_KEY
+
+    router.install(build_snapshot(table([worker("w1:1", [("digits", "1"), ("digits", "2"), ("text", "1")])],
+                                        revision=5)))
+    await router.infer(digits_request(), headers(PER_MODEL_KEY), deadline())
+    with pytest.raises(ResourceExhausted):
+        await router.infer(digits_request(), headers(PER_MODEL_KEY), deadline())
+    text = pb.ModelInferRequest(model_name="text")
+    text.inputs.add(name="text", datatype="BYTES", shape=[1, 1])
+    text.raw_input_contents.append(b"\x02\x00\x00\x00hi")
+    await router.infer(text.SerializeToString(), headers(PER_MODEL_KEY), deadline())  # its own bucket

@@ -63,3 +63,19 @@ def test_service_commands_are_real_shunter_flags():
         assert args.command == argv[0], name
         checked += 1
     assert checked == 3  # registry, worker, router
+
+
+def test_kubernetes_manifests_parse_and_use_real_flags():
+    documents = [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / "shunter.yaml").read_text()) if d]
+    kinds = sorted(d["kind"] for d in documents)
+    assert kinds.count("HorizontalPodAutoscaler") == 2
+    parser = build_parser()
+    commands = set()
+    for doc in documents:
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            if container["image"].startswith("shunter"):
+                args = parser.parse_args([a.replace("$(POD_IP)", "10.0.0.1") for a in container["args"]])
+                commands.add(args.command)
+    assert commands == {"registry", "worker", "router"}
