@@ -110,7 +110,9 @@ def bench_repository(source: Path, dest: Path, *, batching: bool) -> Path:
             if entry.name == "config.yaml" or (entry.is_dir() and entry.name.isdigit() and entry.name != version):
                 continue
             if entry.is_dir():
-                shutil.copytree(entry, target / entry.name, copy_function=_link, ignore=shutil.ignore_patterns("config.yaml"))
+                shutil.copytree(
+                    entry, target / entry.name, copy_function=_link, ignore=shutil.ignore_patterns("config.yaml")
+                )
             else:
                 _link(entry, target / entry.name)
     return dest
@@ -133,8 +135,18 @@ def phase_engine(ctx: Context) -> None:
     for round_index in range(ctx.settings.runs):
         shift = round_index % len(engines)
         for model, version in engines[shift:] + engines[:shift]:
-            argv = [sys.executable, str(Path(__file__).with_name("report_engine.py")), "--model-repository",
-                    str(ctx.source), "--model", model, "--version", version, "--seconds", str(seconds)]
+            argv = [
+                sys.executable,
+                str(Path(__file__).with_name("report_engine.py")),
+                "--model-repository",
+                str(ctx.source),
+                "--model",
+                model,
+                "--version",
+                version,
+                "--seconds",
+                str(seconds),
+            ]
             entry = store.setdefault(f"{model}/v{version}", {"model": model, "version": version, "runs": []})
             done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
             if done.returncode != 0:
@@ -145,7 +157,9 @@ def phase_engine(ctx: Context) -> None:
             entry["backend"] = data["backend"]
             entry["runs"].append({int(b): v for b, v in data["rows_per_s"].items()})
             cells = ", ".join(f"b{b} {v:.0f}" for b, v in data["rows_per_s"].items())
-            print(f"  [engine run {round_index + 1}] {model} v{version} ({data['backend']}): {cells} rows/s", flush=True)
+            print(
+                f"  [engine run {round_index + 1}] {model} v{version} ({data['backend']}): {cells} rows/s", flush=True
+            )
 
 
 def engine_best_batch(ctx: Context, model: str) -> int:
@@ -175,17 +189,27 @@ def phase_worker(ctx: Context) -> None:
         for model in SERVED:
             for mode, server in (("off", off), ("on", on)):
                 for c in ctx.concurrencies:
-                    points.append(_worker_point(f"worker/{mode}/{model}/c{c}", server, mode, model, f"c{c}",
-                                                concurrency=c))
+                    points.append(
+                        _worker_point(f"worker/{mode}/{model}/c{c}", server, mode, model, f"c{c}", concurrency=c)
+                    )
             best = engine_best_batch(ctx, model)
-            points.append(_worker_point(f"worker/off/{model}/overhead", off, "off", model,
-                                        f"c{OVERHEAD_CONCURRENCY} × {best} rows", concurrency=OVERHEAD_CONCURRENCY,
-                                        batch_rows=best))
+            points.append(
+                _worker_point(
+                    f"worker/off/{model}/overhead",
+                    off,
+                    "off",
+                    model,
+                    f"c{OVERHEAD_CONCURRENCY} × {best} rows",
+                    concurrency=OVERHEAD_CONCURRENCY,
+                    batch_rows=best,
+                )
+            )
         run_rounds(points, ctx.settings, ctx.points, "worker")
         open_points = []
         for model in SERVED:
-            capacity = max((median(ctx.points.get(f"worker/on/{model}/c{c}"), "throughput_rps") or 0)
-                           for c in ctx.concurrencies)
+            capacity = max(
+                (median(ctx.points.get(f"worker/on/{model}/c{c}"), "throughput_rps") or 0) for c in ctx.concurrencies
+            )
             ctx.results["capacity"][model] = capacity
             if capacity <= 0:
                 continue
@@ -201,9 +225,18 @@ def phase_worker(ctx: Context) -> None:
 
 
 def _worker_point(key: str, server: Server, mode: str, model: str, label: str, **load: Any) -> Point:
-    return Point(key=key, section="worker", system=f"worker, batching {mode}", model=model, label=label,
-                 server=server, target=server.address, cpu={"worker": (server, None)},
-                 tags={"batching": mode}, **load)
+    return Point(
+        key=key,
+        section="worker",
+        system=f"worker, batching {mode}",
+        model=model,
+        label=label,
+        server=server,
+        target=server.address,
+        cpu={"worker": (server, None)},
+        tags={"batching": mode},
+        **load,
+    )
 
 
 # ---------------------------------------------------------------- 3 + 4. router and scaling
@@ -223,12 +256,21 @@ def phase_router(ctx: Context) -> None:
 
         def via(key: str, cluster: Server, system: str, model: str, c: int, target: str | None = None) -> Point:
             routed = target is None
-            return Point(key=key, section="router", system=system, model=model, label=f"c{c}", server=cluster,
-                         target=cluster.address if routed else target,
-                         api_key=cluster.info["api_key"] if routed else None, concurrency=c,
-                         cpu=(cpu_one if cluster is one else {"cluster": (cluster, None)}) if routed
-                         else {"worker": (cluster, WORKER_MATCH)},
-                         tags={"workers": len(cluster.info["workers"]), "routed": routed})
+            return Point(
+                key=key,
+                section="router",
+                system=system,
+                model=model,
+                label=f"c{c}",
+                server=cluster,
+                target=cluster.address if routed else target,
+                api_key=cluster.info["api_key"] if routed else None,
+                concurrency=c,
+                cpu=(cpu_one if cluster is one else {"cluster": (cluster, None)})
+                if routed
+                else {"worker": (cluster, WORKER_MATCH)},
+                tags={"workers": len(cluster.info["workers"]), "routed": routed},
+            )
 
         points = []
         for c in (1, 64):
@@ -284,8 +326,10 @@ def phase_peers(ctx: Context) -> None:
     try:
         failed = wait_ready(servers, timeout_s=600)
         ctx.note_servers(servers, failed)
-        ctx.results["peer_systems"] = {key: {"label": label, "server": server.name, "error": failed.get(server.name)}
-                                       for key, label, server in systems}
+        ctx.results["peer_systems"] = {
+            key: {"label": label, "server": server.name, "error": failed.get(server.name)}
+            for key, label, server in systems
+        }
         for name in failed:
             print(f"  {name} did not start: {failed[name].splitlines()[0]}", flush=True)
         loads = [("digits", c) for c in ctx.concurrencies] + [("minilm", 64)]
@@ -295,9 +339,21 @@ def phase_peers(ctx: Context) -> None:
                 continue
             api_key = server.info.get("api_key")
             for model, c in loads:
-                points.append(Point(key=f"peers/{key}/{model}/c{c}", section="peers", system=label, model=model,
-                                    label=f"c{c}", server=server, target=server.address, api_key=api_key,
-                                    concurrency=c, cpu={"server": (server, None)}, tags={"system": key}))
+                points.append(
+                    Point(
+                        key=f"peers/{key}/{model}/c{c}",
+                        section="peers",
+                        system=label,
+                        model=model,
+                        label=f"c{c}",
+                        server=server,
+                        target=server.address,
+                        api_key=api_key,
+                        concurrency=c,
+                        cpu={"server": (server, None)},
+                        tags={"system": key},
+                    )
+                )
         run_rounds(points, ctx.settings, ctx.points, "peers")
     finally:
         stop_all(servers)
@@ -315,21 +371,33 @@ PHASES: dict[str, Callable[[Context], None]] = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/bench/report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 run, short points, fewer of them; writes under bench-results/report-quick/")
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench/report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 run, short points, fewer of them; writes under bench-results/report-quick/",
+    )
     parser.add_argument("--runs", type=int, help="interleaved runs per figure (default 3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="measured seconds per point (default 4; 1.5 with --quick)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per point (default 1; 0.3 with --quick)")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
-    parser.add_argument("--client-processes", type=int, default=None,
-                        help="load generator processes (default: a quarter of the CPUs, at least 1)")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)"
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=None,
+        help="load generator processes (default: a quarter of the CPUs, at least 1)",
+    )
     parser.add_argument("--no-install", action="store_true", help="use the peers' venvs as they are; never pip")
     parser.add_argument("--model-repository", type=Path, default=ROOT / "examples" / "models")
     parser.add_argument("--output", type=Path, help="the markdown file (default BENCHMARKS.md)")
     parser.add_argument("--plots-dir", type=Path, help="PNGs and results.json (default docs/benchmarks/)")
+    parser.add_argument(
+        "--render", type=Path, metavar="RESULTS_JSON", help="measure nothing: rewrite the outputs from a results.json"
+    )
     args = parser.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
@@ -343,6 +411,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.render:
+        from report_render import write_outputs
+
+        paths = write_outputs(json.loads(args.render.read_text()), args.output, args.plots_dir, ROOT)
+        print(f"wrote {', '.join(_rel(p) for p in paths)}")
+        return 0
     if not all((args.model_repository / m / v).is_dir() for m, v in SERVED.items()):
         print(f"no example models in {args.model_repository}; run .venv/bin/python scripts/build_examples.py")
         return 2
@@ -368,9 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["meta"]["started"] = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started_wall))
     warning = busy_warning(results["meta"]["load_at_start"])
-    print(f"report: sections {', '.join(sections)}; {settings.runs} run(s) of {settings.duration_s:g} s per point "
-          f"(+{settings.warmup_s:g} s warm-up), {settings.client_processes} client process(es), "
-          f"{os.cpu_count()} CPUs", flush=True)
+    print(
+        f"report: sections {', '.join(sections)}; {settings.runs} run(s) of {settings.duration_s:g} s per point "
+        f"(+{settings.warmup_s:g} s warm-up), {settings.client_processes} client process(es), "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
     if warning:
         print(f"  note: {warning}", flush=True)
     scratch_root = ROOT / "bench-results"
@@ -401,8 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     from report_render import write_outputs
 
     paths = write_outputs(results, args.output, args.plots_dir, ROOT)
-    print(f"\nwrote {', '.join(_rel(p) for p in paths)}; logs in {_rel(scratch_root / 'report-logs')}; "
-          f"took {results['meta']['took_s']} s", flush=True)
+    print(
+        f"\nwrote {', '.join(_rel(p) for p in paths)}; logs in {_rel(scratch_root / 'report-logs')}; "
+        f"took {results['meta']['took_s']} s",
+        flush=True,
+    )
     return 0
 
 

@@ -133,8 +133,11 @@ def run_rounds(points: list[Point], settings: Settings, results: dict[str, Any],
             done += 1
             elapsed = time.monotonic() - started
             eta = elapsed / done * (total - done)
-            print(f"  [{title} {done}/{total}, ~{eta:.0f} s left] {point.system}, {point.model} {point.label}: "
-                  f"{_describe(run)}", flush=True)
+            print(
+                f"  [{title} {done}/{total}, ~{eta:.0f} s left] {point.system}, {point.model} {point.label}: "
+                f"{_describe(run)}",
+                flush=True,
+            )
 
 
 def _record(point: Point) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def _check(peer: Peer) -> str | None:
 
 def _tail(path: Path, lines: int = 15) -> str:
     text = path.read_text(errors="replace").splitlines()
-    return "\n".join(line for line in text if not line.startswith("WARNING: Location")][-lines:]
+    return "\n".join([line for line in text if not line.startswith("WARNING: Location")][-lines:])
 
 
 def versions(peer: Peer) -> dict[str, str]:
@@ -278,4 +278,3 @@ def launch_mlserver(name: str, specs: list[dict[str, Any]], parallel_workers: in
         env={"PYTHONPATH": str(PEERS_DIR)},
         cwd=root,
     )
-

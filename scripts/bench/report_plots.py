@@ -64,10 +64,17 @@ def plot_engine(results: dict[str, Any], path: Path) -> Path | None:
                 continue
             stats = engine_stats(entry)
             sizes = list(stats)
-            ax.errorbar(sizes, [stats[b]["median"] for b in sizes],
-                        yerr=[[stats[b]["median"] - stats[b]["min"] for b in sizes],
-                              [stats[b]["max"] - stats[b]["median"] for b in sizes]],
-                        marker="o", capsize=3, label=f"{name} ({entry.get('backend', '?')})")
+            ax.errorbar(
+                sizes,
+                [stats[b]["median"] for b in sizes],
+                yerr=[
+                    [stats[b]["median"] - stats[b]["min"] for b in sizes],
+                    [stats[b]["max"] - stats[b]["median"] for b in sizes],
+                ],
+                marker="o",
+                capsize=3,
+                label=f"{name} ({entry.get('backend', '?')})",
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size (rows)")
@@ -137,16 +144,26 @@ def plot_router(results: dict[str, Any], path: Path) -> Path | None:
         return None
     plt = _plt()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    keys = [("direct\nc1", "router/direct/digits/c1"), ("router\nc1", "router/router1/digits/c1"),
-            ("cache hit\nc1", "router/cache/digits/c1"), ("direct\nc64", "router/direct/digits/c64"),
-            ("router\nc64", "router/router1/digits/c64")]
+    keys = [
+        ("direct\nc1", "router/direct/digits/c1"),
+        ("router\nc1", "router/router1/digits/c1"),
+        ("cache hit\nc1", "router/cache/digits/c1"),
+        ("direct\nc64", "router/direct/digits/c64"),
+        ("router\nc64", "router/router1/digits/c64"),
+    ]
     _percentile_bars(left, [k for k, _ in keys], [points.get(key) for _, key in keys])
     left.set_title("digits: worker direct vs through the router")
     width = 0.38
     for i, (workers, key) in enumerate(((1, "router1"), (2, "router2"))):
         values, err = _series([points.get(f"router/{key}/{m}/c64") for m in MODELS], "rows_per_s")
-        right.bar([x + (i - 0.5) * width for x in range(len(MODELS))], values, width, yerr=err, capsize=3,
-                  label=f"{workers} worker{'s' if workers > 1 else ''}")
+        right.bar(
+            [x + (i - 0.5) * width for x in range(len(MODELS))],
+            values,
+            width,
+            yerr=err,
+            capsize=3,
+            label=f"{workers} worker{'s' if workers > 1 else ''}",
+        )
     right.set_xticks(range(len(MODELS)))
     right.set_xticklabels([f"{m}, c64" for m in MODELS])
     right.set_yscale("log")
@@ -203,10 +220,20 @@ def _save(fig: Any, plt: Any, path: Path) -> Path:
 
 
 def plot_all(results: dict[str, Any], directory: Path) -> dict[str, Path]:
-    concurrencies = sorted({r["concurrency"] for k, r in (results.get("points") or {}).items()
-                            if k.startswith("worker/on/digits/c") and r.get("concurrency")}) or [1, 64]
-    peer_conc = sorted({r["concurrency"] for k, r in (results.get("points") or {}).items()
-                        if k.startswith("peers/") and r["model"] == "digits" and r.get("concurrency")}) or [1, 64]
+    concurrencies = sorted(
+        {
+            r["concurrency"]
+            for k, r in (results.get("points") or {}).items()
+            if k.startswith("worker/on/digits/c") and r.get("concurrency")
+        }
+    ) or [1, 64]
+    peer_conc = sorted(
+        {
+            r["concurrency"]
+            for k, r in (results.get("points") or {}).items()
+            if k.startswith("peers/") and r["model"] == "digits" and r.get("concurrency")
+        }
+    ) or [1, 64]
     made = {
         "engine": plot_engine(results, directory / "engine.png"),
         "worker": plot_worker(results, concurrencies, directory / "worker.png"),

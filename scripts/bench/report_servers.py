@@ -161,7 +161,9 @@ def wait_ready(servers: list[Server], timeout_s: float = 300.0) -> dict[str, str
                     server.stop()
                 pending.remove(server)
             elif not server.alive():
-                failed[server.name] = f"exited with code {server.proc.returncode} before it was ready:\n{server.log_tail()}"
+                failed[server.name] = (
+                    f"exited with code {server.proc.returncode} before it was ready:\n{server.log_tail()}"
+                )
                 pending.remove(server)
             elif time.monotonic() > deadline:
                 failed[server.name] = f"not ready after {timeout_s:.0f} s:\n{server.log_tail()}"

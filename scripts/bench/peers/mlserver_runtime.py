@@ -25,7 +25,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, RequestInput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ort_model import OrtModel  # noqa: E402
+from ort_model import OrtModel
 
 
 def decode(request_input: RequestInput) -> np.ndarray:

@@ -32,7 +32,7 @@ from pytriton.triton import Triton, TritonConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ort_model import OrtModel  # noqa: E402
+from ort_model import OrtModel
 
 NUMPY_TYPES = {
     "BOOL": np.bool_,
