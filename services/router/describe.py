@@ -11,17 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from services.common.errors import NotFound
+from services.common.model_config import TRITON_PLATFORMS
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router.table import ModelEntry, RoutingSnapshot, VersionEntry
-
-#: Triton's platform names for our backends (what tritonclient users expect to see).
-PLATFORMS = {
-    "torchscript": "pytorch_libtorch",
-    "torch_export": "pytorch_torch_export",
-    "onnx": "onnxruntime_onnx",
-    "tensorrt": "tensorrt_plan",
-    "python": "python",
-}
 
 
 def config_datatype(datatype: str) -> int:
@@ -42,7 +34,9 @@ def model_metadata(model: ModelEntry, entry: VersionEntry) -> pb.ModelMetadataRe
     signature = entry.signature
     batch = [-1] if signature.batched else []
     response = pb.ModelMetadataResponse(
-        name=model.name, versions=list(model.ordered), platform=PLATFORMS.get(entry.proto.backend, entry.proto.backend)
+        name=model.name,
+        versions=list(model.ordered),
+        platform=TRITON_PLATFORMS.get(entry.proto.backend, entry.proto.backend),
     )
     for spec in signature.inputs:
         response.inputs.add(name=spec.name, datatype=spec.datatype, shape=[*batch, *spec.shape])
@@ -56,7 +50,7 @@ def model_config(model: ModelEntry, entry: VersionEntry) -> pb.ModelConfigRespon
     backend = entry.proto.backend
     config = pb.ModelConfig(
         name=model.name,
-        platform=PLATFORMS.get(backend, backend),
+        platform=TRITON_PLATFORMS.get(backend, backend),
         backend=backend,
         max_batch_size=signature.max_batch_size,
     )

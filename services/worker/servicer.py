@@ -13,6 +13,7 @@ from services.common import metrics as common_metrics
 from services.common.datatypes import DATATYPES
 from services.common.errors import InvalidArgument, ShunterError, Unavailable
 from services.common.grpc_errors import grpc_method, status_of
+from services.common.model_config import TRITON_PLATFORMS
 from services.common.tensors import decode_request, fill_outputs
 from services.gen.inference import grpc_service_pb2 as pb
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
@@ -24,14 +25,7 @@ logger = logging.getLogger(__name__)
 SERVER_NAME = "shunter"
 SERVER_VERSION = "0.1.0"
 
-#: Triton's platform names, so clients that branch on them see familiar values.
-PLATFORMS = {
-    "torchscript": "pytorch_libtorch",
-    "torch_export": "pytorch_torch_export",
-    "onnx": "onnxruntime_onnx",
-    "tensorrt": "tensorrt_plan",
-    "python": "python",
-}
+
 _TYPE_ENUM = {name: pb.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}") for name in DATATYPES}
 
 
@@ -65,7 +59,7 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         loaded = self._models.get(request.name, request.version)
         versions = sorted(self._models.models().get(request.name, {}), key=int)
         response = pb.ModelMetadataResponse(
-            name=loaded.model, versions=versions, platform=PLATFORMS[loaded.config.backend]
+            name=loaded.model, versions=versions, platform=TRITON_PLATFORMS[loaded.config.backend]
         )
         batch = [-1] if loaded.signature.batched else []
         for spec, target in ((loaded.signature.inputs, response.inputs), (loaded.signature.outputs, response.outputs)):
@@ -79,7 +73,7 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         config = loaded.config
         message = pb.ModelConfig(
             name=loaded.model,
-            platform=PLATFORMS[config.backend],
+            platform=TRITON_PLATFORMS[config.backend],
             backend=config.backend,
             max_batch_size=config.max_batch_size,
         )
