@@ -278,3 +278,81 @@ def launch_mlserver(name: str, specs: list[dict[str, Any]], parallel_workers: in
         env={"PYTHONPATH": str(PEERS_DIR)},
         cwd=root,
     )
+
+
+# ---------------------------------------------------------------- same answers
+
+
+def _request(spec: dict[str, Any], rows: int) -> Any:
+    import numpy as np
+
+    from services.bench.payload import InputPlan, build_request, make_inputs
+
+    plans = [InputPlan(t["name"], t["datatype"], (rows, *t["shape"])) for t in spec["inputs"]]
+    return build_request(spec["name"], "", plans, make_inputs(plans, np.random.default_rng(7)))
+
+
+def _outputs(reply: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from services.common.datatypes import NUMPY_DTYPES
+
+    out = {}
+    for index, tensor in enumerate(reply.outputs):
+        dtype = NUMPY_DTYPES[tensor.datatype]
+        if index < len(reply.raw_output_contents):
+            array = np.frombuffer(reply.raw_output_contents[index], dtype=dtype)
+        else:  # typed contents (FP32 is all the examples return)
+            array = np.asarray(tensor.contents.fp32_contents, dtype=dtype)
+        out[tensor.name] = array.reshape(tuple(tensor.shape))
+    return out
+
+
+def compare_outputs(
+    specs: list[dict[str, Any]], reference: Server, others: list[Server], rows: int = 4
+) -> dict[str, dict[str, str]]:
+    """Send each system the same request and compare its outputs with Shunter's worker's.
+
+    Proves the comparison is of the same computation: same graph, same handler, same
+    answers (to float tolerance). Returns {server name: {model: "match (max abs diff ...)" or why not}}.
+    """
+    import grpc
+    import numpy as np
+
+    from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
+
+    def ask(server: Server, request: Any) -> dict[str, Any]:
+        metadata = tuple(server.info.get("grpc_metadata", ()))
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            return _outputs(stub.ModelInfer(request, timeout=30, metadata=metadata))
+
+    verdicts: dict[str, dict[str, str]] = {server.name: {} for server in others}
+    for spec in specs:
+        request = _request(spec, rows)
+        try:
+            expected = ask(reference, request)
+        except grpc.RpcError as exc:
+            for server in others:
+                verdicts[server.name][spec["name"]] = f"no reference answer: {exc.code().name}"
+            continue
+        for server in others:
+            try:
+                got = ask(server, request)
+            except grpc.RpcError as exc:
+                verdicts[server.name][spec["name"]] = f"error {exc.code().name}: {exc.details()}"
+                continue
+            diffs = []
+            for name, want in expected.items():
+                have = got.get(name)
+                if have is None or have.shape != want.shape:
+                    diffs.append(None)
+                else:
+                    diffs.append(float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64)))))
+            if None in diffs:
+                verdicts[server.name][spec["name"]] = f"different outputs: {sorted(got)} vs {sorted(expected)}"
+            else:
+                worst = max(diffs)
+                word = "match" if worst <= 1e-4 else "DIFFER"
+                verdicts[server.name][spec["name"]] = f"{word} (max abs diff {worst:.1e})"
+    return verdicts

@@ -75,8 +75,8 @@ def plot_engine(results: dict[str, Any], path: Path) -> Path | None:
                 capsize=3,
                 label=f"{name} ({entry.get('backend', '?')})",
             )
-        ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        _log2_axis(ax, sorted({b for e in entries.values() for b in engine_stats(e)}))
         ax.set_xlabel("batch size (rows)")
         ax.set_ylabel("rows/s")
         ax.set_title(f"{model}: engine in-process, one thread")
@@ -98,13 +98,13 @@ def plot_worker(results: dict[str, Any], concurrencies: list[int], path: Path) -
             values, err = _series(records, "rows_per_s")
             left.errorbar(concurrencies, values, yerr=err, marker=marker, capsize=3, label=f"batching {mode}")
         engine = (results.get("engine") or {}).get(f"{model}/v{results['settings']['served_versions'][model]}")
-        if engine and engine.get("runs"):
-            stats = engine_stats(engine)
+        stats = engine_stats(engine) if engine else {}
+        if 1 in stats:
             best = max(stats, key=lambda b: stats[b]["median"])
             left.axhline(stats[1]["median"], linestyle=":", color="gray", label="engine in-process, batch 1")
             left.axhline(stats[best]["median"], linestyle="--", color="gray", label=f"engine in-process, batch {best}")
-        left.set_xscale("log", base=2)
         left.set_yscale("log")
+        _log2_axis(left, concurrencies)
         left.set_xlabel("concurrency (1-row requests, closed loop)")
         left.set_ylabel("rows/s")
         left.set_title(f"{model}: worker throughput")
@@ -133,6 +133,7 @@ def _percentile_bars(ax: Any, labels: list[str], records: list[dict[str, Any] | 
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_yscale("log")
+    _plain_y(ax)
     ax.set_ylabel("latency (ms)")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", which="both", alpha=0.3)
@@ -167,6 +168,7 @@ def plot_router(results: dict[str, Any], path: Path) -> Path | None:
     right.set_xticks(range(len(MODELS)))
     right.set_xticklabels([f"{m}, c64" for m in MODELS])
     right.set_yscale("log")
+    _plain_y(right)
     right.set_ylabel("rows/s through the router")
     right.set_title("scaling: workers behind one router")
     right.legend(fontsize=8)
@@ -187,14 +189,14 @@ def plot_peers(results: dict[str, Any], concurrencies: list[int], path: Path) ->
     for key in present:
         values, err = _series([points.get(f"peers/{key}/digits/c{c}") for c in concurrencies], "throughput_rps")
         ax.errorbar(concurrencies, values, yerr=err, marker="o", capsize=3, label=labels[key])
-    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    _log2_axis(ax, concurrencies)
     ax.set_xlabel("concurrency (1-row requests, closed loop)")
     ax.set_ylabel("requests/s")
     ax.set_title("digits: throughput vs concurrency")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    short = [labels[k].replace(", ", "\n").replace("Shunter ", "Shunter\n").replace(" → ", "→") for k in present]
+    short = [_short(labels[k]) for k in present]
     top = max(concurrencies)
     _percentile_bars(axes[0][1], short, [points.get(f"peers/{k}/digits/c{top}") for k in present])
     axes[0][1].set_title(f"digits: latency at concurrency {top}")
@@ -209,6 +211,33 @@ def plot_peers(results: dict[str, Any], concurrencies: list[int], path: Path) ->
     ax.set_title("minilm: throughput at concurrency 64")
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, plt, path)
+
+
+def _short(label: str) -> str:
+    """A two-line tick label: "MLServer, parallel_workers 1" -> "MLServer\nworkers 1"."""
+    label = label.replace("parallel_workers", "workers").replace(" → ", "→").replace(" instances", " inst.")
+    label = label.replace(" instance", " inst.")
+    head, _, tail = label.replace(", ", " ", 1).partition(" ")
+    return f"{head}\n{tail}"
+
+
+def _log2_axis(ax: Any, ticks: list[int]) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    _plain_y(ax)
+
+
+def _plain_y(ax: Any) -> None:
+    """Log-scale y ticks as plain numbers (1000, not 10^3)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
