@@ -65,6 +65,36 @@ class EngineInstance:
     executor: ThreadPoolExecutor
 
 
+class PeakTracker:
+    """The most rows in flight at once over the last one to two windows.
+
+    Feeds the policy's "waiting cannot grow the batch" rule: when everything that has
+    recently been in flight together is already queued, the batch goes at once.
+    """
+
+    def __init__(self, window_s: float, now: float) -> None:
+        self._window_s = window_s
+        self._start = now
+        self._current = 0
+        self._previous = 0
+
+    def _roll(self, now: float) -> None:
+        elapsed = now - self._start
+        if elapsed >= self._window_s:
+            self._previous = self._current if elapsed < 2 * self._window_s else 0
+            self._current = 0
+            self._start = now
+
+    def observe(self, rows: int, now: float) -> None:
+        self._roll(now)
+        if rows > self._current:
+            self._current = rows
+
+    def peak(self, now: float) -> int:
+        self._roll(now)
+        return max(self._current, self._previous)
+
+
 class Batcher:
     def __init__(
         self,
@@ -93,6 +123,9 @@ class Batcher:
         self._running: set[asyncio.Task] = set()
         self._draining = False
         self._running_requests = 0
+        #: Rows submitted and not yet answered (queued, running or being returned).
+        self._in_flight_rows = 0
+        self._peak = PeakTracker(window_s=1.0, now=clock())
         self._loop_task: asyncio.Task | None = None
 
     @property
@@ -119,10 +152,15 @@ class Batcher:
         future = asyncio.get_running_loop().create_future()
         deadline = now + timeout_s if timeout_s is not None else None
         self._queue.append(PendingRequest(inputs, rows, now, deadline, future, shape_key))
+        self._in_flight_rows += rows
+        self._peak.observe(self._in_flight_rows, now)
         self._arrival.set()
         # If the caller is cancelled, the future is cancelled too and the loop drops it
         # before compute.
-        return await future
+        try:
+            return await future
+        finally:
+            self._in_flight_rows -= rows
 
     async def drain(self) -> None:
         """Refuse new requests and wait until everything queued or running has finished."""
@@ -188,7 +226,7 @@ class Batcher:
                 if pending.shape_key != head_key:
                     break
                 rows.append(pending.rows)
-            decision = decide(rows, now - self._queue[0].enqueued_at, policy)
+            decision = decide(rows, now - self._queue[0].enqueued_at, policy, self._peak.peak(now))
             if isinstance(decision, Wait) and len(rows) < len(self._queue):
                 # The next request cannot join this batch: waiting would not grow it.
                 decision = Dispatch(len(rows), sum(rows))

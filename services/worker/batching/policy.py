@@ -11,7 +11,11 @@ long". It follows Triton's dynamic batcher:
    prefix goes now;
 4. else, once the oldest request has waited ``max_queue_delay_s``, everything taken
    goes (the largest batch possible);
-5. else wait for the rest of the delay, or for the next arrival, whichever is first.
+5. else, if the rows taken already reach ``expected_rows`` — the most rows that have
+   recently been in flight together — the batch goes now: waiting cannot grow it,
+   because the callers that could add to it are all already in it (one client sending
+   one request at a time gets no queue delay at all);
+6. else wait for the rest of the delay, or for the next arrival, whichever is first.
 
 Rows, not requests, are counted: a 7-row request fills 7 slots.
 """
@@ -59,8 +63,13 @@ def decide(
     pending_rows: Sequence[int],
     oldest_age_s: float,
     policy: BatchPolicy,
+    expected_rows: int | None = None,
 ) -> Dispatch | Wait | None:
-    """The next batching step; None when nothing is waiting."""
+    """The next batching step; None when nothing is waiting.
+
+    ``expected_rows`` is the shell's estimate of the most rows that can be waiting at
+    once (rule 5); None turns that rule off, giving Triton's behaviour exactly.
+    """
     if not pending_rows:
         return None
     limit = policy.max_batch_size
@@ -89,5 +98,7 @@ def decide(
     if best_preferred is not None:
         return Dispatch(*best_preferred)
     if oldest_age_s >= policy.max_queue_delay_s:
+        return Dispatch(taken, rows)
+    if expected_rows is not None and rows >= expected_rows:
         return Dispatch(taken, rows)
     return Wait(policy.max_queue_delay_s - oldest_age_s)

@@ -135,3 +135,26 @@ async def test_requests_with_different_shapes_are_not_mixed():
     results = await asyncio.gather(submit(2, 1), submit(3, 2), submit(2, 3))
     assert [r["y"].shape for r in results] == [(1, 2), (1, 3), (1, 2)]
     await batcher.close()
+
+
+def test_peak_tracker_remembers_the_last_window_then_forgets():
+    from services.worker.batching.batcher import PeakTracker
+
+    peak = PeakTracker(window_s=1.0, now=0.0)
+    peak.observe(5, 0.1)
+    peak.observe(2, 0.5)
+    assert peak.peak(0.9) == 5
+    assert peak.peak(1.5) == 5  # the previous window still counts
+    peak.observe(1, 1.6)
+    assert peak.peak(2.7) == 1
+    assert peak.peak(5.0) == 0  # two idle windows: nothing remembered
+
+
+async def test_a_lone_caller_waits_for_no_queue_delay():
+    engine = FakeEngine()
+    batcher = make_batcher(engine, max_batch=8, delay_s=30.0)
+    for i in range(3):  # with a 30 s delay this would hang if the batch waited
+        result = await asyncio.wait_for(batcher.submit(rows(1, i), 1), 5)
+        assert result["y"][0, 0] == 2 * i
+    assert engine.batches == [1, 1, 1]
+    await batcher.close()

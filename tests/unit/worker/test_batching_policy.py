@@ -51,3 +51,10 @@ def test_invalid_policy_is_refused():
         BatchPolicy(max_batch_size=0, max_queue_delay_s=0.001)
     with pytest.raises(ValueError, match="max_queue_delay_s"):
         BatchPolicy(max_batch_size=4, max_queue_delay_s=-1)
+
+
+def test_batch_goes_at_once_when_waiting_cannot_grow_it():
+    assert decide([1], 0.0, POLICY, expected_rows=1) == Dispatch(1, 1)
+    assert decide([2, 1], 0.0, POLICY, expected_rows=3) == Dispatch(2, 3)
+    assert decide([1], 0.0, POLICY, expected_rows=4) == Wait(pytest.approx(0.002))
+    assert decide([1], 0.0, POLICY, expected_rows=None) == Wait(pytest.approx(0.002))
