@@ -28,6 +28,8 @@ from services.worker.batching.policy import BatchPolicy, Dispatch, Wait, decide
 logger = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
+#: Batches handed to one instance at once (see Batcher.__init__).
+SLOTS_PER_INSTANCE = 2
 #: Runs one batch of concatenated inputs; returns outputs with the batch's rows first.
 InferFn = Callable[[Arrays], Arrays]
 
@@ -116,9 +118,13 @@ class Batcher:
         self._clock = clock
         self._queue: deque[PendingRequest] = deque()
         self._arrival = asyncio.Event()
+        # Each instance takes up to SLOTS_PER_INSTANCE batches: one running on its thread
+        # and the next already waiting in its executor, so the thread goes from one batch
+        # to the next without a round trip through the event loop.
         self._free: asyncio.Queue[EngineInstance] = asyncio.Queue()
-        for instance in instances:
-            self._free.put_nowait(instance)
+        for _slot in range(SLOTS_PER_INSTANCE):
+            for instance in instances:
+                self._free.put_nowait(instance)
         self._instances = instances
         self._running: set[asyncio.Task] = set()
         self._draining = False
@@ -240,46 +246,58 @@ class Batcher:
     async def _execute(self, instance: EngineInstance, batch: list[PendingRequest]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            now = self._clock()
-            live: list[PendingRequest] = []
-            for pending in batch:
-                if pending.future.done():
-                    continue
-                if pending.deadline is not None and pending.deadline <= now:
-                    pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
-                    continue
-                live.append(pending)
-            if not live:
-                return
             try:
-                results, timing = await loop.run_in_executor(
-                    instance.executor, _run_batch, instance.infer, live, self._batched
+                ran, timing = await loop.run_in_executor(
+                    instance.executor, _run_batch, instance.infer, batch, self._batched, self._clock
                 )
             except ShunterError as exc:
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                self._fail(batch, exc)
                 return
             except Exception as exc:
-                logger.exception("batch of %d rows failed", sum(p.rows for p in live))
-                error = EngineError(f"model execution failed: {type(exc).__name__}")
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
+                logger.exception("batch of %d rows failed", sum(p.rows for p in batch))
+                self._fail(batch, EngineError(f"model execution failed: {type(exc).__name__}"))
                 return
-            timing.queue_ns = [int((now - p.enqueued_at) * 1e9) for p in live]
-            for pending, result in zip(live, results, strict=True):
-                if not pending.future.done():
+            for pending, result in zip(batch, ran, strict=True):
+                if pending.future.done():
+                    continue
+                if result is None:
+                    pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                else:
                     pending.future.set_result(result)
-            if self._on_batch is not None:
+            if timing is not None and self._on_batch is not None:
                 self._on_batch(timing)
         finally:
             self._running_requests -= len(batch)
             self._free.put_nowait(instance)
 
+    @staticmethod
+    def _fail(batch: list[PendingRequest], error: ShunterError) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
-def _run_batch(infer: InferFn, live: list[PendingRequest], batched: bool) -> tuple[list[Arrays], BatchTiming]:
-    """On the instance thread: concatenate rows, run the engine, split rows back."""
+
+def _run_batch(
+    infer: InferFn, batch: list[PendingRequest], batched: bool, clock: Callable[[], float]
+) -> tuple[list[Arrays | None], BatchTiming | None]:
+    """On the instance thread: drop dead requests, concatenate rows, run, split rows back.
+
+    Requests cancelled or past their deadline are checked here, right before compute,
+    since a batch may wait in the executor behind the one running. Their result is None
+    (the loop answers DEADLINE_EXCEEDED, or nothing for a cancelled call). Reading
+    ``future.done()`` from this thread is a benign race: at worst one cancelled request
+    is computed.
+    """
+    start = clock()
+    live_index = [
+        i
+        for i, p in enumerate(batch)
+        if not p.future.done() and (p.deadline is None or p.deadline > start)
+    ]
+    results: list[Arrays | None] = [None] * len(batch)
+    if not live_index:
+        return results, None
+    live = [batch[i] for i in live_index]
     t0 = time.perf_counter_ns()
     if len(live) == 1:
         inputs = live[0].inputs
@@ -291,7 +309,7 @@ def _run_batch(infer: InferFn, live: list[PendingRequest], batched: bool) -> tup
     t2 = time.perf_counter_ns()
     total_rows = sum(p.rows for p in live)
     if len(live) == 1:
-        results = [outputs]
+        results[live_index[0]] = outputs
     else:
         for name, array in outputs.items():
             if array.shape[:1] != (total_rows,):
@@ -299,15 +317,21 @@ def _run_batch(infer: InferFn, live: list[PendingRequest], batched: bool) -> tup
                     f"engine returned {array.shape[0] if array.ndim else 0} rows for output '{name}', "
                     f"expected {total_rows}"
                 )
-        results = []
         offset = 0
-        for pending in live:
+        for index, pending in zip(live_index, live, strict=True):
             end = offset + pending.rows
-            results.append({name: array[offset:end] for name, array in outputs.items()})
+            results[index] = {name: array[offset:end] for name, array in outputs.items()}
             offset = end
     t3 = time.perf_counter_ns()
-    rows = total_rows if batched else 1
-    return results, BatchTiming(rows=rows, requests=len(live), input_ns=t1 - t0, infer_ns=t2 - t1, output_ns=t3 - t2)
+    timing = BatchTiming(
+        rows=total_rows if batched else 1,
+        requests=len(live),
+        input_ns=t1 - t0,
+        infer_ns=t2 - t1,
+        output_ns=t3 - t2,
+        queue_ns=[int((start - p.enqueued_at) * 1e9) for p in live],
+    )
+    return results, timing
 
 
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:

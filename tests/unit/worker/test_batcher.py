@@ -66,16 +66,17 @@ async def test_engine_failure_fails_every_request_of_the_batch_and_the_batcher_k
 
 async def test_full_queue_is_rejected_at_once_with_unavailable():
     engine = FakeEngine()
-    engine.gate.clear()  # the first batch blocks the only instance
+    engine.gate.clear()  # the first batch blocks the only instance; the second waits behind it
     batcher = make_batcher(engine, max_batch=1, delay_s=0.0, queue=2)
     first = asyncio.create_task(batcher.submit(rows(1, 0), 1))
+    second = asyncio.create_task(batcher.submit(rows(1, 0), 1))
     await asyncio.sleep(0.05)
     queued = [asyncio.create_task(batcher.submit(rows(1, i), 1)) for i in range(2)]
     await asyncio.sleep(0.01)
     with pytest.raises(Unavailable, match="queue full"):
         await batcher.submit(rows(1, 9), 1)
     engine.gate.set()
-    await asyncio.gather(first, *queued)
+    await asyncio.gather(first, second, *queued)
     await batcher.close()
 
 
@@ -104,6 +105,7 @@ async def test_close_resolves_queued_requests_with_unavailable():
     engine.gate.clear()
     batcher = make_batcher(engine, max_batch=1, delay_s=0.0)
     running = asyncio.create_task(batcher.submit(rows(1, 0), 1))
+    next_up = asyncio.create_task(batcher.submit(rows(1, 0), 1))
     await asyncio.sleep(0.05)
     queued = asyncio.create_task(batcher.submit(rows(1, 1), 1))
     await asyncio.sleep(0.01)
@@ -111,7 +113,7 @@ async def test_close_resolves_queued_requests_with_unavailable():
     await asyncio.sleep(0.01)
     engine.gate.set()
     await closing
-    await running
+    await asyncio.gather(running, next_up)
     with pytest.raises(Unavailable):
         await queued
 
