@@ -42,16 +42,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from report_engine import measure as measure_engine  # noqa: E402 - shared with the report
+
 from services.bench import BenchOptions, run_bench  # noqa: E402
-from services.bench.payload import InputPlan, make_inputs  # noqa: E402
-from services.common.model_config import load_version_config, version_config_text  # noqa: E402
-from services.worker.engines import EngineSpec, create_engine  # noqa: E402
+from services.common.model_config import version_config_text  # noqa: E402
 from services.worker.repository import scan_repository  # noqa: E402
 
 logger = logging.getLogger("bench.worker")
@@ -60,18 +59,6 @@ READY_LINE = re.compile(r"^shunter worker listening on (\S+):(\d+) metrics (\S+)
 CONCURRENCIES = (1, 16, 64)
 #: Enough outstanding requests that a non-batching worker's engine never waits.
 OVERHEAD_CONCURRENCY = 4
-#: Length of variable (-1) dimensions, the same as `shunter bench`'s default.
-DIM_LENGTH = 16
-
-
-def batch_sizes(limit: int) -> list[int]:
-    """1, 2, 4, ... below the limit, then the limit itself."""
-    sizes = [1]
-    while sizes[-1] * 2 < limit:
-        sizes.append(sizes[-1] * 2)
-    if limit > 1:
-        sizes.append(limit)
-    return sizes
 
 
 def pick_version(repository: Path, model: str, version: str | None) -> tuple[str, Path]:
@@ -89,32 +76,9 @@ def pick_version(repository: Path, model: str, version: str | None) -> tuple[str
 
 def in_process(model: str, version: str, version_dir: Path, seconds: float) -> dict[int, float]:
     """rows/s of the engine (handler included) at each batch size, on this thread."""
-    config = load_version_config(version_dir.parent, version)
-    engine = create_engine(EngineSpec(model, version, version_dir, config))
-    engine.load()
-    engine.warmup()
-    rng = np.random.default_rng(0)
-    results: dict[int, float] = {}
-    try:
-        for batch in batch_sizes(max(config.max_batch_size, 1)):
-            rows = (batch,) if config.max_batch_size else ()
-            plans = [
-                InputPlan(t.name, t.datatype, rows + tuple(DIM_LENGTH if d == -1 else d for d in t.shape))
-                for t in config.inputs
-            ]
-            inputs = make_inputs(plans, rng)
-            engine.infer(inputs)  # first call at this shape may allocate
-            runs, started = 0, time.perf_counter()
-            while True:
-                engine.infer(inputs)
-                runs += 1
-                elapsed = time.perf_counter() - started
-                if elapsed >= seconds and runs >= 3:
-                    break
-            results[batch] = batch * runs / elapsed
-            print(f"  in-process {model} v{version} batch {batch:>3}: {results[batch]:9.1f} rows/s", flush=True)
-    finally:
-        engine.close()
+    results = measure_engine(version_dir.parent.parent, model, version, seconds)["rows_per_s"]
+    for batch, rate in results.items():
+        print(f"  in-process {model} v{version} batch {batch:>3}: {rate:9.1f} rows/s", flush=True)
     return results
 
 
