@@ -6,8 +6,9 @@ their own modules. Names start with ``shunter_`` and carry their unit.
 
 from __future__ import annotations
 
-import contextvars
+from typing import Any
 
+import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 #: Latency buckets in seconds, fine below a millisecond (the router hop) and up to 10 s.
@@ -32,6 +33,22 @@ IN_FLIGHT = Gauge(
     ["service", "method"],
 )
 
-#: The model version that served the current request, when it differs from what was asked
-#: (the router's split, the worker's "highest version" default). Set by handlers.
-served_version: contextvars.ContextVar[str] = contextvars.ContextVar("served_version", default="")
+class RpcObserver:
+    """Records one service's RPCs, caching labelled children (labels() is the slow part)."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._counters: dict[tuple[str, str, str, str], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
+
+    def observe(self, method: str, model: str, version: str, code: grpc.StatusCode, seconds: float) -> None:
+        key = (method, model, version, code.name)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = REQUESTS.labels(self._service, *key)
+        counter.inc()
+        hkey = (method, model)
+        histogram = self._histograms.get(hkey)
+        if histogram is None:
+            histogram = self._histograms[hkey] = REQUEST_LATENCY.labels(self._service, method, model)
+        histogram.observe(seconds)

@@ -38,31 +38,11 @@ RETRY_AFTER_TRAILER = "retry-after-ms"
 STATISTICS_TIMEOUT_S = 5.0
 
 
-class _Observer:
-    """Shared RPC metrics with the labelled children cached (labels() is the slow part)."""
-
-    def __init__(self) -> None:
-        self._counters: dict[tuple[str, str, str, str], Any] = {}
-        self._histograms: dict[tuple[str, str], Any] = {}
-
-    def observe(self, method: str, model: str, version: str, code: grpc.StatusCode, seconds: float) -> None:
-        key = (method, model, version, code.name)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = common_metrics.REQUESTS.labels("router", *key)
-        counter.inc()
-        hkey = (method, model)
-        histogram = self._histograms.get(hkey)
-        if histogram is None:
-            histogram = self._histograms[hkey] = common_metrics.REQUEST_LATENCY.labels("router", method, model)
-        histogram.observe(seconds)
-
-
 class RouterServicer:
     def __init__(self, router: Router) -> None:
         self.router = router
         self.draining = False
-        self._observer = _Observer()
+        self._observer = common_metrics.RpcObserver("router")
         self._in_flight_infer = common_metrics.IN_FLIGHT.labels("router", "ModelInfer")
         self._in_flight_stream = common_metrics.IN_FLIGHT.labels("router", "ModelStreamInfer")
 

@@ -37,6 +37,8 @@ from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 
 logger = logging.getLogger(__name__)
 
+#: Seconds stop() waits for its tasks and for the registry client to close.
+STOP_TIMEOUT_S = 5.0
 #: Seconds before a load that failed for another reason than its sha256 is tried again.
 LOAD_RETRY_S = 30.0
 
@@ -142,7 +144,11 @@ class ClusterMember:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a task stuck in a gRPC call must not keep the worker from exiting.
+            _done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for task in stuck:
+                logger.warning("cluster task %s did not stop within %ss", task.get_name(), STOP_TIMEOUT_S)
         if self._registered:
             try:
                 await asyncio.wait_for(self.client.deregister_worker(self.worker_id), 5.0)
@@ -150,7 +156,10 @@ class ClusterMember:
             except (ShunterError, TimeoutError) as exc:
                 logger.warning("could not deregister worker %s (%s); its lease will expire", self.worker_id, exc)
             self._registered = False
-        await self.client.close()
+        try:
+            await asyncio.wait_for(self.client.close(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("closing the registry client took over %ss", STOP_TIMEOUT_S)
 
     async def wait_synced(self, timeout_s: float | None = None) -> bool:
         with contextlib.suppress(TimeoutError):

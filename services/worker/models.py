@@ -198,13 +198,6 @@ class ModelManager:
         resolved = version_dir.resolve()
         return any(resolved.is_relative_to(root) for root in self._trusted_roots)
 
-    def record_failure(self, model: str, version: str, config: ModelConfig, version_dir: Path, error: str) -> None:
-        """Remember a version that was refused before loading (e.g. a sha256 mismatch)."""
-        loaded = LoadedVersion(EngineSpec(model, version, version_dir, config))
-        loaded.state = VersionState.FAILED
-        loaded.error = error
-        self._models.setdefault(model, {})[version] = loaded
-
     async def unload_version(self, model: str, version: str) -> None:
         loaded = self._models.get(model, {}).pop(version, None)
         if loaded is None:

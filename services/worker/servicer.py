@@ -33,8 +33,10 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, models: ModelManager) -> None:
         self._models = models
         self.draining = False
-        self._requests = common_metrics.REQUESTS
-        self._latency = common_metrics.REQUEST_LATENCY
+        self._observer = common_metrics.RpcObserver("worker")
+        self._in_flight = {
+            method: common_metrics.IN_FLIGHT.labels("worker", method) for method in ("ModelInfer", "ModelStreamInfer")
+        }
 
     # -- health-style RPCs -------------------------------------------------------------
     async def ServerLive(self, request, context):
@@ -127,25 +129,39 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         fill_outputs(response, outputs, decoded.outputs or loaded.output_names, loaded.output_datatypes)
         return response
 
-    async def ModelInfer(self, request, context):
+    async def _observed_infer(
+        self, method: str, request: pb.ModelInferRequest, timeout_s: float | None
+    ) -> pb.ModelInferResponse:
+        """_infer with the RPC metrics: count by the version that served, latency, in-flight."""
         start = time.perf_counter()
+        version = request.model_version
         code = grpc.StatusCode.OK
+        in_flight = self._in_flight[method]
+        in_flight.inc()
         try:
-            return await self._infer(request, context.time_remaining())
-        except ShunterError as exc:
-            code = exc.code
-            await context.abort(exc.code, exc.message)
+            response = await self._infer(request, timeout_s)
+            version = response.model_version
+            return response
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            logger.exception("ModelInfer failed")
-            await context.abort(code, "internal error (see server log)")
+        except Exception as exc:
+            code, _ = status_of(exc)
+            raise
         finally:
-            model = request.model_name
-            self._requests.labels("worker", "ModelInfer", model, request.model_version, code.name).inc()
-            self._latency.labels("worker", "ModelInfer", model).observe(time.perf_counter() - start)
+            in_flight.dec()
+            self._observer.observe(method, request.model_name, version, code, time.perf_counter() - start)
+
+    async def ModelInfer(self, request, context):
+        try:
+            return await self._observed_infer("ModelInfer", request, context.time_remaining())
+        except ShunterError as exc:
+            await context.abort(exc.code, exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("ModelInfer failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
@@ -156,7 +172,7 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def serve_one(request: pb.ModelInferRequest) -> None:
             try:
-                result = await self._infer(request, context.time_remaining())
+                result = await self._observed_infer("ModelStreamInfer", request, context.time_remaining())
                 await responses.put(pb.ModelStreamInferResponse(infer_response=result))
             except Exception as exc:
                 _, message = status_of(exc)

@@ -135,10 +135,6 @@ class Batcher:
         self._loop_task: asyncio.Task | None = None
 
     @property
-    def queue_depth(self) -> int:
-        return len(self._queue)
-
-    @property
     def in_flight(self) -> int:
         """Requests queued or running."""
         return len(self._queue) + self._running_requests

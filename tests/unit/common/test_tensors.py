@@ -115,9 +115,8 @@ def test_negative_dimension():
 
 def test_overflowing_dimensions():
     req = request()
-    req.inputs[0].shape[:] = [2, 1 << 62]
     req.inputs[0].shape[:] = [2**31, 2**31]
-    expect("input 'x'", req)
+    expect("input 'x': shape .* overflows the element limit", req)
 
 
 def test_broken_bytes_prefix():
