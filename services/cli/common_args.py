@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from services.common.process_group import REUSE_PORT_FLAG
 from services.common.server import DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
 
 
@@ -20,6 +21,23 @@ def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
     )
 
 
+def add_process_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """--processes for stateless services (see services/common/process_group.py)."""
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help=f"processes sharing the port (SO_REUSEPORT){what}; each serves whole client connections (default 1)",
+    )
+    parser.add_argument(REUSE_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
+
+
+def run_process_group(service: str, args: argparse.Namespace) -> int:
+    from services.common.process_group import run_group
+
+    return run_group(service, args.command_line, args.processes, args.host, args.port, args.metrics_port, args.grace_s)
+
+
 def server_settings(args: argparse.Namespace, **extra) -> ServerSettings:
     return ServerSettings(
         host=args.host,
@@ -27,5 +45,6 @@ def server_settings(args: argparse.Namespace, **extra) -> ServerSettings:
         metrics_port=args.metrics_port,
         grace_s=args.grace_s,
         max_message_bytes=args.max_message_bytes,
+        reuse_port=getattr(args, "reuse_port", False),
         **extra,
     )

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from services.cli.common_args import add_server_args, server_settings
+from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,11 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "none: per-replica limits, no cache)",
     )
     parser.add_argument("--key-prefix", default="shunter:", help="prefix of the router's Redis keys")
-    parser.add_argument("--request-timeout-s", type=float, default=60.0,
-                        help="deadline for requests whose caller sets none")
+    parser.add_argument(
+        "--request-timeout-s", type=float, default=60.0, help="deadline for requests whose caller sets none"
+    )
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    add_process_args(parser, "")
     add_server_args(parser, default_port=8001)
     parser.set_defaults(func=run)
 
@@ -61,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("shunter router: --tls-cert and --tls-key go together")
         return 2
+    if args.processes < 1:
+        print("shunter router: --processes must be at least 1")
+        return 2
+    if args.processes > 1:
+        return run_process_group("router", args)
     tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     settings = RouterSettings(
         registry=args.registry,

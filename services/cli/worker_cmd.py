@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from services.cli.common_args import add_server_args, server_settings
+from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="cluster mode: a directory whose python handlers may run (repeatable)",
     )
+    add_process_args(parser, ", each with its own copy of the models; more than 1 needs --model-repository")
     add_server_args(parser, default_port=8001)
     parser.set_defaults(func=run)
 
@@ -44,6 +45,17 @@ def run(args: argparse.Namespace) -> int:
     if args.registry is None and args.model_repository is None:
         print("shunter worker: give --model-repository DIR, or --registry HOST:PORT with --serve NAMES")
         return 2
+    if args.processes < 1:
+        print("shunter worker: --processes must be at least 1")
+        return 2
+    if args.processes > 1:
+        if args.registry is not None:
+            print(
+                "shunter worker: --processes > 1 serves a --model-repository; "
+                "in cluster mode start one worker per process"
+            )
+            return 2
+        return run_process_group("worker", args)
     cluster = None
     if args.registry is not None:
         if not args.serve:

@@ -56,6 +56,9 @@ class ServerSettings:
     grace_s: float = 30.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     tls: TlsConfig | None = None
+    #: Share the port with sibling processes (SO_REUSEPORT; `shunter worker --processes`).
+    #: Off by default so that a port already in use is an error, not a silent split.
+    reuse_port: bool = False
 
 
 class ServiceApp(Protocol):
@@ -79,11 +82,11 @@ class ServiceApp(Protocol):
         """Release everything once in-flight calls have finished."""
 
 
-def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
@@ -93,7 +96,7 @@ class RunningService:
     def __init__(self, app: ServiceApp, settings: ServerSettings) -> None:
         self.app = app
         self.settings = settings
-        self.server = grpc.aio.server(options=server_options(settings.max_message_bytes))
+        self.server = grpc.aio.server(options=server_options(settings.max_message_bytes, settings.reuse_port))
         self.health = HealthServicer()
         self.port = 0
         self.metrics_port = 0
