@@ -63,6 +63,8 @@ from worker import make_repository  # noqa: E402 - the served copy with batching
 
 MINILM = "minilm_gpu"
 MINILM_X2 = "minilm_gpu_x2"
+#: The batching-on worker run as `shunter worker --processes N` (several front ends, one port).
+PROCS = "procs"
 DIGITS = "digits"
 VERSION = "1"
 #: Files of the minilm carry, written by --write-carry and read on the device.
@@ -345,7 +347,7 @@ def point_plan(quick: bool, overhead_batch: int) -> list[tuple[str, str, int, in
         (MINILM, "off", OVERHEAD_CONCURRENCY, overhead_batch),
     ]
     if quick:
-        return [*plan, (DIGITS, "on", 1, 1)]
+        return [*plan, (DIGITS, "on", 1, 1), (DIGITS, PROCS, 16, 1)]
     return [
         *plan,
         (MINILM, "on", 1, 1),
@@ -356,6 +358,9 @@ def point_plan(quick: bool, overhead_batch: int) -> list[tuple[str, str, int, in
         (DIGITS, "on", 64, 1),
         (MINILM_X2, "on", 64, 1),
         (MINILM_X2, "on", 256, 1),
+        (MINILM, PROCS, 64, 1),
+        (MINILM, PROCS, 256, 1),
+        (DIGITS, PROCS, 256, 1),
     ]
 
 
@@ -396,10 +401,10 @@ def prime(points: list[Point], args: argparse.Namespace, budget: Budget) -> None
         pair = (point.tags["batching"], point.model)
         if point.batch_rows == 1 and point.concurrency >= getattr(busiest.get(pair), "concurrency", 0):
             busiest[pair] = point
-    settings = Settings(runs=1, duration_s=args.warmup, warmup_s=0.0, client_processes=args.client_processes)
     for (batching, model), point in busiest.items():
         if not budget.allows(args.warmup + POINT_OVERHEAD_S, f"priming {batching}/{model}"):
             return
+        settings = Settings(runs=1, duration_s=args.warmup, warmup_s=0.0, client_processes=clients_for(point, args))
         print(f"  priming {batching}/{model} at c{point.concurrency}: {describe(measure_point(point, settings))}")
 
 
@@ -427,11 +432,23 @@ def served_rounds(points: list[Point], args: argparse.Namespace, budget: Budget,
                 runs=args.served_repeats,
                 duration_s=args.duration,
                 warmup_s=args.warmup,
-                client_processes=max(1, min(args.client_processes, point.concurrency)),
+                client_processes=max(1, min(clients_for(point, args), point.concurrency)),
             )
             run = measure_point(point, settings)
             store[point.key]["runs"].append(run)
             print(f"  [served {round_index + 1}/{args.served_repeats}] {point.key}: {describe(run)}", flush=True)
+
+
+def clients_for(point: Point, args: argparse.Namespace) -> int:
+    """Load generator processes: each is one connection, and a worker process serves whole
+    connections, so the multi-process worker needs several per process to spread the load."""
+    return args.procs_clients if point.tags["batching"] == PROCS else args.client_processes
+
+
+def batching_label(batching: str, results: dict[str, Any]) -> str:
+    if batching == PROCS:
+        return f"on, {results['settings'].get('worker_processes', '?')} processes"
+    return batching
 
 
 def describe(run: dict[str, Any]) -> str:
@@ -443,17 +460,20 @@ def describe(run: dict[str, Any]) -> str:
     return f"{run['rows_per_s']:,.0f} rows/s, {latency}" + (f", errors {bad}" if bad else "")
 
 
-def start_workers(source: Path, scratch: Path, log_dir: Path, quick: bool) -> dict[str, Server]:
-    """A batching-off worker (minilm) and a batching-on one (minilm, digits, and minilm x2 unless quick)."""
+def start_workers(source: Path, scratch: Path, log_dir: Path, quick: bool, processes: int) -> dict[str, Server]:
+    """A batching-off worker (minilm), a batching-on one (minilm, digits, and minilm x2 unless
+    quick), and the batching-on one again as ``processes`` processes (minilm, digits)."""
     off_models = [MINILM]
     on_models = [MINILM, DIGITS] if quick else [MINILM, DIGITS, MINILM_X2]
     repos = {}
     for batching, models in (("off", off_models), ("on", on_models)):
         for model in models:
             repos[batching] = make_repository(scratch, source, model, VERSION, batching == "on")
+    group = ("--models", f"{MINILM},{DIGITS}", "--processes", str(processes))
     return {
         "off": launch_worker("worker-batching-off", repos["off"], off_models, log_dir),
         "on": launch_worker("worker-batching-on", repos["on"], on_models, log_dir),
+        PROCS: launch_worker(f"worker-{processes}-processes", repos["on"], [MINILM, DIGITS], log_dir, extra=group),
     }
 
 
@@ -548,6 +568,49 @@ def bar_instances(results: dict[str, Any]) -> dict[str, str]:
     return {"bar": f"{MINILM}, 2 instances vs 1", "target": "(information)", "measured": "–", "status": "info"}
 
 
+def bar_processes(results: dict[str, Any], model: str) -> dict[str, str]:
+    """The multi-process worker against one process, batching on, at the highest concurrency both ran."""
+    processes = results["settings"].get("worker_processes", "?")
+    for concurrency in (256, 64):
+        one = served_median(results, point_key(model, "on", concurrency, 1))
+        many = served_median(results, point_key(model, PROCS, concurrency, 1))
+        if one and many:
+            return {
+                "bar": f"{model}, {processes} worker processes vs 1, batching on, {concurrency} in flight",
+                "target": "(information)",
+                "measured": f"{many / one:.2f}× ({many:,.0f} vs {one:,.0f} rows/s)",
+                "status": "info",
+            }
+    return {
+        "bar": f"{model}, {processes} worker processes vs 1",
+        "target": "(information)",
+        "measured": "–",
+        "status": "info",
+    }
+
+
+def bar_capture_processes(results: dict[str, Any]) -> dict[str, str]:
+    """Batching gain captured by the multi-process worker at 256 in flight (one process: see above)."""
+    engine = engine_medians(results, MINILM)
+    many = served_median(results, point_key(MINILM, PROCS, 256, 1))
+    base = served_median(results, point_key(MINILM, "off", 1, 1))
+    processes = results["settings"].get("worker_processes", "?")
+    measured = "–"
+    if many and base and 1 in engine:
+        best = max(engine, key=engine.get)
+        engine_gain, served_gain = engine[best] / engine[1], many / base
+        measured = (
+            f"{served_gain / engine_gain:.2f} (served {processes} processes c256 / off c1 = {served_gain:.2f}×; "
+            f"engine batch {best} / batch 1 = {engine_gain:.2f}×)"
+        )
+    return {
+        "bar": f"{MINILM}, batching gain captured with {processes} worker processes at 256 in flight",
+        "target": "(information)",
+        "measured": measured,
+        "status": "info",
+    }
+
+
 def bars(results: dict[str, Any]) -> list[dict[str, str]]:
     return [
         bar_overhead(results),
@@ -555,6 +618,9 @@ def bars(results: dict[str, Any]) -> list[dict[str, str]]:
         bar_engine_gain(results),
         bar_capture(results, DIGITS, None),
         bar_instances(results),
+        bar_processes(results, MINILM),
+        bar_processes(results, DIGITS),
+        bar_capture_processes(results),
     ]
 
 
@@ -632,7 +698,7 @@ def section_served(results: dict[str, Any]) -> str:
     rows = [
         [
             r["model"],
-            r["batching"],
+            batching_label(r["batching"], results),
             str(r["concurrency"]),
             str(r["batch_rows"]),
             fmt(stat(r, "rows_per_s")),
@@ -699,7 +765,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
             yerr=err,
             marker="o",
             capsize=3,
-            label=f"{model}, batching {batching}",
+            label=f"{model}, batching {batching_label(batching, results)}",
         )
     engine = engine_medians(results, MINILM)
     if 1 in engine:
@@ -773,6 +839,8 @@ def new_results(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "client_processes": args.client_processes,
+            "worker_processes": args.worker_processes,
+            "procs_clients": args.procs_clients,
             "max_batch": args.max_batch,
             "overhead_batch": args.overhead_batch,
         },
@@ -801,7 +869,7 @@ def run(
     print(f"  in-process check: {results['verify']['engine in-process']}", flush=True)
     engine_phase(source, [MINILM, DIGITS], args, budget, results)
     # Started only now: their start-up (imports, CUDA context, warm-up) would disturb the engine's figures.
-    servers.update(start_workers(source, scratch / "served", args.out / "logs", args.quick))
+    servers.update(start_workers(source, scratch / "served", args.out / "logs", args.quick, args.worker_processes))
     failed = wait_ready(list(servers.values()), timeout_s=max(30.0, min(240.0, budget.left() - RESERVE_S)))
     results["errors"] += [f"{name} did not start: {why}" for name, why in failed.items()]
     results["errors"] += check_devices(servers, args.device)
@@ -859,6 +927,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=None, help="warm-up per served point (default 1)")
     parser.add_argument("--client-processes", type=int, default=None, help="`shunter bench` processes (default 4)")
     parser.add_argument("--overhead-batch", type=int, default=None, help="rows per request, overhead point (32)")
+    parser.add_argument(
+        "--worker-processes", type=int, default=None, help="processes of the multi-process worker (default 4; quick 2)"
+    )
+    parser.add_argument(
+        "--procs-clients", type=int, default=None, help="`shunter bench` processes against it (default 8; quick 2)"
+    )
     parser.add_argument("--write-carry", type=Path, metavar="DIR", help="write the minilm carry to DIR and exit")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -868,6 +942,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration or (1.0 if quick else 3.0)
     args.warmup = args.warmup if args.warmup is not None else (0.3 if quick else 1.0)
     args.client_processes = args.client_processes or (1 if quick else 4)
+    args.worker_processes = args.worker_processes or (2 if quick else 4)
+    args.procs_clients = args.procs_clients or (2 if quick else 8)
     # A quick run on a CPU keeps batches small: minilm at batch 64 takes seconds per call there.
     args.max_batch = 16 if quick else 64
     args.overhead_batch = args.overhead_batch or min(32, args.max_batch)

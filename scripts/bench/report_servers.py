@@ -216,8 +216,10 @@ def _worker_ready(text: str) -> dict[str, Any] | None:
     return {"address": f"{match.group(1)}:{match.group(2)}"} if match else None
 
 
-def launch_worker(name: str, repository: Path, models: Iterable[str], log_dir: Path) -> Server:
-    argv = shunter_argv("worker", "--model-repository", str(repository), "--port", "0", "--metrics-port", "0")
+def launch_worker(
+    name: str, repository: Path, models: Iterable[str], log_dir: Path, extra: Iterable[str] = ()
+) -> Server:
+    argv = shunter_argv("worker", "--model-repository", str(repository), "--port", "0", "--metrics-port", "0", *extra)
     return launch(name, argv, log_dir=log_dir, models=models, parse_ready=_worker_ready)
 
 

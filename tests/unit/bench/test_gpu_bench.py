@@ -153,13 +153,15 @@ def test_priming_visits_each_worker_and_model_once_at_its_busiest(monkeypatch: p
     class FakeServer:
         address = "127.0.0.1:1"
 
-    servers = {"off": FakeServer(), "on": FakeServer()}
+    servers = {"off": FakeServer(), "on": FakeServer(), gpu.PROCS: FakeServer()}
     points = gpu.make_points(gpu.point_plan(quick=False, overhead_batch=32), servers)  # type: ignore[arg-type]
-    args = type("Args", (), {"warmup": 1.0, "client_processes": 4})()
+    args = type("Args", (), {"warmup": 1.0, "client_processes": 4, "procs_clients": 8})()
     gpu.prime(points, args, gpu.Budget(1000.0))  # type: ignore[arg-type]
     assert sorted(primed) == [
         ("off/minilm_gpu/c64", 64, 0.0),
         ("on/digits/c64", 64, 0.0),
         ("on/minilm_gpu/c256", 256, 0.0),
         ("on/minilm_gpu_x2/c256", 256, 0.0),
+        ("procs/digits/c256", 256, 0.0),
+        ("procs/minilm_gpu/c256", 256, 0.0),
     ]
