@@ -63,6 +63,8 @@ outputs: [{{name: output__0, datatype: FP32, shape: [10]}}]
 {batching}
 instances: 1
 device: cpu
+# A whole batch takes microseconds: handing it to a thread would cost more than the model.
+run_on_event_loop: true
 """
 
 MINILM_CONFIG = """\

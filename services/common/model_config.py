@@ -78,6 +78,11 @@ class ModelConfig(_Strict):
     dynamic_batching: DynamicBatchingConfig | None = None
     #: Concurrent executions of this version (each its own executor thread).
     instances: int = Field(default=1, ge=1, le=64)
+    #: Run batches on the worker's event loop instead of the instances' threads: only for
+    #: models whose whole batch takes microseconds, where the thread handoff (and the GIL
+    #: traffic it brings) costs more than the model. A batch over LOOP_BUDGET_S moves the
+    #: version back to its threads for good (see services/worker/batching/batcher.py).
+    run_on_event_loop: bool = False
     device: str = "cpu"
     #: Optional module with preprocess(inputs) / postprocess(outputs), relative to the model dir.
     handler: str | None = None

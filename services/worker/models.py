@@ -99,6 +99,8 @@ class LoadedVersion:
             max_queue,
             batched=batching is not None,
             on_batch=self._record_batch,
+            on_loop=config.run_on_event_loop,
+            name=f"{self.model}/{self.version}",
         )
         self.batcher.start()
         self.state = VersionState.READY

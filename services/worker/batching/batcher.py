@@ -4,7 +4,9 @@ One ``Batcher`` per model version. ``submit`` enqueues a request (or rejects it 
 with UNAVAILABLE when the queue is full or the batcher is draining) and awaits its rows
 of the result. The loop waits for a free engine instance, asks ``policy.decide`` what to
 send, and runs the batch on that instance's own thread (concatenation, the engine call
-and the split all happen there, off the event loop). Every path resolves every waiting
+and the split all happen there, off the event loop; a version configured with
+``run_on_event_loop`` runs them on the loop instead, until one batch takes longer than
+LOOP_BUDGET_S). Every path resolves every waiting
 future: results, the batch's error, DEADLINE_EXCEEDED for expired requests, and
 UNAVAILABLE when the batcher closes with work still queued.
 """
@@ -30,6 +32,13 @@ logger = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
 #: Batches handed to one instance at once (see Batcher.__init__).
 SLOTS_PER_INSTANCE = 2
+#: ``run_on_event_loop``: the longest batches may hold the event loop, on average (an
+#: exponential moving average, so one preempted batch does not count as a slow model), and
+#: the longest any one batch may. Past either, the version goes back to its instance
+#: threads for the rest of its life.
+LOOP_BUDGET_S = 0.001
+LOOP_LIMIT_S = 0.02
+_LOOP_EWMA_WEIGHT = 0.2
 #: Runs one batch of concatenated inputs; returns outputs with the batch's rows first.
 InferFn = Callable[[Arrays], Arrays]
 
@@ -107,6 +116,8 @@ class Batcher:
         batched: bool = True,
         on_batch: Callable[[BatchTiming], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_loop: bool = False,
+        name: str = "",
     ) -> None:
         if not instances:
             raise ValueError("a batcher needs at least one engine instance")
@@ -116,6 +127,10 @@ class Batcher:
         self._batched = batched
         self._on_batch = on_batch
         self._clock = clock
+        #: Run batches on the event loop (see LOOP_BUDGET_S); turned off for good by a slow one.
+        self._on_loop = on_loop
+        self._loop_ewma_s = 0.0
+        self._name = name
         self._queue: deque[PendingRequest] = deque()
         self._arrival = asyncio.Event()
         # Each instance takes up to SLOTS_PER_INSTANCE batches: one running on its thread
@@ -133,6 +148,11 @@ class Batcher:
         self._in_flight_rows = 0
         self._peak = PeakTracker(window_s=1.0, now=clock())
         self._loop_task: asyncio.Task | None = None
+
+    @property
+    def on_loop(self) -> bool:
+        """Whether batches currently run on the event loop (False once one was too slow)."""
+        return self._on_loop
 
     @property
     def in_flight(self) -> int:
@@ -243,9 +263,12 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             try:
-                ran, timing = await loop.run_in_executor(
-                    instance.executor, _run_batch, instance.infer, batch, self._batched, self._clock
-                )
+                if self._on_loop:
+                    ran, timing = self._run_on_loop(instance, batch)
+                else:
+                    ran, timing = await loop.run_in_executor(
+                        instance.executor, _run_batch, instance.infer, batch, self._batched, self._clock
+                    )
             except ShunterError as exc:
                 self._fail(batch, exc)
                 return
@@ -265,6 +288,27 @@ class Batcher:
         finally:
             self._running_requests -= len(batch)
             self._free.put_nowait(instance)
+
+    def _run_on_loop(
+        self, instance: EngineInstance, batch: list[PendingRequest]
+    ) -> tuple[list[Arrays | None], BatchTiming | None]:
+        """_run_batch right here, on the loop; slow batches end that for good (LOOP_BUDGET_S)."""
+        start = time.perf_counter()
+        try:
+            return _run_batch(instance.infer, batch, self._batched, self._clock)
+        finally:
+            took = time.perf_counter() - start
+            self._loop_ewma_s += _LOOP_EWMA_WEIGHT * (took - self._loop_ewma_s)
+            if took > LOOP_LIMIT_S or self._loop_ewma_s > LOOP_BUDGET_S:
+                self._on_loop = False
+                logger.warning(
+                    "%s: batches held the event loop for %.2f ms (this one; %.2f ms on average, budget "
+                    "%.2f ms); running them on the instance threads from now on",
+                    self._name or "batcher",
+                    took * 1000,
+                    self._loop_ewma_s * 1000,
+                    LOOP_BUDGET_S * 1000,
+                )
 
     @staticmethod
     def _fail(batch: list[PendingRequest], error: ShunterError) -> None:

@@ -2,12 +2,14 @@
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from services.common.errors import DeadlineExceeded, EngineError, Unavailable
+from services.worker.batching import batcher as batcher_module
 from services.worker.batching.batcher import Batcher, EngineInstance
 from services.worker.batching.policy import BatchPolicy
 
@@ -159,4 +161,68 @@ async def test_a_lone_caller_waits_for_no_queue_delay():
         result = await asyncio.wait_for(batcher.submit(rows(1, i), 1), 5)
         assert result["y"][0, 0] == 2 * i
     assert engine.batches == [1, 1, 1]
+    await batcher.close()
+
+
+class ThreadRecordingEngine(FakeEngine):
+    """FakeEngine that also records which thread ran each batch and can be slowed down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+        self.delay_s = 0.0
+
+    def infer(self, inputs):
+        self.threads.append(threading.get_ident())
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return super().infer(inputs)
+
+
+def make_loop_batcher(engine):
+    pool = [EngineInstance(engine.infer, ThreadPoolExecutor(1))]
+    batcher = Batcher(pool, BatchPolicy(8, 0.0), 100, on_loop=True, name="m/1")
+    batcher.start()
+    return batcher
+
+
+async def test_run_on_event_loop_runs_batches_on_the_loop_thread():
+    engine = ThreadRecordingEngine()
+    batcher = make_loop_batcher(engine)
+    results = await asyncio.gather(*(batcher.submit(rows(1, i), 1) for i in range(5)))
+    assert [r["y"][0, 0] for r in results] == [0, 2, 4, 6, 8]
+    assert set(engine.threads) == {threading.get_ident()}
+    assert batcher.on_loop
+    await batcher.close()
+
+
+async def test_one_slow_batch_on_the_loop_is_tolerated_a_very_slow_one_is_not(caplog):
+    engine = ThreadRecordingEngine()
+    batcher = make_loop_batcher(engine)
+    loop_thread = threading.get_ident()
+    engine.delay_s = batcher_module.LOOP_BUDGET_S * 3  # a preempted batch, say: the average absorbs it
+    await batcher.submit(rows(1, 0), 1)
+    engine.delay_s = 0.0
+    for i in range(3):
+        await batcher.submit(rows(1, i), 1)
+    assert batcher.on_loop and set(engine.threads) == {loop_thread}
+    engine.delay_s = batcher_module.LOOP_LIMIT_S * 1.5
+    await batcher.submit(rows(1, 1), 1)  # still on the loop, but over the limit
+    assert not batcher.on_loop
+    assert "m/1: batches held the event loop" in caplog.text
+    engine.delay_s = 0.0
+    result = await batcher.submit(rows(1, 7), 1)
+    assert result["y"][0, 0] == 14
+    assert engine.threads[-1] != loop_thread, "after a slow batch, batches run on the instance thread"
+    await batcher.close()
+
+
+async def test_a_steadily_slow_model_leaves_the_loop_within_a_few_batches():
+    engine = ThreadRecordingEngine()
+    batcher = make_loop_batcher(engine)
+    engine.delay_s = batcher_module.LOOP_BUDGET_S * 2.5
+    for i in range(8):
+        await batcher.submit(rows(1, i), 1)
+    assert not batcher.on_loop
+    assert engine.threads[0] == threading.get_ident() and engine.threads[-1] != threading.get_ident()
     await batcher.close()

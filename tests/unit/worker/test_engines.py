@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from services.common.errors import EngineError
-from services.common.model_config import ModelConfig, load_version_config, parse_model_config
+from services.common.model_config import ModelConfig, ModelConfigError, load_version_config, parse_model_config
 from services.worker.engines import Engine, EngineLoadError, EngineSpec, create_engine
 from services.worker.engines._support import WARMUP_BYTES, WARMUP_VARIABLE_DIM, warmup_inputs
 from services.worker.engines.onnx import OnnxEngine
@@ -406,3 +406,16 @@ def test_digits_on_cuda_match_cpu(examples: Path, sample, version: str) -> None:
         outputs = engine.infer({"input__0": sample["images"][:rows]})["output__0"]
         np.testing.assert_allclose(outputs, sample["probabilities"][:rows], atol=1e-4)
     engine.close()
+
+
+def test_run_on_event_loop_is_an_optional_strict_bool() -> None:
+    text = textwrap.dedent("""
+        backend: onnx
+        max_batch_size: 8
+        inputs: [{name: X, datatype: FP32, shape: [2]}]
+        outputs: [{name: Y, datatype: FP32, shape: [2]}]
+        """)
+    assert parse_model_config(text, "test").run_on_event_loop is False
+    assert parse_model_config(text + "run_on_event_loop: true\n", "test").run_on_event_loop is True
+    with pytest.raises(ModelConfigError, match="run_on_event_loop"):
+        parse_model_config(text + "run_on_event_loop: sometimes\n", "test")
