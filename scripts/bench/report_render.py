@@ -75,7 +75,30 @@ def _num(value: float | None) -> str:
 # ---------------------------------------------------------------- output
 
 
-def render(results: dict[str, Any], plots: dict[str, str], previous: dict[str, Any] | None, history: str) -> str:
+def section_gpu(gpu: dict[str, Any] | None) -> str:
+    """The bars of the last GPU run (gpu_results.json beside the plots), which this report does not redo."""
+    title = "## 6. On a GPU\n\n"
+    if not gpu:
+        return title + "No GPU run yet: see `scripts/bench/gpu.py` (it needs a machine with a CUDA device)."
+    meta = gpu.get("meta") or {}
+    device = (meta.get("gpu") or {}).get("device_name") or "a GPU"
+    rows = [[b["bar"], b["target"], b["measured"], b["status"]] for b in gpu.get("bars") or []]
+    return (
+        title
+        + f"From `scripts/bench/gpu.py` on {device} ({meta.get('started', '?')}, commit {meta.get('commit', '?')}); "
+        "the whole run, its tables and plot: [docs/benchmarks/gpu.md](docs/benchmarks/gpu.md). all-MiniLM-L6-v2 "
+        "runs as TorchScript on CUDA (`minilm_gpu`), with the same handler as on the CPU.\n\n"
+        + table(["bar", "target", "measured", "status"], rows)
+    )
+
+
+def render(
+    results: dict[str, Any],
+    plots: dict[str, str],
+    previous: dict[str, Any] | None,
+    history: str,
+    gpu: dict[str, Any] | None = None,
+) -> str:
     meta = results["meta"]
     intro = (
         "# Benchmarks\n\n"
@@ -86,7 +109,8 @@ def render(results: dict[str, Any], plots: dict[str, str], previous: dict[str, A
         "`--help` for options). Raw data: `results.json` next to the plots.\n\n"
         "The example models: **digits** (scikit-learn digits MLP, FP32[64] → FP32[10]; RPC-bound: the model "
         "costs microseconds, so serving overhead is everything) and **minilm** (all-MiniLM-L6-v2 sentence "
-        "embeddings, text → FP32[384]; compute-bound). CPU only; no GPU was measured."
+        "embeddings, text → FP32[384]; compute-bound). Sections 1–5 ran on this machine's CPUs; section 6 "
+        "quotes the latest GPU run (`scripts/bench/gpu.py`, on a lent machine)."
     )
     parts = [
         intro,
@@ -97,6 +121,7 @@ def render(results: dict[str, Any], plots: dict[str, str], previous: dict[str, A
         section_router(results, plots),
         section_scaling(results),
         section_peers(results, plots),
+        section_gpu(gpu),
         section_changes(results, previous),
         history.strip(),
     ]
@@ -136,5 +161,7 @@ def write_outputs(results: dict[str, Any], output: Path, plots_dir: Path, root: 
     archive.parent.mkdir(parents=True, exist_ok=True)
     archive.write_text(json.dumps(results, indent=1, default=str))
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(results, links, previous, history))
+    gpu_path = plots_dir / "gpu_results.json"
+    gpu = json.loads(gpu_path.read_text()) if gpu_path.is_file() else None
+    output.write_text(render(results, links, previous, history, gpu))
     return [output, *plot_paths.values(), results_path]
