@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--key-prefix", default="shunter:", help="prefix of the router's Redis keys")
     parser.add_argument(
+        "--near-cache-mb",
+        type=float,
+        default=32.0,
+        help="MiB of recent cache entries each router keeps in memory in front of Redis (0: none; default 32)",
+    )
+    parser.add_argument(
         "--request-timeout-s", type=float, default=60.0, help="deadline for requests whose caller sets none"
     )
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         admin_key=admin_key,
         redis_url=args.redis_url,
         key_prefix=args.key_prefix,
+        near_cache_bytes=int(args.near_cache_mb * 1024 * 1024),
         request_timeout_s=args.request_timeout_s,
         max_message_bytes=args.max_message_bytes,
     )

@@ -1,4 +1,5 @@
-"""Response cache in Redis, per the model's traffic policy (``cache_enabled``, ``cache_ttl_s``).
+"""Response cache in Redis, per the model's traffic policy (``cache_enabled``, ``cache_ttl_s``),
+with an in-process copy of recent entries in front of it (near_cache.py).
 
 The key is (model, version, sha256 of the canonical inputs). Canonical means the same
 tensors hash the same however they were sent: inputs sorted by name, each as name,
@@ -19,6 +20,7 @@ import numpy as np
 from services.common.datatypes import NUMPY_DTYPES
 from services.common.tensors import DecodedRequest, serialize_bytes_tensor
 from services.router import metrics, wire
+from services.router.near_cache import NearCache
 from services.router.redis_link import OUTAGE_ERRORS, RedisLink
 
 logger = logging.getLogger(__name__)
@@ -73,15 +75,26 @@ def strip_id(response_bytes: bytes, response_cls) -> bytes:
 
 
 class ResponseCache:
-    def __init__(self, link: RedisLink, prefix: str = "shunter:") -> None:
+    def __init__(self, link: RedisLink, prefix: str = "shunter:", near_bytes: int = 0) -> None:
         self._link = link
         self._prefix = f"{prefix}cache:"
+        self.near = NearCache(near_bytes)
 
     def key(self, model: str, version: str, digest: str) -> str:
         return f"{self._prefix}{model}:{version}:{digest}"
 
-    async def get(self, model: str, key: str, request_id: str) -> bytes | None:
-        """The cached response (with the caller's id) or None on a miss or outage."""
+    async def get(self, model: str, key: str, request_id: str, ttl_s: int) -> bytes | None:
+        """The cached response (with the caller's id) or None on a miss or outage.
+
+        The near copy is asked first; a Redis hit is copied there for at most ``ttl_s``.
+        """
+        if self._link.client is None:  # no Redis configured: no cache at all, near copy included
+            metrics.CACHE.labels(model, "bypass").inc()
+            return None
+        found = self.near.get(key) if self.near.enabled else None
+        if found is not None:
+            metrics.CACHE.labels(model, "hit").inc()
+            return wire.with_id(found, request_id) if request_id else found
         client = self._link.client
         if client is None or not self._link.available():
             metrics.CACHE.labels(model, "bypass").inc()
@@ -97,9 +110,13 @@ class ResponseCache:
             metrics.CACHE.labels(model, "miss").inc()
             return None
         metrics.CACHE.labels(model, "hit").inc()
+        if self.near.enabled:
+            self.near.put(key, found, min(ttl_s, self.near.max_age_s))
         return wire.with_id(found, request_id) if request_id else found
 
     async def put(self, key: str, response_without_id: bytes, ttl_s: int) -> None:
+        if self.near.enabled and self._link.client is not None:
+            self.near.put(key, response_without_id, ttl_s)
         client = self._link.client
         if client is None or not self._link.available():
             return

@@ -68,7 +68,7 @@ class Router:
             cooloff_s=settings.eject_cooloff_s,
         )
         self.limiter = RateLimiter(self.redis, settings.key_prefix)
-        self.cache = ResponseCache(self.redis, settings.key_prefix)
+        self.cache = ResponseCache(self.redis, settings.key_prefix, settings.near_cache_bytes)
         self.shadow = ShadowMirror(pb.ModelInferResponse, settings.shadow_max_in_flight)
         self._closing: set[asyncio.Task] = set()
         #: Labelled split counters by (model, version): labels() costs more than inc().
@@ -131,9 +131,10 @@ class Router:
 
         policy = model.policy
         cache_key = None
+        ttl = policy.cache_ttl_s or self.settings.default_cache_ttl_s
         if policy.cache_enabled:
             cache_key = self.cache.key(name, entry.version, canonical_digest(request, decoded))
-            cached = await self.cache.get(name, cache_key, request.id)
+            cached = await self.cache.get(name, cache_key, request.id, ttl)
             if cached is not None:
                 return InferResult(cached, name, entry.version)
 
@@ -141,7 +142,6 @@ class Router:
         response = await forward_infer(self.balancer, entry.workers, forward_raw, deadline, trace)
 
         if cache_key is not None:
-            ttl = policy.cache_ttl_s or self.settings.default_cache_ttl_s
             await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
         shadow_version = policy.shadow_version
         if shadow_version and shadow_version != entry.version:

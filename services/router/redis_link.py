@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -39,6 +41,11 @@ class RedisLink:
                 socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s,
                 retry_on_timeout=False,
+                # One immediate retry on a fresh connection: after a Redis restart every
+                # pooled connection is dead, and each would otherwise fail one request
+                # (a spurious outage: local limits, a cache bypass) before being replaced.
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
                 health_check_interval=0,
             )
             if url

@@ -31,6 +31,8 @@ class RouterSettings:
     shadow_timeout_s: float = 10.0
     #: Cache TTL when a model enables the cache without a TTL.
     default_cache_ttl_s: int = 60
+    #: Bytes of recent cache entries kept in this process in front of Redis (0: none).
+    near_cache_bytes: int = 32 * 1024 * 1024
     #: How long start-up waits for the first routing table before serving (not ready) anyway.
     initial_table_timeout_s: float = 30.0
     #: Messages in flight per ModelStreamInfer stream.
@@ -38,6 +40,8 @@ class RouterSettings:
     max_message_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        if self.near_cache_bytes < 0:
+            raise ValueError(f"near_cache_bytes must be 0 or more, got {self.near_cache_bytes}")
         for name in ("request_timeout_s", "redis_timeout_s", "shadow_timeout_s", "eject_cooloff_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -99,3 +100,39 @@ async def test_registry_down_routers_serve_on_last_table(cluster: Cluster):
     for router in cluster.routers:
         wait_for(lambda r=router: metric(r.metrics_url, "shunter_router_registry_connected") == 1, 30,
                  "router reconnects to the registry")
+
+
+async def test_a_recent_cache_entry_is_served_from_memory_while_redis_is_down(cluster: Cluster):
+    cluster.set_policy("calc", {"1": 100}, cache_enabled=True, cache_ttl_s=30)
+    router = cluster.routers[0]
+    key = auth(cluster.keys["data"])
+    hot = calc_request(values=(time.time(), 7.0, 8.0, 9.0))
+    try:
+        async with Client(router.address) as client:
+            first = await client.stub.ModelInfer(hot, metadata=key)  # a miss: stored in Redis and in memory
+            cluster.redis.stop()
+            calls = sum(metric(w.metrics_url, "shunter_requests_total", service="worker", method="ModelInfer")
+                        for w in cluster.workers)
+            hits = metric(router.metrics_url, "shunter_router_cache_total", model="calc", result="hit")
+            again = await client.stub.ModelInfer(hot, metadata=key)
+            assert again == first
+            assert metric(router.metrics_url, "shunter_router_cache_total", model="calc", result="hit") == hits + 1
+            assert sum(metric(w.metrics_url, "shunter_requests_total", service="worker", method="ModelInfer")
+                       for w in cluster.workers) == calls, "a hit must not reach a worker"
+            # Inputs it has not seen still go to a worker, past the unreachable Redis.
+            other = await client.stub.ModelInfer(calc_request(values=(1.0, 1.0, 1.0, 1.0)), metadata=key)
+            assert other.model_name == "calc"
+    finally:
+        if cluster.redis.proc is None:
+            cluster.redis.start()
+        # A rate-limited key makes every router use Redis again (and drop connections the
+        # restart broke) before the next test relies on it.
+        for each in cluster.routers:
+            async with Client(each.address) as client:
+                deadline = time.monotonic() + 15
+                while metric(each.metrics_url, "shunter_router_redis_up") != 1:
+                    assert time.monotonic() < deadline, f"router {each.address} never used Redis again"
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await client.stub.ModelInfer(calc_request(), metadata=auth(cluster.keys["fast-limit"]))
+                    await asyncio.sleep(0.3)
+        cluster.set_policy("calc", {"1": 100})
