@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from build_examples import DYNAMIC_BATCHING, MINILM_CONFIG, MINILM_HANDLER_TEMPLATE  # noqa: E402
-from report_bars import _status  # noqa: E402 - the report's met / missed wording
+from report_bars import _status, batching_capture  # noqa: E402 - the report's wording and formula
 from report_engine import batch_sizes  # noqa: E402
 from report_engine import measure as measure_engine  # noqa: E402
 from report_env import machine, package_versions  # noqa: E402
@@ -517,24 +517,27 @@ def bar_overhead(results: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def bar_capture(results: dict[str, Any], model: str, target: float | None) -> dict[str, str]:
-    """(served on c64 / served off c1) / (engine best / engine batch 1); digits has no c1 off, so on c1."""
+def bar_capture(
+    results: dict[str, Any], model: str, target: float | None, batching: str = "on", concurrency: int = 64
+) -> dict[str, str]:
+    """(served ``batching`` at ``concurrency`` / served off c1) / (engine best / engine batch 1);
+    digits has no c1 off, so on c1."""
     engine = engine_medians(results, model)
-    on64 = served_median(results, point_key(model, "on", 64, 1))
+    served = served_median(results, point_key(model, batching, concurrency, 1))
     base_key = "off" if model == MINILM else "on"
     base = served_median(results, point_key(model, base_key, 1, 1))
     captured = None
     measured = "–"
-    if on64 and base and 1 in engine:
-        best = max(engine, key=engine.get)
-        engine_gain, served_gain = engine[best] / engine[1], on64 / base
-        captured = served_gain / engine_gain
+    if served and base and 1 in engine:
+        captured, best, served_gain, engine_gain = batching_capture(engine, served, base)
         measured = (
-            f"{captured:.2f} (served on c64 / {base_key} c1 = {served_gain:.2f}×; engine batch {best} / "
-            f"batch 1 = {engine_gain:.2f}×)"
+            f"{captured:.2f} (served {batching_label(batching, results)} c{concurrency} / {base_key} c1 = "
+            f"{served_gain:.2f}×; engine batch {best} / batch 1 = {engine_gain:.2f}×)"
         )
+    how = f", {batching_label(batching, results)}" if batching != "on" else ""
     return {
-        "bar": f"{model}, dynamic batching captures the engine's batch-1 → best-batch gain at 64 in flight",
+        "bar": f"{model}, dynamic batching captures the engine's batch-1 → best-batch gain at {concurrency} in "
+        f"flight{how}",
         "target": "(no bar: information)" if target is None else f"≥ {target:g}",
         "measured": measured,
         "status": "info" if target is None else _status(None if captured is None else captured >= target),
@@ -601,28 +604,6 @@ def bar_processes(results: dict[str, Any], model: str) -> dict[str, str]:
     }
 
 
-def bar_capture_processes(results: dict[str, Any]) -> dict[str, str]:
-    """Batching gain captured by the multi-process worker at 256 in flight (one process: see above)."""
-    engine = engine_medians(results, MINILM)
-    many = served_median(results, point_key(MINILM, PROCS, 256, 1))
-    base = served_median(results, point_key(MINILM, "off", 1, 1))
-    processes = results["settings"].get("worker_processes", "?")
-    measured = "–"
-    if many and base and 1 in engine:
-        best = max(engine, key=engine.get)
-        engine_gain, served_gain = engine[best] / engine[1], many / base
-        measured = (
-            f"{served_gain / engine_gain:.2f} (served {processes} processes c256 / off c1 = {served_gain:.2f}×; "
-            f"engine batch {best} / batch 1 = {engine_gain:.2f}×)"
-        )
-    return {
-        "bar": f"{MINILM}, batching gain captured with {processes} worker processes at 256 in flight",
-        "target": "(information)",
-        "measured": measured,
-        "status": "info",
-    }
-
-
 def bars(results: dict[str, Any]) -> list[dict[str, str]]:
     return [
         bar_overhead(results),
@@ -632,7 +613,7 @@ def bars(results: dict[str, Any]) -> list[dict[str, str]]:
         bar_instances(results),
         bar_processes(results, MINILM),
         bar_processes(results, DIGITS),
-        bar_capture_processes(results),
+        bar_capture(results, MINILM, None, batching=PROCS, concurrency=256),
     ]
 
 

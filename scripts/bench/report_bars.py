@@ -16,6 +16,18 @@ TRITON = ("triton-1", "triton-2")
 MLSERVER = ("mlserver-0", "mlserver-1")
 
 
+def batching_capture(engine: dict[int, float], served: float, served_base: float) -> tuple[float, int, float, float]:
+    """How much of the engine's own batch gain the server turns into throughput.
+
+    ``engine`` is rows/s by batch size (batch 1 included), ``served`` the rows/s at high
+    concurrency and ``served_base`` at concurrency 1. Returns (captured, best batch size,
+    served gain, engine gain), captured = served gain / engine gain.
+    """
+    best = max(engine, key=engine.get)
+    engine_gain, served_gain = engine[best] / engine[1], served / served_base
+    return served_gain / engine_gain, best, served_gain, engine_gain
+
+
 def _status(ok: bool | None) -> str:
     return "not measured" if ok is None else ("met" if ok else "**missed**")
 
@@ -113,9 +125,7 @@ def bars(results: dict[str, Any]) -> list[dict[str, str]]:
         engine = _engine_median(results, model)
         captured = None
         if on64 and off1 and engine and 1 in engine:
-            best = max(engine, key=engine.get)
-            engine_gain, served_gain = engine[best] / engine[1], on64 / off1
-            captured = served_gain / engine_gain
+            captured, best, served_gain, engine_gain = batching_capture(engine, on64, off1)
             measured = (
                 f"{captured:.2f} (served on c64 / off c1 = {served_gain:.2f}×; engine batch {best} / "
                 f"batch 1 = {engine_gain:.2f}×)"
