@@ -17,6 +17,7 @@ dead one it restarts.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -29,6 +30,9 @@ from dataclasses import dataclass, field
 
 #: The hidden flag that tells a child to bind with SO_REUSEPORT (the supervisor passes it).
 REUSE_PORT_FLAG = "--reuse-port"
+#: Set in each child's environment: the supervisor's pid, which the child must not outlive.
+GROUP_PID_ENV = "SHUNTER_GROUP_PID"
+_PR_SET_PDEATHSIG = 1
 _READY = re.compile(r"^shunter (\w+) listening on (\S+):(\d+) metrics (\S+):(\d+)$")
 #: Extra seconds beyond the drain grace before a child that ignores SIGTERM is killed.
 KILL_AFTER_S = 10.0
@@ -146,7 +150,17 @@ class ProcessGroup:
     # -- internals ----------------------------------------------------------------------
 
     def _start_child(self, index: int, argv: list[str]) -> None:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, bufsize=1)
+        # A process group of its own: a terminal's Ctrl-C reaches the supervisor only, which
+        # stops the children in order (SIGTERM, drain) instead of racing them.
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env={**os.environ, GROUP_PID_ENV: str(os.getpid())},
+            process_group=0,
+        )
         child = Child(index, process)
         self._children.append(child)
         threading.Thread(target=self._pump, args=(child,), name=f"worker-{index}-stdout", daemon=True).start()
@@ -209,6 +223,23 @@ class ProcessGroup:
                 child.process.kill()
                 codes.append(child.process.wait())
         return codes
+
+
+def die_with_group() -> None:
+    """In a child: get SIGTERM (and so drain) when the supervisor dies, even by SIGKILL.
+
+    Without it a killed supervisor would leave its children serving on the port, out of
+    anyone's reach. Linux only (prctl); elsewhere children outlive a killed supervisor.
+    """
+    parent = os.environ.get(GROUP_PID_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(parent):  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_group(

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.common.errors import ShunterError
+from services.common.process_group import die_with_group
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ async def serve_until_signal(app: ServiceApp, settings: ServerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.request_stop)
+    die_with_group()  # a child of `--processes N`: drain when the group's supervisor dies
     await service.start()
     await service.wait_stopped()
 

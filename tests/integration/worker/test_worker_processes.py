@@ -110,6 +110,25 @@ def test_sigterm_drains_every_process_and_exits_zero():
     assert service.logs().count("worker: stopped") == 2, service.logs()
 
 
+def test_ctrl_c_reaches_the_supervisor_which_drains_the_children():
+    service = start_group()
+    pids = list(children(service))
+    # Children run in process groups of their own: a terminal's Ctrl-C (SIGINT to the
+    # foreground group) reaches the supervisor alone, as here.
+    assert all(os.getpgid(pid) != os.getpgid(service.proc.pid) for pid in pids)
+    service.proc.send_signal(signal.SIGINT)
+    assert service.proc.wait(timeout=60) == 0, service.logs()
+    wait_gone(pids)
+
+
+def test_children_drain_when_the_supervisor_is_killed():
+    service = start_group()
+    pids = list(children(service))
+    service.proc.kill()
+    service.proc.wait(timeout=10)
+    wait_gone(pids, timeout=60)  # SIGTERM from the kernel (PR_SET_PDEATHSIG), then the drain
+
+
 def test_a_child_that_dies_stops_the_group_with_an_error():
     service = start_group()
     pids = list(children(service))
