@@ -32,10 +32,19 @@ def add_process_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(REUSE_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
 
 
-def run_process_group(service: str, args: argparse.Namespace) -> int:
+def run_process_group(service: str, args: argparse.Namespace, shared_port: bool = True) -> int:
     from services.common.process_group import run_group
 
-    return run_group(service, args.command_line, args.processes, args.host, args.port, args.metrics_port, args.grace_s)
+    return run_group(
+        service,
+        args.command_line,
+        args.processes,
+        args.host,
+        args.port,
+        args.metrics_port,
+        args.grace_s,
+        shared_port,
+    )
 
 
 def server_settings(args: argparse.Namespace, **extra) -> ServerSettings:

@@ -33,7 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="cluster mode: a directory whose python handlers may run (repeatable)",
     )
-    add_process_args(parser, ", each with its own copy of the models; more than 1 needs --model-repository")
+    add_process_args(
+        parser,
+        ", each with its own copy of the models; in cluster mode each process binds a port of its own "
+        "(--port + i, or free ones for 0) and registers itself",
+    )
     add_server_args(parser, default_port=8001)
     parser.set_defaults(func=run)
 
@@ -49,13 +53,11 @@ def run(args: argparse.Namespace) -> int:
         print("shunter worker: --processes must be at least 1")
         return 2
     if args.processes > 1:
-        if args.registry is not None:
-            print(
-                "shunter worker: --processes > 1 serves a --model-repository; "
-                "in cluster mode start one worker per process"
-            )
+        if args.registry is not None and args.advertise:
+            print("shunter worker: --advertise names one address; with --processes each process advertises its own")
             return 2
-        return run_process_group("worker", args)
+        # Cluster mode: a port per process, each registered, so routers dial them all.
+        return run_process_group("worker", args, shared_port=args.registry is None)
     cluster = None
     if args.registry is not None:
         if not args.serve:

@@ -47,6 +47,7 @@ class Child:
     index: int
     process: subprocess.Popen
     ready: threading.Event = field(default_factory=threading.Event)
+    address: str = ""
     metrics: str = ""
 
 
@@ -69,8 +70,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def child_argv(argv: Sequence[str], port: int, metrics_port: int) -> list[str]:
-    """The child's command line: the parent's, with one process, the chosen ports, reuse-port."""
+def child_argv(argv: Sequence[str], port: int, metrics_port: int, shared_port: bool = True) -> list[str]:
+    """The child's command line: the parent's, with one process, the chosen ports and, when
+    the port is shared, reuse-port."""
     rest = _without_options(list(argv), {"--processes": True, "--port": True, "--metrics-port": True})
     return [
         sys.executable,
@@ -83,7 +85,7 @@ def child_argv(argv: Sequence[str], port: int, metrics_port: int) -> list[str]:
         str(port),
         "--metrics-port",
         str(metrics_port),
-        REUSE_PORT_FLAG,
+        *([REUSE_PORT_FLAG] if shared_port else []),
     ]
 
 
@@ -103,12 +105,27 @@ def _without_options(argv: list[str], takes_value: dict[str, bool]) -> list[str]
 
 
 class ProcessGroup:
-    """N children of one service on one port; see the module docstring for why and how."""
+    """N children of one service on one port; see the module docstring for why and how.
+
+    With ``shared_port`` False (cluster-mode workers) each child binds a port of its own
+    (``port + i``, or a free one for port 0) and registers that address itself, so routers
+    dial every process directly and spread their calls evenly; the readiness line then
+    names the first child's address.
+    """
 
     def __init__(
-        self, service: str, argv: Sequence[str], processes: int, host: str, port: int, metrics_port: int, grace_s: float
+        self,
+        service: str,
+        argv: Sequence[str],
+        processes: int,
+        host: str,
+        port: int,
+        metrics_port: int,
+        grace_s: float,
+        shared_port: bool = True,
     ):
         self._service = service
+        self._shared_port = shared_port
         self._argv = list(argv)
         self._processes = processes
         self._host = host
@@ -121,26 +138,31 @@ class ProcessGroup:
         self._changed = threading.Event()
 
     def run(self) -> int:
-        reserved = reserve_port(self._host, self._port)
-        port = reserved.getsockname()[1]
+        reserved = reserve_port(self._host, self._port) if self._shared_port else None
         try:
             for index in range(self._processes):
                 metrics = self._metrics_port + index if self._metrics_port else 0
-                self._start_child(index, child_argv(self._argv, port, metrics))
+                if reserved is not None:
+                    port = reserved.getsockname()[1]
+                else:
+                    port = self._port + index if self._port else 0
+                self._start_child(index, child_argv(self._argv, port, metrics, self._shared_port))
             self._wait_ready()
         except ProcessGroupError as exc:
             self._stop_children()
             print(f"shunter {self._service}: {exc}", file=sys.stderr, flush=True)
             return 1
         finally:
-            reserved.close()
+            if reserved is not None:
+                reserved.close()
         for child in self._children:
             print(
-                f"# {self._service} process {child.index} pid {child.process.pid} metrics {child.metrics}", flush=True
+                f"# {self._service} process {child.index} pid {child.process.pid} address {child.address} "
+                f"metrics {child.metrics}",
+                flush=True,
             )
-        print(
-            f"shunter {self._service} listening on {self._host}:{port} metrics {self._children[0].metrics}", flush=True
-        )
+        first = self._children[0]
+        print(f"shunter {self._service} listening on {first.address} metrics {first.metrics}", flush=True)
         return self._supervise()
 
     def request_stop(self, *_: object) -> None:
@@ -171,6 +193,7 @@ class ProcessGroup:
         for line in child.process.stdout:
             match = _READY.match(line.strip())
             if match and not child.ready.is_set():
+                child.address = f"{match.group(2)}:{match.group(3)}"
                 child.metrics = f"{match.group(4)}:{match.group(5)}"
                 child.ready.set()
                 self._changed.set()
@@ -243,10 +266,17 @@ def die_with_group() -> None:
 
 
 def run_group(
-    service: str, argv: Sequence[str], processes: int, host: str, port: int, metrics_port: int, grace_s: float
+    service: str,
+    argv: Sequence[str],
+    processes: int,
+    host: str,
+    port: int,
+    metrics_port: int,
+    grace_s: float,
+    shared_port: bool = True,
 ) -> int:
     """Blocking entry point for `shunter worker|router --processes N` (N > 1)."""
-    group = ProcessGroup(service, argv, processes, host, port, metrics_port, grace_s)
+    group = ProcessGroup(service, argv, processes, host, port, metrics_port, grace_s, shared_port)
     signal.signal(signal.SIGTERM, group.request_stop)
     signal.signal(signal.SIGINT, group.request_stop)
     return group.run()

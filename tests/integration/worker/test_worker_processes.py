@@ -22,7 +22,7 @@ from tests.integration.router.cluster import metric
 from tests.support.models import build_examples
 from tests.support.processes import ROOT, ServiceProcess, start_service
 
-CHILD_LINE = re.compile(r"^# (\w+) process (\d+) pid (\d+) metrics (\S+)$")
+CHILD_LINE = re.compile(r"^# (\w+) process (\d+) pid (\d+) address (\S+) metrics (\S+)$")
 #: Separate connections: the kernel spreads connections, not calls, over the processes, so
 #: with 24 of them the chance that one process gets none is 2 × 2^-24.
 CONNECTIONS = 24
@@ -34,7 +34,7 @@ def children(service: ServiceProcess) -> dict[int, str]:
     for line in service.stdout_lines:
         match = CHILD_LINE.match(line)
         if match:
-            found[int(match.group(3))] = f"http://{match.group(4)}/metrics"
+            found[int(match.group(3))] = f"http://{match.group(5)}/metrics"
     return found
 
 
@@ -160,8 +160,9 @@ def test_a_port_held_by_another_program_is_refused_at_once():
     [
         (("--processes", "0"), "--processes must be at least 1"),
         (
-            ("--processes", "2", "--registry", "127.0.0.1:1", "--serve", "digits", "--admin-key", "k"),
-            "in cluster mode start one worker per process",
+            ("--processes", "2", "--registry", "127.0.0.1:1", "--serve", "digits", "--admin-key", "k",
+             "--advertise", "10.0.0.1:8001"),
+            "with --processes each process advertises its own",
         ),
     ],
 )
