@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY,
                         help=f"models to register and serve (default {DEFAULT_REPOSITORY})")
     parser.add_argument("--workers", type=int, default=2, help="cluster-mode workers to start (default 2)")
+    parser.add_argument("--worker-processes", type=int, default=1,
+                        help="processes per worker, each registered on a port of its own (default 1)")
+    parser.add_argument("--router-processes", type=int, default=1,
+                        help="router processes sharing the router port (default 1)")
     parser.add_argument("--port", type=int, default=8001, help="router gRPC port; 0 picks a free one")
     parser.add_argument("--host", default="127.0.0.1", help="address every service binds (default 127.0.0.1)")
     parser.add_argument("--redis-url", default="", help="use this Redis instead of starting redis-server")
@@ -251,15 +255,16 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
             cluster.service(
                 f"worker-{i + 1}",
                 ["worker", "--registry", registry.address, "--serve", serve, "--trusted-repository",
-                 str(repository), "--port", "0", *common],
+                 str(repository), "--port", "0", "--processes", str(args.worker_processes), *common],
                 timeout_s=args.ready_timeout_s, core=False, env=key_env,
             )
             for i in range(args.workers)
         ))
-        await wait_workers_ready(client, args.workers, models, args.ready_timeout_s)
+        await wait_workers_ready(client, args.workers * args.worker_processes, models, args.ready_timeout_s)
     router = await cluster.service(
         "router",
-        ["router", "--registry", registry.address, "--redis-url", redis_url, "--port", str(args.port), *common],
+        ["router", "--registry", registry.address, "--redis-url", redis_url, "--port", str(args.port),
+         "--processes", str(args.router_processes), *common],
         timeout_s=60, env=key_env,
     )
     print(f"export SHUNTER_ROUTER={router.address}")
@@ -272,7 +277,9 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
     print(f"#   router   metrics http://{router.metrics}/metrics")
     print(f"#   registry metrics http://{registry.metrics}/metrics")
     for worker in workers:
-        print(f"#   {worker.name} {worker.address} metrics http://{worker.metrics}/metrics")
+        more = args.worker_processes - 1
+        group = f" (+{more} more process{'es' if more > 1 else ''})" if more else ""
+        print(f"#   {worker.name} {worker.address}{group} metrics http://{worker.metrics}/metrics")
     print(f"#   logs and admin key file in {cluster.run_dir}")
     print("#   SHUNTER_API_KEY is a data key; SHUNTER_ADMIN_KEY is for `shunter models|traffic|keys ...`")
     print("# Ctrl-C stops the cluster.", flush=True)
@@ -337,7 +344,8 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        print("shunter up: --workers must be at least 1", file=sys.stderr)
-        return 2
+    for flag in ("workers", "worker_processes", "router_processes"):
+        if getattr(args, flag) < 1:
+            print(f"shunter up: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
     return asyncio.run(main(args))
