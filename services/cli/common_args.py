@@ -33,18 +33,12 @@ def add_process_args(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def run_process_group(service: str, args: argparse.Namespace, shared_port: bool = True) -> int:
-    from services.common.process_group import run_group
+    from services.common.process_group import ProcessGroup
 
-    return run_group(
-        service,
-        args.command_line,
-        args.processes,
-        args.host,
-        args.port,
-        args.metrics_port,
-        args.grace_s,
-        shared_port,
+    group = ProcessGroup(
+        service, args.command_line, args.processes, args.host, args.port, args.metrics_port, args.grace_s, shared_port
     )
+    return group.run()
 
 
 def server_settings(args: argparse.Namespace, **extra) -> ServerSettings:

@@ -138,6 +138,9 @@ class ProcessGroup:
         self._changed = threading.Event()
 
     def run(self) -> int:
+        """Blocking: start, supervise and stop the children; the exit code for the CLI."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
         reserved = reserve_port(self._host, self._port) if self._shared_port else None
         try:
             for index in range(self._processes):
@@ -263,20 +266,3 @@ def die_with_group() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != int(parent):  # the supervisor died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def run_group(
-    service: str,
-    argv: Sequence[str],
-    processes: int,
-    host: str,
-    port: int,
-    metrics_port: int,
-    grace_s: float,
-    shared_port: bool = True,
-) -> int:
-    """Blocking entry point for `shunter worker|router --processes N` (N > 1)."""
-    group = ProcessGroup(service, argv, processes, host, port, metrics_port, grace_s, shared_port)
-    signal.signal(signal.SIGTERM, group.request_stop)
-    signal.signal(signal.SIGINT, group.request_stop)
-    return group.run()

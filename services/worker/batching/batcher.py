@@ -151,6 +151,7 @@ class Batcher:
         self._in_flight_rows = 0
         self._peak = PeakTracker(window_s=1.0, now=clock())
         self._loop_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def on_loop(self) -> bool:
@@ -163,7 +164,10 @@ class Batcher:
         return len(self._queue) + self._running_requests
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run_loop(), name="batcher")
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11, and
+        # submit() would pay it on every request.
+        self._loop = asyncio.get_running_loop()
+        self._loop_task = self._loop.create_task(self._run_loop(), name="batcher")
 
     async def submit(
         self, inputs: Arrays, rows: int, timeout_s: float | None = None, shape_key: tuple | None = None
@@ -174,7 +178,7 @@ class Batcher:
         if len(self._queue) >= self._max_queue_size:
             raise Unavailable(f"queue full ({self._max_queue_size} requests waiting); retry on another worker")
         now = self._clock()
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         deadline = now + timeout_s if timeout_s is not None else None
         self._queue.append(PendingRequest(inputs, rows, now, deadline, future, shape_key))
         self._in_flight_rows += rows
@@ -265,7 +269,7 @@ class Batcher:
 
     async def _wait_for_arrival(self, timeout_s: float | None) -> None:
         """Until submit() queues a request, or ``timeout_s`` passes (None: no limit)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter = self._arrival = loop.create_future()
         timer = loop.call_later(timeout_s, _resolve, waiter) if timeout_s is not None else None
         try:
@@ -276,7 +280,7 @@ class Batcher:
                 timer.cancel()
 
     async def _execute(self, instance: EngineInstance, batch: list[PendingRequest]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         try:
             try:
                 if self._on_loop:
