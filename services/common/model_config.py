@@ -80,8 +80,9 @@ class ModelConfig(_Strict):
     instances: int = Field(default=1, ge=1, le=64)
     #: Run batches on the worker's event loop instead of the instances' threads: only for
     #: models whose whole batch takes microseconds, where the thread handoff (and the GIL
-    #: traffic it brings) costs more than the model. A batch over LOOP_BUDGET_S moves the
-    #: version back to its threads for good (see services/worker/batching/batcher.py).
+    #: traffic it brings) costs more than the model. Batches that hold the loop too long
+    #: (LOOP_BUDGET_S on average, LOOP_LIMIT_S once, in services/worker/batching/batcher.py)
+    #: move the version back to its threads for good.
     run_on_event_loop: bool = False
     device: str = "cpu"
     #: Optional module with preprocess(inputs) / postprocess(outputs), relative to the model dir.

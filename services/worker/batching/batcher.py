@@ -5,8 +5,8 @@ with UNAVAILABLE when the queue is full or the batcher is draining) and awaits i
 of the result. The loop waits for a free engine instance, asks ``policy.decide`` what to
 send, and runs the batch on that instance's own thread (concatenation, the engine call
 and the split all happen there, off the event loop; a version configured with
-``run_on_event_loop`` runs them on the loop instead, until one batch takes longer than
-LOOP_BUDGET_S). Every path resolves every waiting
+``run_on_event_loop`` runs them on the loop instead, until its batches hold the loop too
+long: LOOP_BUDGET_S on average or LOOP_LIMIT_S once). Every path resolves every waiting
 future: results, the batch's error, DEADLINE_EXCEEDED for expired requests, and
 UNAVAILABLE when the batcher closes with work still queued.
 """
