@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MiB of recent cache entries each router keeps in memory in front of Redis (0: none; default 32)",
     )
     parser.add_argument(
+        "--worker-link",
+        choices=("stream", "unary"),
+        default="stream",
+        help="how requests travel to workers: multiplexed over one ModelStreamInfer stream per worker "
+        "(default), or one ModelInfer call each",
+    )
+    parser.add_argument(
         "--request-timeout-s", type=float, default=60.0, help="deadline for requests whose caller sets none"
     )
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         key_prefix=args.key_prefix,
         near_cache_bytes=int(args.near_cache_mb * 1024 * 1024),
         request_timeout_s=args.request_timeout_s,
+        worker_link=args.worker_link,
         max_message_bytes=args.max_message_bytes,
     )
     return run_service(RouterApp(settings), server_settings(args, tls=tls))

@@ -18,6 +18,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from services.common import inference_parameters
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.tensors import decode_request
 from services.gen.inference import grpc_service_pb2 as pb
@@ -36,6 +37,14 @@ logger = logging.getLogger(__name__)
 
 #: Invocation metadata forwarded to workers: W3C trace context.
 TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def _timeout_parameter(request: pb.ModelInferRequest) -> int | None:
+    """The caller's own ``timeout`` request parameter (µs, Triton's), if it set one."""
+    parameters = request.parameters
+    if inference_parameters.TIMEOUT not in parameters:
+        return None
+    return parameters[inference_parameters.TIMEOUT].int64_param
 
 
 class RateLimited(ResourceExhausted):
@@ -63,7 +72,7 @@ class Router:
             retry_after_s=settings.redis_retry_after_s,
         )
         self.balancer = Balancer(
-            lambda address: WorkerTransport(address, settings.max_message_bytes),
+            lambda address: WorkerTransport(address, settings.max_message_bytes, settings.worker_link),
             eject_after=settings.eject_after_failures,
             cooloff_s=settings.eject_cooloff_s,
         )
@@ -139,13 +148,16 @@ class Router:
                 return InferResult(cached, name, entry.version)
 
         trace = tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None
-        response = await forward_infer(self.balancer, entry.workers, forward_raw, deadline, trace)
+        timeout_us = _timeout_parameter(request)
+        response = await forward_infer(
+            self.balancer, entry.workers, forward_raw, deadline, trace, request.id, timeout_us
+        )
 
         if cache_key is not None:
             await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
         shadow_version = policy.shadow_version
         if shadow_version and shadow_version != entry.version:
-            self._mirror(model, shadow_version, raw, response, trace)
+            self._mirror(model, shadow_version, raw, response, trace, request.id, timeout_us)
         return InferResult(response, name, entry.version)
 
     def choose_version(self, model: ModelEntry, headers: Mapping[str, str]) -> VersionEntry:
@@ -173,6 +185,8 @@ class Router:
         raw: bytes,
         primary: bytes,
         trace: tuple[tuple[str, str], ...] | None,
+        caller_id: str,
+        timeout_us: int | None,
     ) -> None:
         entry = model.versions.get(version)
         if entry is None or not entry.workers:
@@ -183,7 +197,7 @@ class Router:
 
         async def send() -> bytes:
             deadline = time.monotonic() + timeout_s
-            return await forward_infer(self.balancer, entry.workers, shadow_raw, deadline, trace)
+            return await forward_infer(self.balancer, entry.workers, shadow_raw, deadline, trace, caller_id, timeout_us)
 
         self.shadow.mirror(model.name, version, primary, send)
 

@@ -38,14 +38,17 @@ class RouterSettings:
     #: Messages in flight per ModelStreamInfer stream.
     stream_max_in_flight: int = 128
     max_message_bytes: int = 64 * 1024 * 1024
+    #: How requests travel to workers: "stream" (multiplexed ModelStreamInfer) or "unary".
+    worker_link: str = "stream"
 
     def __post_init__(self) -> None:
+        if self.worker_link not in ("stream", "unary"):
+            raise ValueError(f"worker_link must be 'stream' or 'unary', got {self.worker_link!r}")
         if self.near_cache_bytes < 0:
             raise ValueError(f"near_cache_bytes must be 0 or more, got {self.near_cache_bytes}")
         for name in ("request_timeout_s", "redis_timeout_s", "shadow_timeout_s", "eject_cooloff_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eject_after_failures", "shadow_max_in_flight", "stream_max_in_flight",
-                     "default_cache_ttl_s"):
+        for name in ("eject_after_failures", "shadow_max_in_flight", "stream_max_in_flight", "default_cache_ttl_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

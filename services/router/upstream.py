@@ -1,8 +1,14 @@
-"""Calls from the router to workers: raw-bytes ModelInfer with one retry elsewhere.
+"""Calls from the router to workers: raw-bytes inference with one retry elsewhere.
 
-The request is forwarded as the bytes the client sent (plus an appended model_version
-when the split chose one) and the worker's response bytes come back untouched; with
-``None`` serialisers gRPC passes bytes straight through.
+The request is forwarded as the bytes the client sent (plus appended fields: the
+model_version the split chose, and on the stream link an id and a timeout) and the
+worker's response bytes come back as they are; with ``None`` serialisers gRPC passes
+bytes straight through.
+
+Two links to a worker: ``stream`` (the default) multiplexes requests over one
+ModelStreamInfer call (link.py); ``unary`` makes one ModelInfer call per request. A
+request carrying trace context goes unary either way, because per-request metadata
+only exists on a call of its own.
 """
 
 from __future__ import annotations
@@ -12,26 +18,26 @@ from collections.abc import Sequence
 
 import grpc
 
-from services.common.errors import DeadlineExceeded, ShunterError, Unavailable
+from services.common.errors import DeadlineExceeded, Unavailable
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router import metrics
 from services.router.balancer import Balancer, Replica
+from services.router.errors import UpstreamError
+from services.router.link import StreamLink
+
+__all__ = ["LINKS", "UpstreamError", "WorkerTransport", "forward_infer"]
 
 _SERVICE = "/inference.GRPCInferenceService/"
-
-
-class UpstreamError(ShunterError):
-    """A worker's own status (e.g. DEADLINE_EXCEEDED, INTERNAL), passed on to the caller."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+#: The ways a router can carry requests to a worker (``--worker-link``).
+LINKS = ("stream", "unary")
 
 
 class WorkerTransport:
     """One channel to one worker and the calls the router makes on it."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
+    def __init__(self, address: str, max_message_bytes: int, link: str = "stream") -> None:
+        if link not in LINKS:
+            raise ValueError(f"unknown worker link {link!r}; expected one of {', '.join(LINKS)}")
         self.channel = grpc.aio.insecure_channel(
             address,
             options=[
@@ -43,14 +49,38 @@ class WorkerTransport:
                 ("grpc.keepalive_timeout_ms", 5_000),
             ],
         )
-        self.infer = self.channel.unary_unary(_SERVICE + "ModelInfer")
+        self._unary = self.channel.unary_unary(_SERVICE + "ModelInfer")
+        self._stream = StreamLink(self.channel) if link == "stream" else None
         self.statistics = self.channel.unary_unary(
             _SERVICE + "ModelStatistics",
             request_serializer=pb.ModelStatisticsRequest.SerializeToString,
             response_deserializer=pb.ModelStatisticsResponse.FromString,
         )
 
+    async def infer(
+        self,
+        raw: bytes,
+        timeout_s: float,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+        caller_id: str = "",
+        timeout_us: int | None = None,
+    ) -> bytes:
+        """The worker's serialised response; UpstreamError carries the worker's status.
+
+        ``caller_id`` is the request's own id (the stream link rewrites ids on the wire);
+        ``timeout_us`` is the caller's ``timeout`` parameter, if it set one.
+        """
+        if self._stream is not None and metadata is None:
+            return await self._stream.infer(raw, timeout_s, caller_id, timeout_us)
+        try:
+            return await self._unary(raw, timeout=timeout_s, metadata=metadata)
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            raise UpstreamError(code, err.details() or code.name) from None
+
     async def close(self, grace_s: float | None = None) -> None:
+        if self._stream is not None:
+            await self._stream.close(grace_s)
         await self.channel.close(grace_s)
 
 
@@ -60,6 +90,8 @@ async def forward_infer(
     raw: bytes,
     deadline: float,
     metadata: tuple[tuple[str, str], ...] | None,
+    caller_id: str = "",
+    timeout_us: int | None = None,
 ) -> bytes:
     """Send ``raw`` to the least loaded of two workers; once more elsewhere on UNAVAILABLE.
 
@@ -76,15 +108,14 @@ async def forward_infer(
         current = replica
         current.outstanding += 1
         try:
-            response = await current.transport.infer(raw, timeout=remaining, metadata=metadata)
-        except grpc.aio.AioRpcError as err:
-            code = err.code()
-            if code != grpc.StatusCode.UNAVAILABLE:
-                raise UpstreamError(code, err.details() or code.name) from None
+            response = await current.transport.infer(raw, remaining, metadata, caller_id, timeout_us)
+        except UpstreamError as err:
+            if err.code != grpc.StatusCode.UNAVAILABLE:
+                raise
             balancer.failed(current)
             other = None if retried else balancer.pick(addresses, exclude=current)
             if other is None:
-                raise UpstreamError(code, err.details() or "worker unavailable") from None
+                raise
             metrics.RETRIES.inc()
             replica, retried = other, True
             continue

@@ -8,11 +8,24 @@ occurrence on the wire wins, so ``raw + field`` overrides whatever ``raw`` held.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 #: Wire tags (field number << 3 | wire type 2, length-delimited) used below.
 _TAG_MODEL_VERSION = b"\x12"  # ModelInferRequest/Response.model_version = 2
 _TAG_ID = b"\x1a"  # ModelInferRequest/Response.id = 3
 _TAG_STREAM_ERROR = b"\x0a"  # ModelStreamInferResponse.error_message = 1
 _TAG_STREAM_RESPONSE = b"\x12"  # ModelStreamInferResponse.infer_response = 2
+_TAG_PARAMETERS = b"\x22"  # ModelInferRequest.parameters = 4 (map entries)
+_TAG_MAP_KEY = b"\x0a"  # map entry key = 1
+_TAG_MAP_VALUE = b"\x12"  # map entry value = 2
+_TAG_INT64_PARAM = b"\x10"  # InferParameter.int64_param = 2 (varint)
+_FIELD_ID = 3  # ModelInferResponse.id
+_FIELD_STREAM_ERROR = 1
+_FIELD_STREAM_RESPONSE = 2
+
+
+class WireError(ValueError):
+    """Bytes that are not the protobuf message they should be (a worker's bug, not a caller's)."""
 
 
 def varint(value: int) -> bytes:
@@ -31,14 +44,63 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + varint(len(payload)) + payload
 
 
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it."""
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise WireError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise WireError("varint too long")
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, memoryview]]:
+    """Yield (field number, payload) for each top-level length-delimited field; skip the rest.
+
+    Only what the router needs to read without parsing whole messages: strings and
+    sub-messages. Varint and fixed-width fields are stepped over. Payloads are views,
+    so stepping over a large tensor copies nothing.
+    """
+    view = memoryview(buf)
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        wire_type = key & 7
+        if wire_type == 2:
+            length, pos = _read_varint(buf, pos)
+            if pos + length > end:
+                raise WireError("truncated field")
+            yield key >> 3, view[pos : pos + length]
+            pos += length
+        elif wire_type == 0:
+            _, pos = _read_varint(buf, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise WireError(f"unsupported wire type {wire_type}")
+
+
 def with_model_version(raw: bytes, version: str) -> bytes:
     """The request (or response) ``raw`` with ``model_version`` overridden."""
     return raw + _field(_TAG_MODEL_VERSION, version.encode())
 
 
+def id_field(request_id: str) -> bytes:
+    """The encoded ``id`` field; appended to a message it overrides the message's id."""
+    return _field(_TAG_ID, request_id.encode())
+
+
 def with_id(raw: bytes, request_id: str) -> bytes:
     """The message ``raw`` with its ``id`` overridden (a cached response gets the caller's id)."""
-    return raw + _field(_TAG_ID, request_id.encode())
+    return raw + id_field(request_id)
 
 
 def stream_response(infer_response: bytes) -> bytes:
@@ -52,3 +114,60 @@ def stream_error(message: str, infer_response: bytes = b"") -> bytes:
     if infer_response:
         out += _field(_TAG_STREAM_RESPONSE, infer_response)
     return out
+
+
+def with_int64_parameter(raw: bytes, name: str, value: int) -> bytes:
+    """The request ``raw`` with ``parameters[name] = value`` (a later map entry wins)."""
+    param = _TAG_INT64_PARAM + varint(value & 0xFFFFFFFFFFFFFFFF)
+    entry = _field(_TAG_MAP_KEY, name.encode()) + _field(_TAG_MAP_VALUE, param)
+    return raw + _field(_TAG_PARAMETERS, entry)
+
+
+def split_stream_response(buf: bytes) -> tuple[str | None, bytes]:
+    """A serialised ModelStreamInferResponse as (error message or None, infer_response bytes).
+
+    Repeated occurrences merge as protobuf does: the last error wins, and the
+    infer_response payloads concatenate (a sub-message's fields merge).
+    """
+    error: str | None = None
+    parts: list[memoryview] = []
+    for number, payload in _fields(buf):
+        if number == _FIELD_STREAM_ERROR:
+            error = str(payload, "utf-8", "replace") or None
+        elif number == _FIELD_STREAM_RESPONSE:
+            parts.append(payload)
+    return error, b"".join(parts)
+
+
+def find_id(infer_response: bytes) -> tuple[str, int, int]:
+    """The id a worker put on a serialised ModelInferResponse, and where its field lies.
+
+    Returns (id, start, stop) with ``infer_response[start:stop]`` the whole field (an
+    empty span when there is none). Serialisers write fields in number order, so the scan
+    stops at the first field past ``id`` instead of stepping over the output tensors.
+    """
+    pos, end = 0, len(infer_response)
+    while pos < end:
+        start = pos
+        key, pos = _read_varint(infer_response, pos)
+        number, wire_type = key >> 3, key & 7
+        if number > _FIELD_ID or wire_type != 2:
+            return "", start, start
+        length, pos = _read_varint(infer_response, pos)
+        if pos + length > end:
+            raise WireError("truncated field")
+        if number == _FIELD_ID:
+            return str(infer_response[pos : pos + length], "utf-8", "replace"), start, pos + length
+        pos += length
+    return "", end, end
+
+
+def replace_id(infer_response: bytes, start: int, stop: int, new_id: str) -> bytes:
+    """The response with the id field found by find_id replaced by ``new_id``.
+
+    The result is the bytes the worker would have sent for a request with ``new_id``
+    (an empty id is left out, as serialisers do).
+    """
+    if not new_id:
+        return infer_response[:start] + infer_response[stop:]
+    return b"".join((infer_response[:start], id_field(new_id), infer_response[stop:]))

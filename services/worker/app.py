@@ -73,6 +73,8 @@ class WorkerApp:
         self.servicer.draining = True
         if self._cluster is not None:
             await self._cluster.stop()
+        # After deregistering, so routers have moved on before their streams end.
+        self.servicer.end_streams()
 
     async def close(self) -> None:
         await self.models.drain()

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from services.common import inference_parameters
 from services.common import metrics as common_metrics
 from services.common.datatypes import DATATYPES
 from services.common.errors import InvalidArgument, ShunterError, Unavailable
@@ -33,6 +34,8 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, models: ModelManager) -> None:
         self._models = models
         self.draining = False
+        #: Reader tasks of the open ModelStreamInfer calls (ended on drain).
+        self._streams: set[asyncio.Task] = set()
         self._observer = common_metrics.RpcObserver("worker")
         self._in_flight = {
             method: common_metrics.IN_FLIGHT.labels("worker", method) for method in ("ModelInfer", "ModelStreamInfer")
@@ -154,7 +157,7 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         try:
-            return await self._observed_infer("ModelInfer", request, context.time_remaining())
+            return await self._observed_infer("ModelInfer", request, _time_limit(request, context))
         except ShunterError as exc:
             await context.abort(exc.code, exc.message)
         except asyncio.CancelledError:
@@ -166,37 +169,45 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request is served as it arrives; responses carry the request's id."""
+        """Each request is served as it arrives; responses carry the request's id.
+
+        A failed request's response carries, besides ``error_message``, an
+        ``infer_response`` with the request's id and the gRPC status code in
+        ``parameters["shunter_status_code"]``: a router multiplexing requests over the
+        stream passes on the same status a ModelInfer call would have had. When the worker
+        drains, the stream stops reading, answers what it took, and ends (OK); the
+        requests it never read are the caller's to retry elsewhere.
+        """
         responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
 
         async def serve_one(request: pb.ModelInferRequest) -> None:
             try:
-                result = await self._observed_infer("ModelStreamInfer", request, context.time_remaining())
-                await responses.put(pb.ModelStreamInferResponse(infer_response=result))
+                result = await self._observed_infer("ModelStreamInfer", request, _time_limit(request, context))
+                responses.put_nowait(pb.ModelStreamInferResponse(infer_response=result))
             except Exception as exc:
-                _, message = status_of(exc)
+                code, message = status_of(exc)
                 if not isinstance(exc, ShunterError):
                     logger.exception("stream request failed")
-                await responses.put(
-                    pb.ModelStreamInferResponse(
-                        error_message=message,
-                        infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name, model_version=request.model_version, id=request.id
-                        ),
-                    )
+                failed = pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
                 )
+                failed.parameters[inference_parameters.STATUS_CODE].int64_param = code.value[0]
+                responses.put_nowait(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
 
         async def read_all() -> None:
-            async for request in request_iterator:
-                task = asyncio.create_task(serve_one(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.wait(set(tasks))
-            await responses.put(None)
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(serve_one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                while tasks:
+                    await asyncio.wait(set(tasks))
+                responses.put_nowait(None)
 
         reader = asyncio.create_task(read_all())
+        self._streams.add(reader)
         try:
             while True:
                 item = await responses.get()
@@ -204,9 +215,32 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
                     break
                 yield item
         finally:
+            self._streams.discard(reader)
             reader.cancel()
             for task in tasks:
                 task.cancel()
+
+    def end_streams(self) -> None:
+        """Stop reading every open stream; each ends once its requests are answered."""
+        self.draining = True
+        for reader in self._streams:
+            reader.cancel()
+
+
+def _time_limit(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds the request may take: the call's deadline, or Triton's ``timeout`` parameter (µs).
+
+    On a stream, the call's deadline is the stream's; each request's own deadline comes
+    in its ``timeout`` parameter. 0 or less means none, as in Triton.
+    """
+    remaining = context.time_remaining()
+    parameters = request.parameters
+    if inference_parameters.TIMEOUT in parameters:
+        timeout_us = parameters[inference_parameters.TIMEOUT].int64_param
+        if timeout_us > 0:
+            limit = timeout_us / 1_000_000
+            return limit if remaining is None else min(remaining, limit)
+    return remaining
 
 
 def _duration(target, source: Duration) -> None:

@@ -68,6 +68,17 @@ def write_repository(root: Path) -> Path:
     return root
 
 
+def worker_inferences(url: str, **labels: str) -> float:
+    """Inference requests a worker has served, over ModelInfer calls and stream messages.
+
+    Routers reach workers over a ModelStreamInfer stream by default (``--worker-link``).
+    """
+    return sum(
+        metric(url, "shunter_requests_total", service="worker", method=method, **labels)
+        for method in ("ModelInfer", "ModelStreamInfer")
+    )
+
+
 def metric(url: str, name: str, **labels: str) -> float:
     """Sum of a Prometheus sample's values over series matching ``labels``."""
     text = urllib.request.urlopen(url, timeout=5).read().decode()

@@ -13,7 +13,7 @@ import numpy as np
 
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.router.client import auth, calc_request, output
-from tests.integration.router.cluster import Cluster, metric, wait_for
+from tests.integration.router.cluster import Cluster, metric, wait_for, worker_inferences
 from tests.integration.worker.test_worker_processes import CONNECTIONS, children, wait_gone
 from tests.support.processes import start_service
 
@@ -73,15 +73,13 @@ async def test_a_cluster_worker_group_registers_every_process_and_routers_use_th
         workers, revision = cluster.admin(lambda c: c.list_workers())
         assert set(addresses) <= {w.address for w in workers}
         cluster.wait_routers(revision)
-        served_before = {pid: metric(url, "shunter_requests_total", service="worker", method="ModelInfer")
-                         for pid, url in pids.items()}
+        served_before = {pid: worker_inferences(url) for pid, url in pids.items()}
         async with grpc.aio.insecure_channel(cluster.routers[0].address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             # Four workers now (two plain, the two processes): enough calls that each gets some.
             for _ in range(80):
                 await stub.ModelInfer(calc_request(version="1"), metadata=auth(cluster.keys["data"]), timeout=30)
-        served = {pid: metric(url, "shunter_requests_total", service="worker", method="ModelInfer")
-                  - served_before[pid] for pid, url in pids.items()}
+        served = {pid: worker_inferences(url) - served_before[pid] for pid, url in pids.items()}
         assert all(count > 0 for count in served.values()), served
     finally:
         code = group.terminate()

@@ -14,18 +14,14 @@ import pytest
 from services.gen.inference import grpc_service_pb2 as pb
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.router.client import Client, auth, calc_request, echo_request, output
-from tests.integration.router.cluster import Cluster, metric, wait_for
+from tests.integration.router.cluster import Cluster, metric, wait_for, worker_inferences
 from tests.integration.router.conftest import MAX_MESSAGE_BYTES
 from tests.support.processes import start_service
 
 
 def worker_infer_calls(cluster: Cluster) -> float:
-    """ModelInfer calls every worker has received, whatever their outcome."""
-    return sum(
-        metric(w.metrics_url, "shunter_requests_total", service="worker", method="ModelInfer")
-        for w in cluster.workers
-        if w.proc.poll() is None
-    )
+    """Inference requests every worker has received, whatever their outcome."""
+    return sum(worker_inferences(w.metrics_url) for w in cluster.workers if w.proc.poll() is None)
 
 
 async def test_infer_split_version_in_response_and_trailer(cluster: Cluster):

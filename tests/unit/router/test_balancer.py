@@ -22,9 +22,6 @@ class FakeClock:
         return self.now
 
 
-def unavailable(details: str = "connection refused") -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
-
 
 class FakeWorker:
     """Stands in for a WorkerTransport: answers, or fails with a given status."""
@@ -35,11 +32,11 @@ class FakeWorker:
         self.calls = 0
         self.seen_timeouts: list[float] = []
 
-    async def infer(self, raw: bytes, timeout: float, metadata=None) -> bytes:  # noqa: ASYNC109 - gRPC signature
+    async def infer(self, raw: bytes, timeout_s: float, metadata=None, caller_id="", timeout_us=None) -> bytes:
         self.calls += 1
-        self.seen_timeouts.append(timeout)
+        self.seen_timeouts.append(timeout_s)
         if self.fail_with is not None:
-            raise grpc.aio.AioRpcError(self.fail_with, grpc.aio.Metadata(), grpc.aio.Metadata(), "fake failure")
+            raise UpstreamError(self.fail_with, "fake failure")
         return b"ok:" + self.address.encode() + b":" + raw
 
 

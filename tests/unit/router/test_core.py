@@ -22,7 +22,7 @@ class RecordingWorker:
         self.address = address
         self.seen: list[tuple[pb.ModelInferRequest, dict]] = []
 
-    async def infer(self, raw: bytes, timeout: float, metadata=None) -> bytes:  # noqa: ASYNC109
+    async def infer(self, raw: bytes, timeout_s: float, metadata=None, caller_id="", timeout_us=None) -> bytes:
         request = pb.ModelInferRequest.FromString(raw)
         self.seen.append((request, dict(metadata or ())))
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,

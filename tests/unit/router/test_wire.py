@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router import wire
 
@@ -34,3 +36,39 @@ def test_stream_wrappers():
     assert ok.infer_response.id == "1" and not ok.error_message
     bad = pb.ModelStreamInferResponse.FromString(wire.stream_error("boom", inner))
     assert bad.error_message == "boom" and bad.infer_response.id == "1"
+
+
+def test_int64_parameter_is_added_and_a_later_entry_wins():
+    request = pb.ModelInferRequest(model_name="m")
+    request.parameters["timeout"].int64_param = 5
+    request.parameters["other"].string_param = "kept"
+    raw = wire.with_int64_parameter(request.SerializeToString(), "timeout", 12_345_678_901)
+    parsed = pb.ModelInferRequest.FromString(raw)
+    assert parsed.parameters["timeout"].int64_param == 12_345_678_901
+    assert parsed.parameters["other"].string_param == "kept"
+
+
+def test_split_stream_response_reads_error_and_inner_response():
+    inner = pb.ModelInferResponse(model_name="m", id="7", raw_output_contents=[b"\x01" * 300])
+    ok = pb.ModelStreamInferResponse(infer_response=inner).SerializeToString()
+    assert wire.split_stream_response(ok) == (None, inner.SerializeToString())
+    failed = pb.ModelStreamInferResponse(error_message="bad input", infer_response=pb.ModelInferResponse(id="8"))
+    error, payload = wire.split_stream_response(failed.SerializeToString())
+    assert error == "bad input" and pb.ModelInferResponse.FromString(payload).id == "8"
+
+
+def test_find_and_replace_id_give_the_bytes_the_worker_would_have_sent():
+    for caller_id in ("", "req-1", "x" * 300):
+        common = {"model_name": "m", "model_version": "1", "raw_output_contents": [b"\x02" * 64]}
+        sent = pb.ModelInferResponse(id="12", **common)
+        wanted = pb.ModelInferResponse(id=caller_id, **common)
+        raw = sent.SerializeToString()
+        found, start, stop = wire.find_id(raw)
+        assert found == "12"
+        assert wire.replace_id(raw, start, stop, caller_id) == wanted.SerializeToString()
+
+
+def test_find_id_without_one_and_on_garbage():
+    assert wire.find_id(pb.ModelInferResponse(model_name="m").SerializeToString())[0] == ""
+    with pytest.raises(wire.WireError, match="truncated"):
+        wire.find_id(b"\x0a\x7f" + b"short")
