@@ -41,7 +41,8 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,19 @@ from worker import make_repository  # noqa: E402 - the served copy with batching
 
 MINILM = "minilm_gpu"
 MINILM_X2 = "minilm_gpu_x2"
+DIGITS = "digits"
+#: Worker kinds: each is one `shunter worker` (one port) and the prefix of its points' keys;
+#: a record's "batching" field holds the kind. OFF and ON are the one-process workers of
+#: scripts/bench/worker.py (the bars are defined on them).
+OFF, ON = "off", "on"
 #: The batching-on worker run as `shunter worker --processes N` (several front ends, one port).
 PROCS = "procs"
-DIGITS = "digits"
+#: The same with more processes (``--wide-processes``), fed by more client processes.
+PROCS_WIDE = "procs-wide"
+#: minilm_gpu_x2 (2 instances) with batching off, a worker of its own, so OFF stays as it was.
+OFF_X2 = "off-x2"
+#: The batching-off worker as ``--off-processes`` processes, one minilm_gpu instance each.
+OFF_PROCS = "off-procs"
 VERSION = "1"
 #: Files of the minilm carry, written by --write-carry and read on the device.
 CARRY_CONFIG, CARRY_TOKENIZER, CARRY_WEIGHTS = "config.json", "tokenizer.json", "model.safetensors"
@@ -86,8 +97,22 @@ SERVED_BAR = 0.85
 CAPTURE_BAR = 0.9
 #: In flight for the serving-overhead point: enough that a non-batching engine never waits.
 OVERHEAD_CONCURRENCY = 4
-#: Seconds a served point costs beyond warm-up and measurement (client processes, probe).
+#: In flight for the serving-overhead information points: two instances' worth of OVERHEAD_CONCURRENCY.
+OVERHEAD_WIDE_CONCURRENCY = 8
+#: Information next to the serving-overhead bar: (model, worker kind, concurrencies), each
+#: against the same in-process figure (minilm_gpu, one instance on one thread, at the batch).
+OVERHEAD_INFO = (
+    (MINILM, OFF, (OVERHEAD_WIDE_CONCURRENCY,)),
+    (MINILM_X2, OFF_X2, (OVERHEAD_CONCURRENCY, OVERHEAD_WIDE_CONCURRENCY)),
+    (MINILM, OFF_PROCS, (OVERHEAD_CONCURRENCY, OVERHEAD_WIDE_CONCURRENCY)),
+)
+#: A worker process with less CPU than this share of its busiest sibling's over a run served no
+#: connection (the cores are over the whole bench call, client start-up included, so relative).
+IDLE_SHARE = 0.1
+#: Seconds a served point costs beyond warm-up and measurement (client processes, probe),
+#: until the point has been measured once (then its own last cost, plus POINT_MARGIN_S).
 POINT_OVERHEAD_S = 2.5
+POINT_MARGIN_S = 0.5
 #: Seconds kept back for stopping the workers and writing the results.
 RESERVE_S = 15.0
 #: Packages whose versions the results record (report_env's list plus the GPU side's).
@@ -342,28 +367,85 @@ def engine_medians(results: dict[str, Any], model: str) -> dict[int, float]:
 # ---------------------------------------------------------------- served
 
 
+@dataclass(frozen=True)
+class WorkerKind:
+    """One `shunter worker` of the run: batching on or off, how many processes, its clients."""
+
+    batching: bool
+    processes: int = 1
+    #: Client processes (connections) for its points, capped by the concurrency; None: --client-processes.
+    clients: int | None = None
+
+
+def worker_kinds(args: argparse.Namespace) -> dict[str, WorkerKind]:
+    """Every kind a plan may use; one with 0 processes is left out of the run."""
+    return {
+        OFF: WorkerKind(False),
+        ON: WorkerKind(True),
+        OFF_X2: WorkerKind(False),
+        PROCS: WorkerKind(True, args.worker_processes, args.procs_clients),
+        PROCS_WIDE: WorkerKind(True, args.wide_processes, args.wide_clients),
+        OFF_PROCS: WorkerKind(False, args.off_processes, args.procs_clients),
+    }
+
+
+def kind_info(results: dict[str, Any], kind: str) -> dict[str, Any]:
+    """batching ("on"/"off"), processes and clients of a kind, also from results that predate
+    settings["workers"] (there, PROCS was the --worker-processes worker and off/on one process)."""
+    settings = results.get("settings") or {}
+    recorded = (settings.get("workers") or {}).get(kind)
+    if recorded:
+        batching = "on" if recorded["batching"] else "off"
+        return {"batching": batching, "processes": recorded["processes"], "clients": recorded.get("clients")}
+    if kind == PROCS:
+        return {
+            "batching": "on",
+            "processes": settings.get("worker_processes"),
+            "clients": settings.get("procs_clients"),
+        }
+    return {"batching": kind, "processes": 1, "clients": None}
+
+
+def is_multi_process(results: dict[str, Any], kind: str) -> bool:
+    processes = kind_info(results, kind)["processes"]
+    return processes is None or processes > 1
+
+
 def point_plan(quick: bool, overhead_batch: int) -> list[tuple[str, str, int, int]]:
-    """(model, batching, concurrency, rows per request), the points the bars need first."""
+    """(model, worker kind, concurrency, rows per request): the bars' points first, then what
+    this run asks (more worker processes; the overhead bar with 2 instances, 2 processes and 8
+    in flight), then this run's references. A round visits them in this order, so a run cut
+    short loses the last ones' second round."""
+    batch = overhead_batch
     plan = [
-        (MINILM, "off", 1, 1),
-        (MINILM, "on", 64, 1),
-        (MINILM, "off", OVERHEAD_CONCURRENCY, overhead_batch),
+        (MINILM, OFF, 1, 1),
+        (MINILM, ON, 64, 1),
+        (MINILM, OFF, OVERHEAD_CONCURRENCY, batch),
     ]
     if quick:
-        return [*plan, (DIGITS, "on", 1, 1), (DIGITS, PROCS, 16, 1)]
+        return [
+            *plan,
+            (DIGITS, ON, 1, 1),
+            (DIGITS, PROCS, 16, 1),
+            (DIGITS, PROCS_WIDE, 16, 1),
+            (MINILM_X2, OFF_X2, OVERHEAD_CONCURRENCY, batch),
+            (MINILM, OFF_PROCS, OVERHEAD_CONCURRENCY, batch),
+        ]
     return [
         *plan,
-        (MINILM, "on", 1, 1),
-        (MINILM, "on", 16, 1),
-        (MINILM, "on", 256, 1),
-        (MINILM, "off", 64, 1),
-        (DIGITS, "on", 1, 1),
-        (DIGITS, "on", 64, 1),
-        (MINILM_X2, "on", 64, 1),
-        (MINILM_X2, "on", 256, 1),
-        (MINILM, PROCS, 64, 1),
+        (MINILM, PROCS_WIDE, 512, 1),
+        (DIGITS, PROCS_WIDE, 512, 1),
+        (MINILM_X2, OFF_X2, OVERHEAD_CONCURRENCY, batch),
+        (MINILM_X2, OFF_X2, OVERHEAD_WIDE_CONCURRENCY, batch),
+        (MINILM, OFF_PROCS, OVERHEAD_CONCURRENCY, batch),
+        (MINILM, OFF_PROCS, OVERHEAD_WIDE_CONCURRENCY, batch),
+        (MINILM, OFF, OVERHEAD_WIDE_CONCURRENCY, batch),
         (MINILM, PROCS, 256, 1),
         (DIGITS, PROCS, 256, 1),
+        (MINILM, PROCS_WIDE, 256, 1),
+        (MINILM, ON, 256, 1),
+        (DIGITS, ON, 1, 1),
+        (DIGITS, ON, 64, 1),
     ]
 
 
@@ -371,10 +453,12 @@ def point_key(model: str, batching: str, concurrency: int, rows: int) -> str:
     return f"{batching}/{model}/c{concurrency}" + (f"x{rows}" if rows > 1 else "")
 
 
-def make_points(plan: list[tuple[str, str, int, int]], servers: dict[str, Server]) -> list[Point]:
+def make_points(
+    plan: list[tuple[str, str, int, int]], servers: dict[str, Server], kinds: dict[str, WorkerKind]
+) -> list[Point]:
     points = []
     for model, batching, concurrency, rows in plan:
-        server = servers[batching]
+        server, kind = servers[batching], kinds[batching]
         points.append(
             Point(
                 key=point_key(model, batching, concurrency, rows),
@@ -387,7 +471,7 @@ def make_points(plan: list[tuple[str, str, int, int]], servers: dict[str, Server
                 concurrency=concurrency,
                 batch_rows=rows,
                 cpu={"worker": (server, None)},
-                tags={"batching": batching},
+                tags={"batching": batching, "processes": kind.processes, "clients": kind.clients},
             )
         )
     return points
@@ -411,8 +495,16 @@ def prime(points: list[Point], args: argparse.Namespace, budget: Budget) -> None
         print(f"  priming {batching}/{model} at c{point.concurrency}: {describe(measure_point(point, settings))}")
 
 
-def served_rounds(points: list[Point], args: argparse.Namespace, budget: Budget, results: dict[str, Any]) -> None:
-    """Every point once per round, in plan order, for ``args.served_repeats`` rounds or the budget."""
+def served_rounds(
+    points: list[Point],
+    args: argparse.Namespace,
+    budget: Budget,
+    results: dict[str, Any],
+    on_point: Any = None,
+) -> None:
+    """Every point once per round, in plan order, for ``args.served_repeats`` rounds or the
+    budget; a point that no longer fits is skipped (and listed), a cheaper later one still runs.
+    ``on_point()`` runs after each point (the checkpoint)."""
     store = results["served"]
     for point in points:
         store.setdefault(
@@ -426,32 +518,83 @@ def served_rounds(points: list[Point], args: argparse.Namespace, budget: Budget,
                 "runs": [],
             },
         )
-    cost = args.warmup + args.duration + POINT_OVERHEAD_S
+    took: dict[str, float] = {}
     for round_index in range(args.served_repeats):
         for point in points:
-            if not budget.allows(cost, f"served {point.key} round {round_index + 1}"):
-                return
+            cost = took.get(point.key, args.warmup + args.duration + POINT_OVERHEAD_S - POINT_MARGIN_S)
+            if not budget.allows(cost + POINT_MARGIN_S, f"served {point.key} round {round_index + 1}"):
+                continue
             settings = Settings(
                 runs=args.served_repeats,
                 duration_s=args.duration,
                 warmup_s=args.warmup,
-                client_processes=max(1, min(clients_for(point, args), point.concurrency)),
+                client_processes=clients_for(point, args),
             )
-            run = measure_point(point, settings)
+            started = time.monotonic()
+            run = measure_with_cpu(point, settings)
+            took[point.key] = time.monotonic() - started
             store[point.key]["runs"].append(run)
             print(f"  [served {round_index + 1}/{args.served_repeats}] {point.key}: {describe(run)}", flush=True)
+            if on_point is not None:
+                on_point()
 
 
 def clients_for(point: Point, args: argparse.Namespace) -> int:
     """Load generator processes: each is one connection, and a worker process serves whole
-    connections, so the multi-process worker needs several per process to spread the load."""
-    return args.procs_clients if point.tags["batching"] == PROCS else args.client_processes
+    connections, so a multi-process worker needs several per process to spread the load."""
+    return max(1, min(point.tags.get("clients") or args.client_processes, point.concurrency))
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (guest time is inside user time)."""
+    import psutil
+
+    times = psutil.cpu_times()._asdict()
+    total = sum(v for k, v in times.items() if k not in ("guest", "guest_nice"))
+    return total - times.get("idle", 0.0) - times.get("iowait", 0.0), total
+
+
+def _process_cpu(point: Point) -> dict[int, float]:
+    """CPU seconds so far of each process of a multi-process worker (the supervisor's children)."""
+    import psutil
+
+    if point.server is None or (point.tags.get("processes") or 1) <= 1:
+        return {}
+    seconds = {}
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(point.server.proc.pid).children():
+            with contextlib.suppress(psutil.Error):
+                times = child.cpu_times()
+                seconds[child.pid] = times.user + times.system
+    return seconds
+
+
+def measure_with_cpu(point: Point, settings: Settings) -> dict[str, Any]:
+    """measure_point, plus what the CPUs did over the whole bench call (client start-up included):
+    ``machine_busy`` (fraction of all cores) and, for a multi-process worker, ``process_cores``
+    (each worker process's cores, busiest first: an idle one got no connection)."""
+    busy_before, total_before = _machine_cpu()
+    processes_before = _process_cpu(point)
+    started = time.monotonic()
+    run = measure_point(point, settings)
+    wall = time.monotonic() - started
+    busy_after, total_after = _machine_cpu()
+    run["client_processes"] = settings.client_processes
+    run["wall_s"] = round(wall, 2)
+    if total_after > total_before:
+        run["machine_busy"] = (busy_after - busy_before) / (total_after - total_before)
+    if processes_before and wall > 0:
+        after = _process_cpu(point)
+        cores = [(after[pid] - before) / wall for pid, before in processes_before.items() if pid in after]
+        run["process_cores"] = sorted(cores, reverse=True)
+    return run
 
 
 def batching_label(batching: str, results: dict[str, Any]) -> str:
-    if batching == PROCS:
-        return f"on, {results['settings'].get('worker_processes', '?')} processes"
-    return batching
+    """How a worker kind shows in the tables: "off", "on", "on, 4 processes"."""
+    info = kind_info(results, batching)
+    processes = info["processes"]
+    return info["batching"] if processes == 1 else f"{info['batching']}, {processes or '?'} processes"
 
 
 def describe(run: dict[str, Any]) -> str:
@@ -460,24 +603,38 @@ def describe(run: dict[str, Any]) -> str:
         return f"FAILED: {str(run['error']).splitlines()[0][:200]}"
     latency = ", ".join(f"{k} {run[k]:.2f} ms" for k in ("p50", "p99") if run.get(k) is not None)
     bad = {code: n for code, n in (run.get("codes") or {}).items() if code != "OK"}
-    return f"{run['rows_per_s']:,.0f} rows/s, {latency}" + (f", errors {bad}" if bad else "")
+    text = f"{run['rows_per_s']:,.0f} rows/s, {latency}" + (f", errors {bad}" if bad else "")
+    if run.get("machine_busy") is not None:
+        text += f", machine CPU {100 * run['machine_busy']:.0f}%"
+    if run.get("process_cores"):
+        text += ", worker processes' cores " + " ".join(f"{c:.2f}" for c in run["process_cores"])
+    return text
 
 
-def start_workers(source: Path, scratch: Path, log_dir: Path, quick: bool, processes: int) -> dict[str, Server]:
-    """A batching-off worker (minilm), a batching-on one (minilm, digits, and minilm x2 unless
-    quick), and the batching-on one again as ``processes`` processes (minilm, digits)."""
-    off_models = [MINILM]
-    on_models = [MINILM, DIGITS] if quick else [MINILM, DIGITS, MINILM_X2]
-    repos = {}
-    for batching, models in (("off", off_models), ("on", on_models)):
-        for model in models:
-            repos[batching] = make_repository(scratch, source, model, VERSION, batching == "on")
-    group = ("--models", f"{MINILM},{DIGITS}", "--processes", str(processes))
-    return {
-        "off": launch_worker("worker-batching-off", repos["off"], off_models, log_dir),
-        "on": launch_worker("worker-batching-on", repos["on"], on_models, log_dir),
-        PROCS: launch_worker(f"worker-{processes}-processes", repos["on"], [MINILM, DIGITS], log_dir, extra=group),
-    }
+def start_workers(
+    source: Path,
+    scratch: Path,
+    log_dir: Path,
+    plan: list[tuple[str, str, int, int]],
+    kinds: dict[str, WorkerKind],
+) -> dict[str, Server]:
+    """One worker per kind the plan uses, loaded with the models the plan sends it."""
+    models: dict[str, list[str]] = {}
+    for model, batching, _, _ in plan:
+        if model not in models.setdefault(batching, []):
+            models[batching].append(model)
+    servers = {}
+    for batching, names in models.items():
+        kind = kinds[batching]
+        for model in names:
+            repo = make_repository(scratch / batching, source, model, VERSION, kind.batching)
+        if batching in (OFF, ON):
+            name = f"worker-batching-{batching}"
+        else:
+            name = f"worker-{batching}" + (f"-{kind.processes}-processes" if kind.processes > 1 else "")
+        extra = ("--processes", str(kind.processes)) if kind.processes > 1 else ()
+        servers[batching] = launch_worker(name, repo, names, log_dir, extra=extra)
+    return servers
 
 
 def check_devices(servers: dict[str, Server], device: str) -> list[str]:
@@ -491,8 +648,11 @@ def check_devices(servers: dict[str, Server], device: str) -> list[str]:
 
 
 def stop_servers(servers: dict[str, Server]) -> None:
-    for server in servers.values():
-        server.stop(grace_s=10)
+    """All at once: each drains within its grace, so stopping costs one grace, not their sum."""
+    if not servers:
+        return
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        list(pool.map(lambda server: server.stop(grace_s=10), servers.values()))
 
 
 # ---------------------------------------------------------------- bars
@@ -515,6 +675,48 @@ def bar_overhead(results: dict[str, Any]) -> dict[str, str]:
         "measured": "–" if ratio is None else f"{ratio:.2f} ({served:,.0f} vs {engine:,.0f} rows/s)",
         "status": _status(None if ratio is None else ratio >= SERVED_BAR),
     }
+
+
+def overhead_setup(results: dict[str, Any], model: str, kind: str) -> str:
+    """The served side of a serving-overhead point in words: instances and processes."""
+    instances = 2 if model == MINILM_X2 else 1
+    processes = kind_info(results, kind)["processes"]
+    if processes == 1:
+        return f"{instances} instance{'s' if instances > 1 else ''}, 1 process"
+    return f"{instances} instance{'s' if instances > 1 else ''} in each of {processes or '?'} worker processes"
+
+
+def bars_overhead_info(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Next to the overhead bar: the same ratio with 8 in flight, 2 instances, 2 worker
+    processes (only for the points the run planned), against the same in-process figure."""
+    batch = results["settings"]["overhead_batch"]
+    store = results.get("served") or {}
+    engine = engine_medians(results, MINILM).get(batch)
+    rows = []
+    for model, kind, concurrencies in OVERHEAD_INFO:
+        keys = [
+            (c, point_key(model, kind, c, batch)) for c in concurrencies if point_key(model, kind, c, batch) in store
+        ]
+        if not keys:
+            continue
+        cells = []
+        for concurrency, key in keys:
+            served = served_median(results, key)
+            if served and engine:
+                cells.append(f"{concurrency} in flight: {served / engine:.2f} ({served:,.0f} vs {engine:,.0f} rows/s)")
+            else:
+                cells.append(f"{concurrency} in flight: –")
+        flights = " and ".join(str(c) for c, _ in keys)
+        rows.append(
+            {
+                "bar": f"{model}, {overhead_setup(results, model, kind)}, served rows/s vs in-process (1 instance) "
+                f"at the same batch ({batch} rows/request, batching off, {flights} in flight)",
+                "target": "(information)",
+                "measured": "; ".join(cells),
+                "status": "info",
+            }
+        )
+    return rows
 
 
 def bar_capture(
@@ -585,10 +787,23 @@ def _best_served(results: dict[str, Any], model: str, batching: str) -> tuple[fl
     return best
 
 
-def bar_processes(results: dict[str, Any], model: str) -> dict[str, str]:
-    """The multi-process worker against one process, batching on, each at its best concurrency."""
-    processes = results["settings"].get("worker_processes", "?")
-    one, many = _best_served(results, model, "on"), _best_served(results, model, PROCS)
+def multi_process_kinds(results: dict[str, Any], model: str | None = None) -> list[str]:
+    """The batching-on multi-process kinds among the run's points (of ``model``), fewest processes first."""
+    kinds = {
+        r["batching"]
+        for r in (results.get("served") or {}).values()
+        if r["batching"] not in (OFF, ON)
+        and is_multi_process(results, r["batching"])
+        and (model is None or r["model"] == model)
+    }
+    kinds = {k for k in kinds if kind_info(results, k)["batching"] == "on"}
+    return sorted(kinds, key=lambda k: (kind_info(results, k)["processes"] or 0, k))
+
+
+def bar_processes(results: dict[str, Any], model: str, kind: str = PROCS) -> dict[str, str]:
+    """A multi-process worker against one process, batching on, each at its best concurrency."""
+    processes = kind_info(results, kind)["processes"] or "?"
+    one, many = _best_served(results, model, ON), _best_served(results, model, kind)
     if one and many:
         return {
             "bar": f"{model}, {processes} worker processes vs 1, batching on, each at its best concurrency",
@@ -604,17 +819,32 @@ def bar_processes(results: dict[str, Any], model: str) -> dict[str, str]:
     }
 
 
+def bar_capture_multi_process(results: dict[str, Any], model: str) -> dict[str, str] | None:
+    """The batching-gain capture of the best multi-process point (highest rows/s); None if the
+    run had no multi-process point of ``model``."""
+    kinds = multi_process_kinds(results, model)
+    if not kinds:
+        return None
+    best: tuple[float, int, str] | None = None
+    for kind in kinds:
+        found = _best_served(results, model, kind)
+        if found and (best is None or found[0] > best[0]):
+            best = (found[0], found[1], kind)
+    if best is None:
+        return bar_capture(results, model, None, batching=kinds[-1], concurrency=256)
+    return bar_capture(results, model, None, batching=best[2], concurrency=best[1])
+
+
 def bars(results: dict[str, Any]) -> list[dict[str, str]]:
-    return [
-        bar_overhead(results),
-        bar_capture(results, MINILM, CAPTURE_BAR),
-        bar_engine_gain(results),
-        bar_capture(results, DIGITS, None),
-        bar_instances(results),
-        bar_processes(results, MINILM),
-        bar_processes(results, DIGITS),
-        bar_capture(results, MINILM, None, batching=PROCS, concurrency=256),
-    ]
+    """The two bars, each followed by its information rows, then the rest."""
+    rows = [bar_overhead(results), *bars_overhead_info(results), bar_capture(results, MINILM, CAPTURE_BAR)]
+    multi = bar_capture_multi_process(results, MINILM)
+    rows += [multi] if multi else []
+    rows += [bar_engine_gain(results), bar_capture(results, DIGITS, None)]
+    if any(r["model"] == MINILM_X2 and r["batching"] == ON for r in (results.get("served") or {}).values()):
+        rows.append(bar_instances(results))
+    rows += [bar_processes(results, m, kind) for m in (MINILM, DIGITS) for kind in multi_process_kinds(results, m)]
+    return rows
 
 
 # ---------------------------------------------------------------- markdown
@@ -635,13 +865,27 @@ def section_machine(results: dict[str, Any]) -> str:
             f"engine: {settings['engine_repeats']} sweep(s), {settings['engine_seconds']:g} s per batch size; "
             f"served: {settings['served_repeats']} round(s) of {settings['duration_s']:g} s + "
             f"{settings['warmup_s']:g} s warm-up per point, up to {settings['client_processes']} client "
-            f"process(es) of `shunter bench`",
+            f"process(es) of `shunter bench`{_multi_process_settings(results)}",
         ],
     ]
     text = "## Machine and versions\n\n" + table(["", ""], rows)
     if settings.get("quick"):
         text += "\n\n**Quick run** (`--quick`): a smoke test; the figures mean little."
     return text
+
+
+def _multi_process_settings(results: dict[str, Any]) -> str:
+    """The run's split of the CPUs: worker processes and client processes of each multi-process worker."""
+    workers = (results.get("settings") or {}).get("workers")
+    if not workers:
+        return ""
+    used = {r["batching"] for r in (results.get("served") or {}).values()}
+    parts = [
+        f"{kind_info(results, k)['batching']}, {w['processes']} processes with up to {w['clients']} client processes"
+        for k, w in workers.items()
+        if k in used and w["processes"] > 1
+    ]
+    return "; multi-process workers (batching " + "; ".join(parts) + ")" if parts else ""
 
 
 def section_bars(results: dict[str, Any]) -> str:
@@ -684,7 +928,9 @@ def section_served(results: dict[str, Any]) -> str:
     records = results.get("served") or {}
     text = (
         "## 2. The worker\n\n`shunter worker` with batching off (no `dynamic_batching`) or on (the model's "
-        "config), closed loop. *worker CPU* is the worker process's CPU time per request.\n\n"
+        "config), closed loop. *clients*: `shunter bench` processes, one connection each. *worker CPU* is the "
+        "worker's CPU time per request (all its processes); *machine CPU*: the share of all the machine's cores "
+        "busy over the bench call (client start-up included).\n\n"
     )
     if not records:
         return text + "Not measured."
@@ -694,20 +940,73 @@ def section_served(results: dict[str, Any]) -> str:
             batching_label(r["batching"], results),
             str(r["concurrency"]),
             str(r["batch_rows"]),
+            str(clients_of(r, results)),
             fmt(stat(r, "rows_per_s")),
             fmt(stat(r, "p50"), 2),
             fmt(stat(r, "p99"), 2),
             fmt(stat(r, "", "worker"), 3),
+            _percent(median(r, "machine_busy")),
             _errors(r) if r.get("runs") else "not measured",
         ]
         for r in records.values()
     ]
-    header = ["model", "batching", "concurrency", "rows/request", "rows/s", "p50 ms", "p99 ms", "worker CPU ms/req"]
+    header = ["model", "batching", "concurrency", "rows/request", "clients", "rows/s", "p50 ms", "p99 ms"]
+    header += ["worker CPU ms/req", "machine CPU"]
     return text + table([*header, "errors"], rows)
 
 
+def clients_of(record: dict[str, Any], results: dict[str, Any]) -> int | str:
+    """Client processes (connections) of a point: as its runs recorded, else as the settings say."""
+    for run in record.get("runs") or []:
+        if run.get("client_processes"):
+            return run["client_processes"]
+    settings = results.get("settings") or {}
+    clients = kind_info(results, record["batching"])["clients"] or settings.get("client_processes")
+    return min(clients, record["concurrency"]) if clients else "?"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def section_spread(results: dict[str, Any]) -> str:
+    """Each run of a multi-process worker: every process's cores (an idle one got no connection)."""
+    text = (
+        "## 3. Load over the worker processes\n\nEach run of a multi-process worker: the CPU each worker "
+        "process used over the bench call, client start-up included (cores, busiest first), and the whole "
+        f"machine's; a process with under {IDLE_SHARE:.0%} of the busiest one's served no connection (the kernel "
+        "spreads connections, one per client process, over the processes at random).\n\n"
+    )
+    rows = []
+    for record in (results.get("served") or {}).values():
+        for index, run in enumerate(record.get("runs") or [], 1):
+            if not run.get("process_cores"):
+                continue
+            cores = run["process_cores"]
+            rows.append(
+                [
+                    record["model"],
+                    batching_label(record["batching"], results),
+                    str(record["concurrency"]),
+                    str(run.get("client_processes", "?")),
+                    str(index),
+                    "–" if run.get("rows_per_s") is None else f"{run['rows_per_s']:,.0f}",
+                    _percent(run.get("machine_busy")),
+                    " ".join(f"{c:.2f}" for c in cores),
+                    str(sum(1 for c in cores if c < IDLE_SHARE * max(cores))),
+                ]
+            )
+    if not rows:
+        return text + "Not recorded."
+    header = ["model", "batching", "concurrency", "clients", "run", "rows/s", "machine CPU"]
+    return text + table([*header, "worker processes' cores", "idle processes"], rows)
+
+
 def section_notes(results: dict[str, Any]) -> str:
-    lines = [f"- skipped for time: {what}" for what in results.get("skipped") or []]
+    lines = []
+    if results.get("partial"):
+        lines.append("- **a checkpoint**: the run stopped (killed?) before it finished; this is what it had measured")
+    lines += [f"- skipped for time: {what}" for what in results.get("skipped") or []]
     lines += [f"- error: `{error.splitlines()[0][:300]}`" for error in results.get("errors") or []]
     return "## Notes\n\n" + ("\n".join(lines) if lines else "Everything planned was measured.")
 
@@ -718,7 +1017,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         "# GPU benchmark\n\nGenerated by `scripts/bench/gpu.py` (raw data: gpu_results.json; plot: gpu.png). "
         "Figures are medians with [min–max] over the repeats."
     )
-    sections = (section_machine, section_bars, section_verify, section_engine, section_served, section_notes)
+    sections = (
+        section_machine,
+        section_bars,
+        section_verify,
+        section_engine,
+        section_served,
+        section_spread,
+        section_notes,
+    )
     return "\n\n".join([head, *(section(results) for section in sections)]) + "\n"
 
 
@@ -834,6 +1141,10 @@ def new_results(args: argparse.Namespace) -> dict[str, Any]:
             "client_processes": args.client_processes,
             "worker_processes": args.worker_processes,
             "procs_clients": args.procs_clients,
+            "wide_processes": args.wide_processes,
+            "wide_clients": args.wide_clients,
+            "off_processes": args.off_processes,
+            "workers": {k: asdict(v) for k, v in worker_kinds(args).items() if v.processes > 0},
             "max_batch": args.max_batch,
             "overhead_batch": args.overhead_batch,
         },
@@ -848,8 +1159,12 @@ def new_results(args: argparse.Namespace) -> dict[str, Any]:
 def run(
     args: argparse.Namespace, budget: Budget, scratch: Path, results: dict[str, Any], servers: dict[str, Server]
 ) -> None:
-    """Build under ``scratch``, check, measure; fills ``results`` and ``servers`` as it goes (the caller cleans up)."""
+    """Build under ``scratch``, check, measure; fills ``results`` and ``servers`` as it goes (the caller
+    cleans up and writes the results); a checkpoint of the results is written after each step."""
     import torch
+
+    def checkpoint() -> None:
+        write_checkpoint(results, budget, args.out)
 
     results["meta"]["gpu"] = gpu_info()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -861,20 +1176,22 @@ def run(
     results["verify"]["engine in-process"] = checked(verify_engine, source, VERIFY_TEXTS, reference)
     print(f"  in-process check: {results['verify']['engine in-process']}", flush=True)
     engine_phase(source, [MINILM, DIGITS], args, budget, results)
+    checkpoint()
+    kinds = worker_kinds(args)
+    plan = [p for p in point_plan(args.quick, args.overhead_batch) if kinds[p[1]].processes > 0]
     # Started only now: their start-up (imports, CUDA context, warm-up) would disturb the engine's figures.
-    servers.update(start_workers(source, scratch / "served", args.out / "logs", args.quick, args.worker_processes))
+    servers.update(start_workers(source, scratch / "served", args.out / "logs", plan, kinds))
     failed = wait_ready(list(servers.values()), timeout_s=max(30.0, min(240.0, budget.left() - RESERVE_S)))
     results["errors"] += [f"{name} did not start: {why}" for name, why in failed.items()]
     results["errors"] += check_devices(servers, args.device)
     ready = {batching: server for batching, server in servers.items() if server.name not in failed}
-    if "on" in ready:
-        check = checked(verify_served, ready["on"].address, VERIFY_TEXTS, reference)
+    if ON in ready:
+        check = checked(verify_served, ready[ON].address, VERIFY_TEXTS, reference)
         results["verify"]["served (batching on)"] = check
         print(f"  served check: {check}", flush=True)
-    plan = [p for p in point_plan(args.quick, args.overhead_batch) if p[1] in ready]
-    points = make_points(plan, ready)
+    points = make_points([p for p in plan if p[1] in ready], ready, kinds)
     prime(points, args, budget)
-    served_rounds(points, args, budget, results)
+    served_rounds(points, args, budget, results, on_point=checkpoint)
 
 
 def kill_children() -> None:
@@ -886,12 +1203,37 @@ def kill_children() -> None:
             child.kill()
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Whole or not at all: a run killed mid-write keeps the previous checkpoint."""
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def write_checkpoint(results: dict[str, Any], budget: Budget, out: Path) -> None:
+    """gpu_results.json and gpu.md as they stand, marked partial (the final write unmarks them)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        results["partial"] = True
+        results["meta"]["took_s"] = round(budget.seconds - budget.left())
+        results["bars"] = bars(results)
+        _write_text(out / "gpu_results.json", json.dumps(results, indent=2, default=str))
+        _write_text(out / "gpu.md", render_markdown(results))
+    except Exception as exc:  # a checkpoint must never stop the run
+        print(f"checkpoint failed: {type(exc).__name__}: {exc}", flush=True)
+
+
 def write_outputs(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    results.pop("partial", None)
     results["bars"] = bars(results)
-    (out / "gpu_results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "gpu.md").write_text(render_markdown(results))
-    written = ["gpu_results.json", "gpu.md"]
+    _write_text(out / "gpu_results.json", json.dumps(results, indent=2, default=str))
+    written = ["gpu_results.json"]
+    try:
+        _write_text(out / "gpu.md", render_markdown(results))
+        written.append("gpu.md")
+    except Exception:  # the JSON is safe; gpu.py --render can make gpu.md again once fixed
+        traceback.print_exc()
     try:
         if plot(results, out / "gpu.png"):
             written.append("gpu.png")
@@ -902,6 +1244,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
+    # `timeout` signals the process and then its whole group: the second TERM must not cut the cleanup short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -920,11 +1264,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=None, help="warm-up per served point (default 1)")
     parser.add_argument("--client-processes", type=int, default=None, help="`shunter bench` processes (default 4)")
     parser.add_argument("--overhead-batch", type=int, default=None, help="rows per request, overhead point (32)")
+    parser.add_argument("--max-batch", type=int, default=None, help="minilm max_batch_size (default 64; quick 16)")
     parser.add_argument(
         "--worker-processes", type=int, default=None, help="processes of the multi-process worker (default 4; quick 2)"
     )
     parser.add_argument(
-        "--procs-clients", type=int, default=None, help="`shunter bench` processes against it (default 8; quick 2)"
+        "--procs-clients",
+        type=int,
+        default=None,
+        help="`shunter bench` processes against it and the batching-off multi-process one (default 8; quick 2)",
+    )
+    parser.add_argument(
+        "--wide-processes",
+        type=int,
+        default=None,
+        help="processes of the wider batching-on worker (default 8; quick 3; 0: leave it out)",
+    )
+    parser.add_argument(
+        "--wide-clients", type=int, default=None, help="`shunter bench` processes against it (default 16; quick 3)"
+    )
+    parser.add_argument(
+        "--off-processes",
+        type=int,
+        default=None,
+        help="processes of the batching-off multi-process worker (default 2; 0: leave it out)",
     )
     parser.add_argument("--write-carry", type=Path, metavar="DIR", help="write the minilm carry to DIR and exit")
     parser.add_argument(
@@ -940,8 +1303,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.client_processes = args.client_processes or (1 if quick else 4)
     args.worker_processes = args.worker_processes or (2 if quick else 4)
     args.procs_clients = args.procs_clients or (2 if quick else 8)
+    args.wide_processes = args.wide_processes if args.wide_processes is not None else (3 if quick else 8)
+    args.wide_clients = args.wide_clients or (3 if quick else 16)
+    args.off_processes = args.off_processes if args.off_processes is not None else 2
     # A quick run on a CPU keeps batches small: minilm at batch 64 takes seconds per call there.
-    args.max_batch = 16 if quick else 64
+    args.max_batch = args.max_batch or (16 if quick else 64)
     args.overhead_batch = args.overhead_batch or min(32, args.max_batch)
     return args
 
@@ -955,8 +1321,9 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(json.loads(args.render.read_text()), args.render.parent)
         return 0
     budget = Budget(args.budget_s, reserve_s=RESERVE_S if not args.quick else 8.0)
-    signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops us: clean up and write what we have
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops us: write what we have
     results = new_results(args)
+    results["skipped"] = budget.skipped  # the same list: checkpoints show what was skipped so far
     servers: dict[str, Server] = {}
     scratch = Path(tempfile.mkdtemp(prefix="shunter-gpu-"))
     code = 0
@@ -970,13 +1337,16 @@ def main(argv: list[str] | None = None) -> int:
         results["traceback"] = traceback.format_exc()
         code = 1
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        stop_servers(servers)
-        kill_children()
-        shutil.rmtree(scratch, ignore_errors=True)
-        results["skipped"] = budget.skipped
-        results["meta"]["took_s"] = round(budget.seconds - budget.left())
-        write_outputs(results, args.out)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the cleanup is what a TERM asked for
+        try:
+            # The numbers first: stopping the workers may take their grace, and `timeout -k` may not wait.
+            results["meta"]["took_s"] = round(budget.seconds - budget.left())
+            write_outputs(results, args.out)
+        finally:
+            stop_servers(servers)
+            kill_children()
+            shutil.rmtree(scratch, ignore_errors=True)
+            signal.signal(signal.SIGTERM, previous_handler)
     return code
 
 

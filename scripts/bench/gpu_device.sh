@@ -9,11 +9,20 @@
 # 4. runs the GPU benchmark, scripts/bench/gpu.py, inside its own time box.
 # Everything goes to $OUT (else bench-results/gpu/): device.log, pytest-gpu.log, gpu.log,
 # gpu_results.json, gpu.md, gpu.png and the workers' logs under logs/.
+#
+# Time: the whole script must end before the device command's limit (run it with
+# timeout_s 480). gpu.py gets BUDGET_S (330 s: about 300 s of plan, see gpu.py's point_plan)
+# or less, so that it ends, results written, by DEADLINE_S (450 s) after this script
+# started, however long the wheels and the GPU tests took: its budget ends at most
+# DEADLINE_S - 25 s in; `timeout` sends TERM 10 s after that (gpu.py writes what it has and
+# stops its workers) and KILL 10 s later; gpu.py checkpoints its results after every point.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/bench-results/gpu}
 PY=${PYTHON:-python3}
 SITE=${SITE:-/tmp/site}
+DEADLINE_S=${DEADLINE_S:-450}
+BUDGET_S=${BUDGET_S:-330}
 mkdir -p "$OUT"
 
 install_wheels() {
@@ -89,9 +98,14 @@ SHUNTER_EXAMPLES=$PWD/.gpu-carry PYTHONPATH="$PYTHONPATH:$PWD/scripts/bench" \
   tests/unit/worker/test_engines.py 2>&1 | tee "$OUT/pytest-gpu.log"
 echo "pytest exit code ${PIPESTATUS[0]}" | tee -a "$OUT/device.log"
 
-echo "== GPU benchmark" | tee -a "$OUT/device.log"
-timeout -s TERM -k 15 330 "$PY" scripts/bench/gpu.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/gpu.log"
+budget=$((DEADLINE_S - SECONDS - 25))
+[ "$budget" -le "$BUDGET_S" ] || budget=$BUDGET_S
+[ "$budget" -ge 30 ] || budget=30
+echo "== GPU benchmark: budget $budget s at $SECONDS s in (deadline $DEADLINE_S s)" | tee -a "$OUT/device.log"
+timeout -s TERM -k 10 $((budget + 10)) "$PY" scripts/bench/gpu.py --device cuda --out "$OUT" --budget-s "$budget" \
+  2>&1 | tee "$OUT/gpu.log"
 code=${PIPESTATUS[0]}
+echo "   done at $SECONDS s" | tee -a "$OUT/device.log"
 echo "gpu.py exit code $code" | tee -a "$OUT/device.log"
 ls -la "$OUT" | tee -a "$OUT/device.log"
 exit "$code"
