@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from services.common import inference_parameters
 from services.common import metrics as common_metrics
 from services.common.errors import ShunterError, Unavailable
 from services.common.grpc_errors import status_of
@@ -132,7 +133,7 @@ class RouterServicer:
                 code, message = status_of(exc)
                 if not isinstance(exc, ShunterError):
                     logger.exception("ModelStreamInfer message failed")
-                await out.put(wire.stream_error(message, _error_echo(raw)))
+                await out.put(wire.stream_error(message, _error_echo(raw, code)))
             finally:
                 slots.release()
                 self._in_flight_stream.dec()
@@ -255,11 +256,13 @@ class RouterServicer:
         return await self._guarded(context, request.name or None, answer)
 
 
-def _error_echo(raw: bytes) -> bytes:
-    """A ModelInferResponse with the failed request's id and model, so a stream can match it."""
+def _error_echo(raw: bytes, code: grpc.StatusCode) -> bytes:
+    """A ModelInferResponse with the failed request's id and model, so a stream can match it,
+    and the status code a ModelInfer call would have had (as workers send it)."""
     try:
         request = pb.ModelInferRequest.FromString(raw)
     except Exception:
-        return b""
+        request = pb.ModelInferRequest()
     echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+    echo.parameters[inference_parameters.STATUS_CODE].int64_param = code.value[0]
     return echo.SerializeToString()

@@ -89,6 +89,8 @@ async def test_stream_routes_each_message_and_keeps_ids(cluster: Cluster):
     for i in range(1, 6):
         assert output(by_id[f"e{i}"].infer_response, dtype="<i8").item() == i
     assert "datatype" in by_id["bad"].error_message
+    code = by_id["bad"].infer_response.parameters["shunter_status_code"].int64_param
+    assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 async def test_auth_matrix(cluster: Cluster):
