@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from report_measure import median
+from report_measure import kept_up, median
 from report_plots import engine_stats
 
 TRITON = ("triton-1", "triton-2")
@@ -30,6 +30,26 @@ def batching_capture(engine: dict[int, float], served: float, served_base: float
 
 def _status(ok: bool | None) -> str:
     return "not measured" if ok is None else ("met" if ok else "**missed**")
+
+
+def _open_loop_bar(model: str, record: dict[str, Any] | None) -> dict[str, str]:
+    """p99 ≤ 3× p50 at 90 % of capacity; not measured when the point was in fact overloaded."""
+    bar = {"bar": f"{model}, open loop (Poisson) at 90% of capacity, worker", "target": "p99 ≤ 3× p50"}
+    p50, p99 = median(record, "p50"), median(record, "p99")
+    if not p50 or p99 is None:
+        return {**bar, "measured": "–", "status": _status(None)}
+    ratio = f"p99/p50 = {p99 / p50:.1f} ({p99:.2f} / {p50:.2f} ms)"
+    # Overloaded: the queue grew all run, so both percentiles measure the run's length.
+    offered, completed = (record or {}).get("rate"), median(record, "rows_per_s")
+    duration = median(record, "duration_s") or 0.0
+    if offered and completed is not None and duration and not kept_up(offered, completed, duration):
+        return {
+            **bar,
+            "measured": f"overloaded: {completed:,.0f} of {offered:,.0f} req/s offered completed, so the queue "
+            f"grew all run; {ratio}",
+            "status": _status(None),
+        }
+    return {**bar, "measured": ratio, "status": _status(p99 <= 3 * p50)}
 
 
 def _peer_best(
@@ -155,17 +175,7 @@ def bars(results: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
     for model in ("digits", "minilm"):
-        record = points.get(f"worker/on/{model}/open90")
-        p50, p99 = median(record, "p50"), median(record, "p99")
-        ok = None if not p50 or p99 is None else p99 <= 3 * p50
-        out.append(
-            {
-                "bar": f"{model}, open loop (Poisson) at 90% of capacity, worker",
-                "target": "p99 ≤ 3× p50",
-                "measured": "–" if ok is None else f"p99/p50 = {p99 / p50:.1f} ({p99:.2f} / {p50:.2f} ms)",
-                "status": _status(ok),
-            }
-        )
+        out.append(_open_loop_bar(model, points.get(f"worker/on/{model}/open90")))
     cluster = median(points.get("router/router1/digits/c64"), "", "cluster")
     worker = median(points.get("worker/on/digits/c64"), "", "worker")
     out.append(

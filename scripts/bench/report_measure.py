@@ -16,6 +16,7 @@ share says whether the load generator, not the server, was the limit.
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import statistics
 import time
@@ -100,6 +101,7 @@ def measure(point: Point, settings: Settings) -> dict[str, Any]:
         "throughput_rps": report["throughput_rps"],
         **{k: latency.get(k) for k in ("p50", "p90", "p95", "p99", "mean")},
         "requests": report["requests"],
+        "duration_s": report["duration_s"],
         "codes": codes,
         "client_cpu": (_client_cpu() - client_before) / wall if wall > 0 else None,
     }
@@ -193,6 +195,19 @@ def stat(record: dict[str, Any] | None, metric: str, cpu_group: str | None = Non
     if cpu_group is not None:
         return summary([(r.get("cpu_ms_per_request") or {}).get(cpu_group) for r in runs])
     return summary([r.get(metric) for r in runs])
+
+
+def kept_up(offered_rps: float, completed_rps: float, duration_s: float) -> bool:
+    """Whether an open-loop run completed what it was offered, within Poisson noise.
+
+    Arrivals in ``duration_s`` at ``offered_rps`` vary by about sqrt(n); a run that
+    completed more than three of those standard deviations less than it was offered had
+    a queue that grew all run: overloaded.
+    """
+    expected = offered_rps * duration_s
+    if expected <= 0:
+        return True
+    return completed_rps * duration_s >= expected - 3 * math.sqrt(expected)
 
 
 def median(record: dict[str, Any] | None, metric: str, cpu_group: str | None = None) -> float | None:

@@ -15,11 +15,12 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
-from report_measure import Point, Settings, median, run_rounds
+from report_measure import Point, Settings, kept_up, median, run_rounds
 from report_peers import (
     PEERS,
     compare_outputs,
@@ -49,6 +50,8 @@ SECTIONS = ("engine", "worker", "router", "peers")
 #: Concurrency of the serving-overhead point: enough requests that the engine never waits.
 OVERHEAD_CONCURRENCY = 4
 OPEN_LOOP_FRACTIONS = (0.5, 0.9)
+#: Open-loop rates tried, downwards from the closed-loop best, to find the capacity.
+OPEN_LOOP_PROBES = 3
 WORKER_MATCH = "main worker"  # a cluster's worker processes: `python -m services.cli.main worker ...`
 
 
@@ -192,12 +195,24 @@ def phase_worker(ctx: Context) -> None:
                 )
             )
         run_rounds(points, ctx.settings, ctx.points, "worker")
-        open_points = []
-        for model in SERVED:
-            capacity = max(
+        closed = {
+            model: max(
                 (median(ctx.points.get(f"worker/on/{model}/c{c}"), "throughput_rps") or 0) for c in ctx.concurrencies
             )
+            for model in SERVED
+        }
+        # The Poisson client costs more CPU per call than the closed loop, on the same cores, and
+        # a batcher is cheapest per request when saturated: offered the closed-loop best, an open
+        # loop may fall behind. Probe downwards until a rate is kept up (at most three probes).
+        capacity_of = {}
+        for model, rate in closed.items():
+            capacity_of[model] = _open_loop_capacity(ctx, on, model, rate)
+        open_points = []
+        for model in SERVED:
+            capacity, probes = capacity_of[model]
             ctx.results["capacity"][model] = capacity
+            detail = {"closed_loop": closed[model], "open_loop": capacity, "probes": probes}
+            ctx.results.setdefault("capacity_detail", {})[model] = detail
             if capacity <= 0:
                 continue
             for fraction in OPEN_LOOP_FRACTIONS:
@@ -209,6 +224,24 @@ def phase_worker(ctx: Context) -> None:
         run_rounds(open_points, ctx.settings, ctx.points, "worker open loop")
     finally:
         stop_all(servers)
+
+
+def _open_loop_capacity(ctx: Context, server: Server, model: str, rate: float) -> tuple[float, list[list[float]]]:
+    """The highest probed open-loop rate the worker kept up with, and the probes as (offered, completed)."""
+    probes: list[list[float]] = []
+    single = replace(ctx.settings, runs=1)
+    for attempt in range(OPEN_LOOP_PROBES):
+        if rate <= 0:
+            break
+        point = _worker_point(f"worker/on/{model}/probe{attempt}", server, "on", model, f"open probe {rate:,.0f}/s")
+        point.rate = rate
+        run_rounds([point], single, ctx.points, "worker open-loop probe")
+        completed = median(ctx.points.get(point.key), "rows_per_s") or 0.0
+        probes.append([rate, completed])
+        if kept_up(rate, completed, ctx.settings.duration_s):
+            return rate, probes
+        rate = 0.95 * completed  # what it did complete, with some room
+    return (rate if probes else 0.0), probes
 
 
 def _worker_point(key: str, server: Server, mode: str, model: str, label: str, **load: Any) -> Point:

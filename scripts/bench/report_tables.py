@@ -142,7 +142,11 @@ def section_worker(results: dict[str, Any], plots: dict[str, str]) -> str:
     )
     if results["errors"].get("worker"):
         text += f"**Section failed:** `{results['errors']['worker'][:500]}`\n\n"
-    keys = [k for k in points if k.startswith("worker/") and not k.endswith("/overhead") and "/open" not in k]
+    keys = [
+        k
+        for k in points
+        if k.startswith("worker/") and not k.endswith("/overhead") and "/open" not in k and "/probe" not in k
+    ]
     if not keys:
         return text + "Not measured."
     rows = []
@@ -193,10 +197,26 @@ def section_worker(results: dict[str, Any], plots: dict[str, str]) -> str:
     opened = [points[k] for k in points if k.startswith("worker/") and "/open" in k]
     if opened:
         text += (
-            "\n\n**Open loop** (Poisson arrivals, batching on) at a fraction of the capacity measured above "
-            "(the best closed-loop req/s with batching on). Latency counts from each request's scheduled "
-            "time, so queueing is not hidden.\n\n"
+            "\n\n**Open loop** (Poisson arrivals, batching on) at a fraction of the capacity. The capacity is "
+            "the open loop's: the Poisson client costs more CPU than the closed loop on the same cores, and a "
+            "batcher is cheapest per request when saturated, so the closed-loop best may not be sustainable "
+            "with arrivals spread out. Probes offer the closed-loop best, then 95 % of what completed, until "
+            "a rate is kept up (completed within three Poisson standard deviations of offered). Latency "
+            "counts from each request's scheduled time, so queueing is not hidden; a point that did not keep "
+            "up was overloaded, and its percentiles say nothing about bursts.\n\n"
         )
+        detail = results.get("capacity_detail") or {}
+        if detail:
+            text += (
+                "Capacity, req/s: "
+                + "; ".join(
+                    f"{m} {d['open_loop']:,.0f} (closed loop {d['closed_loop']:,.0f}; probes offered → completed: "
+                    + ", ".join(f"{o:,.0f} → {c:,.0f}" for o, c in d.get("probes", []))
+                    + ")"
+                    for m, d in detail.items()
+                )
+                + ".\n\n"
+            )
         rows = []
         for r in opened:
             p50, p99 = stat(r, "p50"), stat(r, "p99")
