@@ -129,7 +129,8 @@ class _Stream:
         self._on_closed(self)
         for future, _ in self.pending.values():
             if not future.done():
-                future.set_exception(self.broken)
+                # One exception object each: a shared one would collect every waiter's traceback.
+                future.set_exception(UpstreamError(code, details))
         self.pending.clear()
         self.outbox.clear()
         for task in (self._writer, self._reader):

@@ -222,7 +222,6 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def end_streams(self) -> None:
         """Stop reading every open stream; each ends once its requests are answered."""
-        self.draining = True
         for reader in self._streams:
             reader.cancel()
 
