@@ -30,25 +30,10 @@ from collections import deque
 import grpc
 
 from services.common import inference_parameters
-from services.gen.inference import grpc_service_pb2 as pb
 from services.router import wire
 from services.router.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
-
-_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def status_from_error(infer_response: bytes) -> grpc.StatusCode:
-    """The code a worker put on an in-band error; UNKNOWN when it named none."""
-    try:
-        parameters = pb.ModelInferResponse.FromString(infer_response).parameters
-    except Exception:  # a garbled error still is an error
-        return grpc.StatusCode.UNKNOWN
-    if inference_parameters.STATUS_CODE not in parameters:
-        return grpc.StatusCode.UNKNOWN
-    return _CODES_BY_VALUE.get(parameters[inference_parameters.STATUS_CODE].int64_param, grpc.StatusCode.UNKNOWN)
-
 
 class _Stream:
     """One open ModelStreamInfer call: a writer draining the outbox, a reader resolving futures."""
@@ -106,7 +91,7 @@ class _Stream:
                 if error is None:
                     future.set_result(wire.replace_id(infer_response, start, stop, caller_id))
                 else:
-                    future.set_exception(UpstreamError(status_from_error(infer_response), error))
+                    future.set_exception(UpstreamError(inference_parameters.status_of_failed(infer_response), error))
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as err:
@@ -173,7 +158,10 @@ class StreamLink:
         budget_us = int(timeout_s * 1_000_000)
         if timeout_us is not None:
             budget_us = min(budget_us, timeout_us)
-        message = wire.with_int64_parameter(wire.with_id(raw, link_id), inference_parameters.TIMEOUT, max(budget_us, 1))
+        # One copy of the request: its bytes, then the fields that override its id and timeout.
+        message = b"".join(
+            (raw, wire.id_field(link_id), wire.int64_parameter_field(inference_parameters.TIMEOUT, max(budget_us, 1)))
+        )
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         stream.pending[link_id] = (future, caller_id)

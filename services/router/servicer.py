@@ -133,7 +133,7 @@ class RouterServicer:
                 code, message = status_of(exc)
                 if not isinstance(exc, ShunterError):
                     logger.exception("ModelStreamInfer message failed")
-                await out.put(wire.stream_error(message, _error_echo(raw, code)))
+                await out.put(_failed_stream_response(raw, message, code))
             finally:
                 slots.release()
                 self._in_flight_stream.dec()
@@ -256,13 +256,10 @@ class RouterServicer:
         return await self._guarded(context, request.name or None, answer)
 
 
-def _error_echo(raw: bytes, code: grpc.StatusCode) -> bytes:
-    """A ModelInferResponse with the failed request's id and model, so a stream can match it,
-    and the status code a ModelInfer call would have had (as workers send it)."""
+def _failed_stream_response(raw: bytes, message: str, code: grpc.StatusCode) -> bytes:
+    """The failed message's stream response, with its id to match and its status (as workers send it)."""
     try:
         request = pb.ModelInferRequest.FromString(raw)
     except Exception:
         request = pb.ModelInferRequest()
-    echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-    echo.parameters[inference_parameters.STATUS_CODE].int64_param = code.value[0]
-    return echo.SerializeToString()
+    return inference_parameters.failed_stream_response(request, message, code).SerializeToString()

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 #: Wire tags (field number << 3 | wire type 2, length-delimited) used below.
 _TAG_MODEL_VERSION = b"\x12"  # ModelInferRequest/Response.model_version = 2
 _TAG_ID = b"\x1a"  # ModelInferRequest/Response.id = 3
-_TAG_STREAM_ERROR = b"\x0a"  # ModelStreamInferResponse.error_message = 1
 _TAG_STREAM_RESPONSE = b"\x12"  # ModelStreamInferResponse.infer_response = 2
 _TAG_PARAMETERS = b"\x22"  # ModelInferRequest.parameters = 4 (map entries)
 _TAG_MAP_KEY = b"\x0a"  # map entry key = 1
@@ -108,19 +107,11 @@ def stream_response(infer_response: bytes) -> bytes:
     return _field(_TAG_STREAM_RESPONSE, infer_response)
 
 
-def stream_error(message: str, infer_response: bytes = b"") -> bytes:
-    """A ModelStreamInferResponse carrying an error (and the request's id, for matching)."""
-    out = _field(_TAG_STREAM_ERROR, message.encode())
-    if infer_response:
-        out += _field(_TAG_STREAM_RESPONSE, infer_response)
-    return out
-
-
-def with_int64_parameter(raw: bytes, name: str, value: int) -> bytes:
-    """The request ``raw`` with ``parameters[name] = value`` (a later map entry wins)."""
+def int64_parameter_field(name: str, value: int) -> bytes:
+    """The encoded map entry ``parameters[name] = value``; appended, it overrides an earlier one."""
     param = _TAG_INT64_PARAM + varint(value & 0xFFFFFFFFFFFFFFFF)
     entry = _field(_TAG_MAP_KEY, name.encode()) + _field(_TAG_MAP_VALUE, param)
-    return raw + _field(_TAG_PARAMETERS, entry)
+    return _field(_TAG_PARAMETERS, entry)
 
 
 def split_stream_response(buf: bytes) -> tuple[str | None, bytes]:

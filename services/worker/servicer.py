@@ -189,11 +189,7 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
                 code, message = status_of(exc)
                 if not isinstance(exc, ShunterError):
                     logger.exception("stream request failed")
-                failed = pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version, id=request.id
-                )
-                failed.parameters[inference_parameters.STATUS_CODE].int64_param = code.value[0]
-                responses.put_nowait(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
+                responses.put_nowait(inference_parameters.failed_stream_response(request, message, code))
 
         async def read_all() -> None:
             try:
