@@ -1,8 +1,11 @@
 """The load loops: closed loop (fixed concurrency) and open loop (Poisson arrivals).
 
-Each client process runs one asyncio loop with one grpc.aio channel and sends the same
+Each client process runs one asyncio loop with its share of the connections (one
+grpc.aio channel each, callers or arrivals taken in turn) and sends the same
 pre-serialized ModelInferRequest bytes through a raw unary call (no serializer, no
-deserializer), so a call costs the client one gRPC round trip and nothing else.
+deserializer), so a call costs the client one gRPC round trip and nothing else. Several
+connections matter for a server that spreads whole connections over processes
+(SO_REUSEPORT): one connection reaches one of its processes.
 
 Timeline, on the system-wide monotonic clock shared by every process:
 ``start_at`` → warm-up (load runs, nothing recorded) → ``measure_start`` → measured
@@ -42,6 +45,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.enable_retries", 0),
 )
+#: Each load channel gets a connection of its own: by default channels with the same
+#: options share one from a process-wide pool.
+LOAD_CHANNEL_OPTIONS = (*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1))
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class ProcessPlan:
     timeout_s: float
     connect_timeout_s: float
     seed: int
+    #: Connections (channels) this process opens.
+    connections: int = 1
 
 
 class _Recorder:
@@ -99,10 +107,10 @@ async def _one_call(call, plan: ProcessPlan) -> str:
         return exc.code().name
 
 
-async def _closed_loop(call, plan: ProcessPlan, rec: _Recorder, measure_start: float, end: float) -> None:
+async def _closed_loop(calls: list, plan: ProcessPlan, rec: _Recorder, measure_start: float, end: float) -> None:
     monotonic = time.monotonic
 
-    async def caller() -> None:
+    async def caller(call) -> None:
         while True:
             sent = monotonic()
             if sent >= end:
@@ -112,17 +120,17 @@ async def _closed_loop(call, plan: ProcessPlan, rec: _Recorder, measure_start: f
             if sent >= measure_start:
                 rec.record(code, done - sent, done)
 
-    await asyncio.gather(*(caller() for _ in range(plan.concurrency)))
+    await asyncio.gather(*(caller(calls[i % len(calls)]) for i in range(plan.concurrency)))
 
 
 async def _open_loop(
-    call, plan: ProcessPlan, rec: _Recorder, start_at: float, measure_start: float, end: float
+    calls: list, plan: ProcessPlan, rec: _Recorder, start_at: float, measure_start: float, end: float
 ) -> None:
     assert plan.rate is not None
     monotonic = time.monotonic
     in_flight: set[asyncio.Task] = set()
 
-    async def fire(due: float) -> None:
+    async def fire(due: float, call) -> None:
         sent = monotonic()
         code = await _one_call(call, plan)
         done = monotonic()
@@ -130,7 +138,7 @@ async def _open_loop(
             rec.record(code, done - due, done)
             rec.lags.append(sent - due)
 
-    for offset in PoissonArrivals(plan.rate, np.random.default_rng(plan.seed)):
+    for arrival, offset in enumerate(PoissonArrivals(plan.rate, np.random.default_rng(plan.seed))):
         due = start_at + offset
         if due >= end:
             break
@@ -143,7 +151,7 @@ async def _open_loop(
             if due >= measure_start:
                 rec.unsent += 1
             continue
-        task = asyncio.create_task(fire(due))
+        task = asyncio.create_task(fire(due, calls[arrival % len(calls)]))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
     if in_flight:
@@ -153,9 +161,15 @@ async def _open_loop(
 async def drive(plan: ProcessPlan, wait_for_start: Callable[[], Awaitable[float]]) -> ProcessResult:
     """Connect, report ready through ``wait_for_start`` (which returns the shared start
     time), run the load, and return what was measured."""
-    async with grpc.aio.insecure_channel(plan.target, options=CHANNEL_OPTIONS) as channel:
-        await asyncio.wait_for(channel.channel_ready(), plan.connect_timeout_s)
-        call = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+    channels = [grpc.aio.insecure_channel(plan.target, options=LOAD_CHANNEL_OPTIONS) for _ in range(plan.connections)]
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(channel.channel_ready() for channel in channels)), plan.connect_timeout_s
+        )
+        calls = [
+            channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+            for channel in channels
+        ]
         start_at = await wait_for_start()
         measure_start = start_at + plan.warmup_s
         end = measure_start + plan.duration_s
@@ -164,7 +178,9 @@ async def drive(plan: ProcessPlan, wait_for_start: Callable[[], Awaitable[float]
             await asyncio.sleep(delay)
         rec = _Recorder()
         if plan.rate is None:
-            await _closed_loop(call, plan, rec, measure_start, end)
+            await _closed_loop(calls, plan, rec, measure_start, end)
         else:
-            await _open_loop(call, plan, rec, start_at, measure_start, end)
+            await _open_loop(calls, plan, rec, start_at, measure_start, end)
         return rec.result()
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))

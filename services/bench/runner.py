@@ -70,6 +70,9 @@ class BenchOptions:
     dim_length: int = 16
     seed: int = 0
     connect_timeout_s: float = 10.0
+    #: Connections in total, spread over the processes (each opens at least one);
+    #: None means one per process.
+    connections: int | None = None
 
     def validate(self) -> None:
         if self.duration_s <= 0:
@@ -84,6 +87,8 @@ class BenchOptions:
             raise BenchError(f"--processes must be >= 1, got {self.processes}")
         if self.max_inflight < 1:
             raise BenchError(f"--max-inflight must be >= 1, got {self.max_inflight}")
+        if self.connections is not None and self.connections < 1:
+            raise BenchError(f"--connections must be >= 1, got {self.connections}")
 
     @property
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -172,6 +177,7 @@ def process_plans(options: BenchOptions, payload: bytes) -> list[ProcessPlan]:
         concurrencies = [0] * processes
         rates = list(split_rate(options.rate, processes))
     caps = split_evenly(options.max_inflight, processes)
+    connections = split_evenly(max(options.connections or processes, processes), processes)
     base = ProcessPlan(
         target=options.target,
         payload=payload,
@@ -186,8 +192,8 @@ def process_plans(options: BenchOptions, payload: bytes) -> list[ProcessPlan]:
         seed=options.seed,
     )
     return [
-        replace(base, concurrency=c, rate=r, max_inflight=cap, seed=options.seed + 1 + i)
-        for i, (c, r, cap) in enumerate(zip(concurrencies, rates, caps, strict=True))
+        replace(base, concurrency=c, rate=r, max_inflight=cap, seed=options.seed + 1 + i, connections=n)
+        for i, (c, r, cap, n) in enumerate(zip(concurrencies, rates, caps, connections, strict=True))
     ]
 
 
@@ -210,6 +216,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         "concurrency": options.concurrency if options.rate is None else None,
         "rate": options.rate,
         "processes": len(plans),
+        "connections": sum(plan.connections for plan in plans),
         "batch_rows": options.batch_rows,
         "warmup_s": options.warmup_s,
         "inputs": prepared.inputs,

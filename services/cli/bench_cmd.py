@@ -58,6 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="P",
         help="client processes (default min(4, CPU count)); load is spread evenly",
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="connections in total, spread over the processes (default one per process); "
+        "a server whose processes share a port (SO_REUSEPORT) needs several to use them all",
+    )
     parser.add_argument("--batch-rows", type=int, default=1, metavar="B", help="rows per request (default 1)")
     parser.add_argument(
         "--warmup",
@@ -107,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         rate=args.rate,
         api_key=args.api_key,
         processes=args.processes,
+        connections=args.connections,
         batch_rows=args.batch_rows,
         warmup_s=args.warmup,
         timeout_s=args.timeout,
@@ -135,6 +144,7 @@ def _header(report: dict) -> str:
     inputs = ", ".join(f"{name} {shape}" for name, shape in report["inputs"].items())
     return (
         f"shunter bench → {report['target']}  model {report['model']} version {version}\n"
-        f"{load} over {report['processes']} process(es), warm-up {report['warmup_s']:g} s\n"
+        f"{load} over {report['processes']} process(es) and {report['connections']} connection(s), "
+        f"warm-up {report['warmup_s']:g} s\n"
         f"request: {inputs}"
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 from tests.support.models import build_examples
@@ -88,6 +90,40 @@ def test_closed_loop_over_two_processes(worker):
     check_report(report)
     assert report["mode"] == "closed" and report["processes"] == 2
     assert report["rows"] == report["requests"]
+
+
+def _connections_to(port: int, root: psutil.Process) -> int:
+    """Established TCP connections from ``root`` and its children to ``port``."""
+    count = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            connections = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            continue  # a child that just exited
+        count += sum(1 for c in connections if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED")
+    return count
+
+
+def test_connections_open_one_tcp_connection_each(worker):
+    """--connections 5 over 2 processes: five connections to the server, not one shared."""
+    port = int(worker.address.rsplit(":", 1)[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "bench", "--target", worker.address, "--model", "digits",
+         "--concurrency", "8", "--duration", "2", "--warmup", "0.5", "--processes", "2", "--connections", "5",
+         "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    seen = 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        seen = max(seen, _connections_to(port, root))
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    check_report(report)
+    assert report["connections"] == 5 and report["processes"] == 2
+    assert seen == 5
 
 
 def test_open_loop_with_text_and_batch_rows(worker):

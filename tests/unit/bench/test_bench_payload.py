@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.bench.payload import SENTENCES, InputPlan, build_request, make_inputs, plan_inputs
-from services.bench.runner import BenchOptions, process_plans
+from services.bench.runner import BenchError, BenchOptions, process_plans
 from services.common.datatypes import NUMPY_DTYPES
 from services.common.signature import Signature, TensorSpec
 from services.common.tensors import decode_request
@@ -93,3 +93,14 @@ def test_load_is_split_over_processes():
     assert sum(p.rate for p in opened) == pytest.approx(300.0)
     assert sum(p.max_inflight for p in opened) == 100
     assert all(p.payload == b"x" for p in opened)
+
+
+def test_connections_are_spread_over_processes():
+    plans = process_plans(BenchOptions(target="t", model="m", concurrency=16, processes=2, connections=5), b"x")
+    assert [p.connections for p in plans] == [3, 2]
+    # Every process needs a connection of its own, whatever was asked for.
+    assert [p.connections for p in process_plans(BenchOptions(target="t", model="m", processes=3), b"x")] == [1, 1, 1]
+    few = process_plans(BenchOptions(target="t", model="m", processes=3, connections=1), b"x")
+    assert [p.connections for p in few] == [1, 1, 1]
+    with pytest.raises(BenchError, match="--connections"):
+        BenchOptions(target="t", model="m", connections=0).validate()
