@@ -147,7 +147,15 @@ def write_outputs(results: dict[str, Any], output: Path, plots_dir: Path, root: 
         except ValueError:
             previous = None
     if previous and (previous.get("meta") or {}).get("started") == results["meta"].get("started"):
-        previous = None  # re-rendering the same run (--render): nothing to compare with
+        # Re-rendering the same run (--render): the run before it was compared when it was
+        # first written, and kept; results.json no longer holds that run.
+        previous = results.get("previous")
+    elif previous:
+        meta = previous.get("meta") or {}
+        results["previous"] = {
+            "meta": {"started": meta.get("started"), "git": {"commit": (meta.get("git") or {}).get("commit")}},
+            "headline": previous.get("headline") or headline(previous),
+        }
     results["headline"] = headline(results)
     plot_paths = plot_all(results, plots_dir)
     links = {name: os.path.relpath(path, output.parent) for name, path in plot_paths.items()}

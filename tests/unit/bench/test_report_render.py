@@ -23,3 +23,39 @@ def test_render_from_saved_results_writes_every_section_and_keeps_history(tmp_pa
         assert heading in text
     assert "| then | abc | kept by hand | x → y |" in text
     assert sorted(p.name for p in tmp_path.glob("*.png"))
+
+
+def _render(results_json: Path, output: Path, plots_dir: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, "scripts/bench/report_main.py", "--render", str(results_json),
+         "--output", str(output), "--plots-dir", str(plots_dir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return output.read_text()
+
+
+def test_rendering_a_run_again_keeps_its_comparison_with_the_run_before(tmp_path):
+    """The "Changes since the previous report" table survives --render of the same run."""
+    import json
+
+    earlier = json.loads(RESULTS.read_text())
+    earlier["meta"]["started"] = "2000-01-01 00:00:00 UTC"
+    earlier["meta"]["git"]["commit"] = "e0e0e0e"
+    earlier.pop("previous", None)
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "results.json").write_text(json.dumps(earlier))
+    later = json.loads(RESULTS.read_text())
+    later["meta"]["started"] = "2000-01-02 00:00:00 UTC"
+    later.pop("previous", None)
+    later_path = tmp_path / "later.json"
+    later_path.write_text(json.dumps(later))
+    output = tmp_path / "BENCHMARKS.md"
+
+    first = _render(later_path, output, plots)
+    assert "Previous: 2000-01-01 00:00:00 UTC, commit e0e0e0e" in first
+    # plots/results.json is now the later run; rendering it again compares with the same run before.
+    again = _render(plots / "results.json", output, plots)
+    assert "Previous: 2000-01-01 00:00:00 UTC, commit e0e0e0e" in again
+    assert again.split("## Changes since the previous report")[1] == first.split("## Changes since the previous report")[1]
