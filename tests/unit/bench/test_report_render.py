@@ -58,4 +58,5 @@ def test_rendering_a_run_again_keeps_its_comparison_with_the_run_before(tmp_path
     # plots/results.json is now the later run; rendering it again compares with the same run before.
     again = _render(plots / "results.json", output, plots)
     assert "Previous: 2000-01-01 00:00:00 UTC, commit e0e0e0e" in again
-    assert again.split("## Changes since the previous report")[1] == first.split("## Changes since the previous report")[1]
+    heading = "## Changes since the previous report"
+    assert again.split(heading)[1] == first.split(heading)[1]
