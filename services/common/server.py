@@ -83,11 +83,19 @@ class ServiceApp(Protocol):
         """Release everything once in-flight calls have finished."""
 
 
+#: How often a client may ping a connection that carries no data. gRPC's default is 5
+#: minutes, and the third earlier ping gets GOAWAY "too_many_pings", which fails the next
+#: request: a router pinging (every 10 s) the ModelStreamInfer stream it keeps open to a
+#: worker between requests was cut off after about 30 idle seconds.
+MIN_CLIENT_PING_INTERVAL_MS = 5_000
+
+
 def server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", int(reuse_port)),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
     ]
 
 

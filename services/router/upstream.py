@@ -45,8 +45,11 @@ class WorkerTransport:
                 ("grpc.max_send_message_length", max_message_bytes),
                 # The router retries itself (once, on another worker); no hidden retries.
                 ("grpc.enable_retries", 0),
+                # Pings find a dead worker while the stream link waits; workers accept one
+                # every 5 s (server.MIN_CLIENT_PING_INTERVAL_MS), with or without data.
                 ("grpc.keepalive_time_ms", 10_000),
                 ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         self._unary = self.channel.unary_unary(_SERVICE + "ModelInfer")

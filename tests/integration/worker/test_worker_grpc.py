@@ -250,3 +250,34 @@ async def test_full_queue_is_unavailable_and_sigterm_drains_in_flight_calls(tmp_
         for i, response in enumerate(finished):
             assert output(response).tolist() == [[2.0 * i] * 4]
     assert service.proc.wait(30) == 0, service.logs()
+
+
+async def test_a_stream_kept_alive_by_pings_survives_idle_time(worker):
+    """A router keeps one ModelStreamInfer stream per worker open and pings it while idle.
+
+    gRPC servers by default answer a third ping inside 5 minutes without data with
+    GOAWAY "too_many_pings", failing the next request; the worker accepts a ping every
+    5 s. The client pings as often as the worker allows, so without that policy the
+    stream breaks within the idle time below.
+    """
+    options = [
+        ("grpc.keepalive_time_ms", 5_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    async with grpc.aio.insecure_channel(worker.address, options=options) as channel:
+        call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+        request = digits_request(rows=1)
+        request.id = "before"
+        await call.write(request)
+        first = await call.read()
+        assert first.infer_response.id == "before" and not first.error_message
+        await asyncio.sleep(27)  # five pings with nothing else on the connection
+        assert not call.done(), f"the worker ended the stream: {await call.code()} {await call.details()}"
+        request.id = "after"
+        await call.write(request)
+        second = await asyncio.wait_for(call.read(), 10)
+        assert second is not grpc.aio.EOF, await call.code()
+        assert second.infer_response.id == "after" and not second.error_message
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
