@@ -110,6 +110,8 @@ def section_bars(results: dict[str, Any]) -> str:
         "## The bars (issue 5)\n\nFrom the medians below. *met* / *missed* compare the median with the target; "
         "*not measured* means the section did not run or failed (see its section).\n\n"
         + table(["bar", "target", "measured", "status"], rows)
+        + "\n\nWhere the RPC-bound bars' time goes (profiles, the floor of a Python gRPC hop, what did not "
+        "help) and what would remove it: [docs/benchmarks/limits.md](docs/benchmarks/limits.md)."
     )
 
 
