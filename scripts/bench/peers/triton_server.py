@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -86,7 +86,10 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with Triton(config=config) as triton:
+    # Statistics and the other admin endpoints open: perf_analyzer (scripts/bench/
+    # perf_analyzer_check.py) reads ModelStatistics. The server binds 127.0.0.1 only.
+    security = TritonSecurityConfig(restricted_endpoints=[])
+    with Triton(config=config, security_config=security) as triton:
         for spec in json.loads(args.spec.read_text())["models"]:
             batcher = DynamicBatcher(
                 max_queue_delay_microseconds=spec["max_queue_delay_us"],
