@@ -8,7 +8,7 @@ bytes straight through.
 Two links to a worker: ``stream`` (the default) multiplexes requests over one
 ModelStreamInfer call (link.py); ``unary`` makes one ModelInfer call per request. A
 request carrying trace context goes unary either way, because per-request metadata
-only exists on a call of its own.
+only exists on a call of its own, and so does one within a few bytes of the message limit.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ __all__ = ["LINKS", "UpstreamError", "WorkerTransport", "forward_infer"]
 _SERVICE = "/inference.GRPCInferenceService/"
 #: The ways a router can carry requests to a worker (``--worker-link``).
 LINKS = ("stream", "unary")
+#: Most bytes the stream link appends to a request (its id and timeout fields). A request
+#: within this of the message limit goes unary: on the stream, a message over the
+#: worker's limit would end the stream for every request on it.
+LINK_OVERHEAD_BYTES = 64
 
 
 class WorkerTransport:
@@ -52,6 +56,7 @@ class WorkerTransport:
                 ("grpc.http2.max_pings_without_data", 0),
             ],
         )
+        self._stream_limit = max_message_bytes - LINK_OVERHEAD_BYTES
         self._unary = self.channel.unary_unary(_SERVICE + "ModelInfer")
         self._stream = StreamLink(self.channel) if link == "stream" else None
         self.statistics = self.channel.unary_unary(
@@ -73,7 +78,7 @@ class WorkerTransport:
         ``caller_id`` is the request's own id (the stream link rewrites ids on the wire);
         ``timeout_us`` is the caller's ``timeout`` parameter, if it set one.
         """
-        if self._stream is not None and metadata is None:
+        if self._stream is not None and metadata is None and len(raw) <= self._stream_limit:
             return await self._stream.infer(raw, timeout_s, caller_id, timeout_us)
         try:
             return await self._unary(raw, timeout=timeout_s, metadata=metadata)

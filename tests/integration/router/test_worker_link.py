@@ -127,6 +127,33 @@ async def test_the_deadline_reaches_the_worker_which_drops_the_late_request(work
         await link.close()
 
 
+async def test_a_request_at_the_size_limit_goes_unary_and_the_stream_keeps_its_requests(repo):
+    """Within the limit for the router, over it with the link's fields appended: the worker
+    would end the whole stream (RESOURCE_EXHAUSTED on the call). It goes unary instead."""
+    limit = 1024 * 1024
+    service = start_service(
+        ["worker", "--model-repository", str(repo), "--port", "0", "--max-message-bytes", str(limit)]
+    )
+    link = WorkerTransport(service.address, limit, "stream")
+    try:
+        held = asyncio.ensure_future(link.infer(slow_request("held").SerializeToString(), 10.0, None, "held"))
+        await asyncio.sleep(0.05)  # on the stream, being computed
+        big = pb.ModelInferRequest(model_name="nope", id="big")
+        big.raw_input_contents.append(b"")
+        padding = limit - len(big.SerializeToString()) - 8
+        big.raw_input_contents[0] = b"\0" * padding
+        raw = big.SerializeToString()
+        assert limit - 16 < len(raw) <= limit
+        with pytest.raises(UpstreamError) as info:
+            await link.infer(raw, 10.0, None, "big")
+        # The worker's own verdict on the request, not a broken stream.
+        assert info.value.code == grpc.StatusCode.NOT_FOUND, info.value.message
+        assert pb.ModelInferResponse.FromString(await held).id == "held"
+    finally:
+        await link.close()
+        assert service.terminate() == 0, service.logs()
+
+
 async def test_a_killed_worker_fails_what_it_held_as_unavailable_then_a_new_stream_serves(repo):
     port = free_port()
     args = ["worker", "--model-repository", str(repo), "--port", str(port)]
