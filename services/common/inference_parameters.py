@@ -19,6 +19,15 @@ STATUS_CODE = "shunter_status_code"
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def timeout_us(request: pb.ModelInferRequest) -> int | None:
+    """The request's ``timeout`` in µs; None when it sets none, or 0 or less (no limit, as in Triton)."""
+    parameters = request.parameters
+    if TIMEOUT not in parameters:
+        return None
+    value = parameters[TIMEOUT].int64_param
+    return value if value > 0 else None
+
+
 def failed_stream_response(
     request: pb.ModelInferRequest, message: str, code: grpc.StatusCode
 ) -> pb.ModelStreamInferResponse:

@@ -39,14 +39,6 @@ logger = logging.getLogger(__name__)
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 
-def _timeout_parameter(request: pb.ModelInferRequest) -> int | None:
-    """The caller's own ``timeout`` request parameter (µs, Triton's), if it set one."""
-    parameters = request.parameters
-    if inference_parameters.TIMEOUT not in parameters:
-        return None
-    return parameters[inference_parameters.TIMEOUT].int64_param
-
-
 class RateLimited(ResourceExhausted):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
@@ -148,7 +140,7 @@ class Router:
                 return InferResult(cached, name, entry.version)
 
         trace = tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None
-        timeout_us = _timeout_parameter(request)
+        timeout_us = inference_parameters.timeout_us(request)
         response = await forward_infer(
             self.balancer, entry.workers, forward_raw, deadline, trace, request.id, timeout_us
         )

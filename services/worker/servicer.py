@@ -229,13 +229,11 @@ def _time_limit(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     in its ``timeout`` parameter. 0 or less means none, as in Triton.
     """
     remaining = context.time_remaining()
-    parameters = request.parameters
-    if inference_parameters.TIMEOUT in parameters:
-        timeout_us = parameters[inference_parameters.TIMEOUT].int64_param
-        if timeout_us > 0:
-            limit = timeout_us / 1_000_000
-            return limit if remaining is None else min(remaining, limit)
-    return remaining
+    timeout_us = inference_parameters.timeout_us(request)
+    if timeout_us is None:
+        return remaining
+    limit = timeout_us / 1_000_000
+    return limit if remaining is None else min(remaining, limit)
 
 
 def _duration(target, source: Duration) -> None:

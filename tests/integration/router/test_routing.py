@@ -44,6 +44,17 @@ async def test_infer_split_version_in_response_and_trailer(cluster: Cluster):
         assert output(response, dtype="<i8").ravel().tolist() == [3, 5]
 
 
+async def test_timeout_parameter_zero_means_no_limit_as_in_triton(cluster: Cluster):
+    """tritonclient's ``infer(timeout=0)`` sends ``parameters["timeout"] = 0``: no limit, not 0 µs."""
+    async with Client(cluster.routers[0].address) as client:
+        for timeout_us in (0, -5, 30_000_000):
+            request = calc_request(id_=f"t{timeout_us}")
+            request.parameters["timeout"].int64_param = timeout_us
+            response = await client.stub.ModelInfer(request, metadata=auth(cluster.keys["data"]))
+            assert response.id == f"t{timeout_us}"
+            np.testing.assert_allclose(output(response), [[2, 4, 6, 8]])
+
+
 async def test_metadata_ready_index_and_statistics(cluster: Cluster):
     md = auth(cluster.keys["data"])
     async with Client(cluster.routers[1].address) as client:

@@ -21,3 +21,11 @@ def test_a_response_naming_no_code_or_garbled_reads_as_unknown():
     plain = pb.ModelInferResponse(id="x").SerializeToString()
     assert inference_parameters.status_of_failed(plain) == grpc.StatusCode.UNKNOWN
     assert inference_parameters.status_of_failed(b"\x0a\xff") == grpc.StatusCode.UNKNOWN
+
+
+def test_timeout_is_microseconds_and_zero_or_less_means_none():
+    request = pb.ModelInferRequest()
+    assert inference_parameters.timeout_us(request) is None
+    for value, expected in ((0, None), (-1, None), (250_000, 250_000)):
+        request.parameters[inference_parameters.TIMEOUT].int64_param = value
+        assert inference_parameters.timeout_us(request) == expected
