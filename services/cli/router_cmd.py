@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
+from services.router.settings import WORKER_LINKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--worker-link",
-        choices=("stream", "unary"),
+        choices=WORKER_LINKS,
         default="stream",
         help="how requests travel to workers: multiplexed over one ModelStreamInfer stream per worker "
         "(default), or one ModelInfer call each",

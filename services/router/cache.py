@@ -96,7 +96,7 @@ class ResponseCache:
             metrics.CACHE.labels(model, "hit").inc()
             return wire.with_id(found, request_id) if request_id else found
         client = self._link.client
-        if client is None or not self._link.available():
+        if not self._link.available():
             metrics.CACHE.labels(model, "bypass").inc()
             return None
         try:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The ways a router can carry requests to a worker (``--worker-link``): multiplexed over
+#: one ModelStreamInfer stream per worker, or one ModelInfer call per request.
+WORKER_LINKS = ("stream", "unary")
+
 
 @dataclass(frozen=True, slots=True)
 class RouterSettings:
@@ -42,8 +46,8 @@ class RouterSettings:
     worker_link: str = "stream"
 
     def __post_init__(self) -> None:
-        if self.worker_link not in ("stream", "unary"):
-            raise ValueError(f"worker_link must be 'stream' or 'unary', got {self.worker_link!r}")
+        if self.worker_link not in WORKER_LINKS:
+            raise ValueError(f"worker_link must be one of {', '.join(WORKER_LINKS)}, got {self.worker_link!r}")
         if self.near_cache_bytes < 0:
             raise ValueError(f"near_cache_bytes must be 0 or more, got {self.near_cache_bytes}")
         for name in ("request_timeout_s", "redis_timeout_s", "shadow_timeout_s", "eject_cooloff_s"):

@@ -24,12 +24,11 @@ from services.router import metrics
 from services.router.balancer import Balancer, Replica
 from services.router.errors import UpstreamError
 from services.router.link import StreamLink
+from services.router.settings import WORKER_LINKS
 
-__all__ = ["LINKS", "UpstreamError", "WorkerTransport", "forward_infer"]
+__all__ = ["UpstreamError", "WorkerTransport", "forward_infer"]
 
 _SERVICE = "/inference.GRPCInferenceService/"
-#: The ways a router can carry requests to a worker (``--worker-link``).
-LINKS = ("stream", "unary")
 #: Most bytes the stream link appends to a request (its id and timeout fields). A request
 #: within this of the message limit goes unary: on the stream, a message over the
 #: worker's limit would end the stream for every request on it.
@@ -40,8 +39,8 @@ class WorkerTransport:
     """One channel to one worker and the calls the router makes on it."""
 
     def __init__(self, address: str, max_message_bytes: int, link: str = "stream") -> None:
-        if link not in LINKS:
-            raise ValueError(f"unknown worker link {link!r}; expected one of {', '.join(LINKS)}")
+        if link not in WORKER_LINKS:
+            raise ValueError(f"unknown worker link {link!r}; expected one of {', '.join(WORKER_LINKS)}")
         self.channel = grpc.aio.insecure_channel(
             address,
             options=[
