@@ -103,6 +103,7 @@ class LoadedVersion:
             name=f"{self.model}/{self.version}",
         )
         self.batcher.start()
+        metrics.ROWS_PER_INSTANCE.track(self.model, self.version, self.batcher)
         self.state = VersionState.READY
 
     def _record_batch(self, timing: BatchTiming) -> None:
@@ -140,6 +141,7 @@ class LoadedVersion:
     async def close(self) -> None:
         self.state = VersionState.UNLOADING
         if self.batcher is not None:
+            metrics.ROWS_PER_INSTANCE.untrack(self.batcher)
             await self.batcher.close()
         for engine in self._engines:
             try:

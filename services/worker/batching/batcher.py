@@ -163,6 +163,11 @@ class Batcher:
         """Requests queued or running."""
         return len(self._queue) + self._running_requests
 
+    @property
+    def rows_per_instance(self) -> float:
+        """Rows submitted and not yet answered, per engine instance: the autoscaling gauge."""
+        return self._in_flight_rows / len(self._instances)
+
     def start(self) -> None:
         # Kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11, and
         # submit() would pay it on every request.
