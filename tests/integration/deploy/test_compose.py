@@ -1,4 +1,7 @@
-"""deploy/docker-compose.yml validates offline, and its commands parse as real `shunter` flags."""
+"""deploy/docker-compose.yml validates offline against the Compose specification (the
+Compose v2 binary's own `config`, which checks the file against the spec's JSON schema), and
+its commands parse as real `shunter` flags. Runs that binary, so it lives in the integration
+tier; the Kubernetes manifests are checked in tests/unit/deploy and test_kustomize.py."""
 
 from __future__ import annotations
 
@@ -65,17 +68,16 @@ def test_service_commands_are_real_shunter_flags():
     assert checked == 3  # registry, worker, router
 
 
-def test_kubernetes_manifests_parse_and_use_real_flags():
-    documents = [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / "shunter.yaml").read_text()) if d]
-    kinds = sorted(d["kind"] for d in documents)
-    assert kinds.count("HorizontalPodAutoscaler") == 2
-    parser = build_parser()
-    commands = set()
-    for doc in documents:
-        if doc["kind"] not in ("Deployment", "StatefulSet"):
-            continue
-        for container in doc["spec"]["template"]["spec"]["containers"]:
-            if container["image"].startswith("shunter"):
-                args = parser.parse_args([a.replace("$(POD_IP)", "10.0.0.1") for a in container["args"]])
-                commands.add(args.command)
-    assert commands == {"registry", "worker", "router"}
+
+def test_compose_rejects_a_field_the_specification_does_not_define(tmp_path):
+    """The check above is the specification's schema: a misspelt key fails it."""
+    broken = yaml.safe_load(COMPOSE_FILE.read_text())
+    broken["services"]["redis"]["healthchek"] = broken["services"]["redis"].pop("healthcheck")
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+    result = subprocess.run(
+        [str(compose_binary()), "-f", str(path), "config", "-q"], capture_output=True, text=True, timeout=60,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+             "SHUNTER_ADMIN_KEY": "shk_000000000000_example"},
+    )
+    assert result.returncode != 0 and "healthchek" in result.stderr
