@@ -68,9 +68,15 @@ def _pump(stream, sink: deque | list) -> None:
         sink.append(line.rstrip("\n"))
 
 
-def start_service(args: list[str], *, timeout: float = 120.0, env: dict[str, str] | None = None) -> ServiceProcess:
-    """Run ``shunter ARGS`` and wait for its readiness line; fail fast if it exits."""
-    cmd = [sys.executable, "-m", "services.cli.main", *args]
+def start_service(
+    args: list[str], *, timeout: float = 120.0, env: dict[str, str] | None = None, wrapper: tuple[str, ...] = ()
+) -> ServiceProcess:
+    """Run ``shunter ARGS`` and wait for its readiness line; fail fast if it exits.
+
+    ``wrapper`` goes before the command: ``("ip", "netns", "exec", NS)`` runs the service in
+    a network namespace (`ip netns exec` execs it, so signals reach the service itself).
+    """
+    cmd = [*wrapper, sys.executable, "-m", "services.cli.main", *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
