@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import promql_parser
 import yaml
 
@@ -21,6 +22,13 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 ADAPTER_CONFIG = DEPLOY / "prometheus" / "adapter-config.yaml"
 SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "shunter.json"
+
+#: The Kubernetes versions the manifests are validated against: a named one (native gRPC
+#: probes, policy/v1, autoscaling/v2 and NetworkPolicy endPort are GA well before it) and
+#: the newest one the installed kubernetes-validate knows.
+K8S_VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
+#: Kinds Kubernetes' schemas do not cover (checked against their documented fields instead).
+CRD_KINDS = frozenset({"ScaledObject"})
 
 #: The ways to deploy: kubectl apply -k on each of these directories.
 ENTRY_POINTS = (K8S, *sorted(p for p in (K8S / "overlays").iterdir() if p.is_dir()))

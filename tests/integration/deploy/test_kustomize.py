@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from tests.support import deploy_files as d
-from tests.unit.deploy.test_k8s_manifests import CRD_KINDS, K8S_VERSIONS
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with its built-in kustomize) is not installed")
@@ -29,5 +28,5 @@ def test_entry_point_renders_to_valid_objects_in_the_shunter_namespace(entry):
         if obj["kind"] == "Namespace":
             continue
         assert obj["metadata"]["namespace"] == "shunter", obj["metadata"]["name"]
-        if obj["kind"] not in CRD_KINDS:
-            kubernetes_validate.validate(obj, K8S_VERSIONS[0], strict=True)
+        if obj["kind"] not in d.CRD_KINDS:
+            kubernetes_validate.validate(obj, d.K8S_VERSIONS[0], strict=True)

@@ -21,11 +21,7 @@ from services.worker import metrics as worker_metrics
 from tests.support import deploy_files as d
 from tests.unit.deploy import schemas
 
-#: The Kubernetes version the manifests are validated against (native gRPC probes, policy/v1,
-#: autoscaling/v2 and NetworkPolicy endPort are GA well before it), and the newest one the
-#: installed kubernetes-validate knows.
-K8S_VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
-CRD_KINDS = {"ScaledObject"}
+K8S_VERSIONS, CRD_KINDS = d.K8S_VERSIONS, d.CRD_KINDS
 SHUNTER_IMAGES = ("shunter:", "shunter-worker:")
 ALL = list(d.all_objects())
 
