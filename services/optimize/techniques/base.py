@@ -57,7 +57,9 @@ class Context:
         if self._eager is None:
             program = lift.load_program(self.original.artifact_path, self.backend, self.sample())
             self._eager = lift.to_eager(program, [t.name for t in self.original.config.inputs])
-        return copy.deepcopy(self._eager)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec pickling notice
+            return copy.deepcopy(self._eager)
 
 
 def save_torchscript(module: Any, sample: tuple[Any, ...], out_dir: Path, freeze: bool = False) -> Path:
