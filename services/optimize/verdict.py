@@ -10,9 +10,10 @@ Max absolute and relative differences from the original are reported for every t
 The drop is the original's quality minus the candidate's, so the original's own drop is 0;
 a candidate is accepted when its drop is at most ``--max-accuracy-drop``.
 
-WINNER_RULE: among accepted candidates that are faster (best-batch rows/s) than the
-original or smaller on disk, the one with the highest best-batch rows/s; ties go to the
-smaller artifact.
+WINNER_RULE: among accepted candidates that are at least 5 % faster (best-batch rows/s)
+than the original or at least 5 % smaller on disk, the one with the highest best-batch
+rows/s; ties go to the smaller artifact. The 5 % keeps a re-saved copy of the original
+(a few bytes smaller, or faster by timing noise) from being registered as a "win".
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import numpy as np
 from services.optimize.errors import OptimizeError
 
 TASKS = ("classify", "embed", "regress")
+#: How much faster or smaller than the original a candidate must be to be worth registering.
+MIN_GAIN = 1.05
 WINNER_RULE = (
-    "fastest accepted candidate (highest rows/s at its best batch) among those faster than the original "
-    "or smaller on disk; ties go to the smaller artifact"
+    "fastest accepted candidate (highest rows/s at its best batch) among those at least 5% faster than the "
+    "original or 5% smaller on disk; ties go to the smaller artifact"
 )
 
 
@@ -96,8 +99,8 @@ class Scored:
 
 def pick_winner(candidates: list[Scored], original_rows_per_s: float, original_size: int) -> str | None:
     """The candidate WINNER_RULE picks, or None."""
-    worth = [c for c in candidates if c.accepted and (c.rows_per_s > original_rows_per_s
-                                                      or c.size_bytes < original_size)]
+    worth = [c for c in candidates if c.accepted and (c.rows_per_s >= MIN_GAIN * original_rows_per_s
+                                                      or c.size_bytes * MIN_GAIN <= original_size)]
     if not worth:
         return None
     return max(worth, key=lambda c: (c.rows_per_s, -c.size_bytes)).name

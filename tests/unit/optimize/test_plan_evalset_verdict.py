@@ -135,3 +135,5 @@ def test_verdict_and_winner_rule():
     # Nothing faster or smaller than the original: nothing is worth registering.
     assert pick_winner([Scored("slower-and-bigger", True, 90.0, 200)], 100.0, 100) is None
     assert pick_winner([Scored("slow-but-small", True, 90.0, 50)], 100.0, 100) == "slow-but-small"
+    # Within 5 % of the original on both counts: noise, not a gain.
+    assert pick_winner([Scored("re-saved", True, 104.0, 97)], 100.0, 100) is None

@@ -134,9 +134,12 @@ def test_winner_follows_the_rule(run_v1):
     outcome, _ = run_v1
     base = outcome.results[0].measurement
     worth = [r for r in outcome.results[1:] if r.status == "accepted"
-             and (r.measurement.best_rows_per_s > base.best_rows_per_s or r.measurement.size_bytes < base.size_bytes)]
+             and (r.measurement.best_rows_per_s >= 1.05 * base.best_rows_per_s
+                  or r.measurement.size_bytes * 1.05 <= base.size_bytes)]
     expected = max(worth, key=lambda r: (r.measurement.best_rows_per_s, -r.measurement.size_bytes)).name
     assert outcome.winner == expected
+    # quantize-dynamic halves the file, so some candidate is always worth registering here.
+    assert outcome.result("quantize-dynamic").measurement.size_bytes * 1.05 <= base.size_bytes
 
 
 def test_onnx_original_gets_ort_dynamic_int8(sets, tmp_path):
