@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where candidates are built (default REPORT/candidates, else a temporary directory)")
     p.add_argument("--seconds-per-point", type=float, default=0.5, metavar="S",
                    help="timing budget per latency / batch-size measurement (default 0.5)")
+    p.add_argument("--rounds", type=int, default=3, metavar="N",
+                   help="timing rounds, round-robin over the candidates; the best of N is kept (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed for distillation and fine-tuning (default 0)")
     p.set_defaults(func=run)
 
@@ -130,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     with _Bar(err) as bar:
         outcome = runner.run(original, evals, techniques, workdir, args.max_accuracy_drop, args.task, transfer,
-                             args.seconds_per_point, args.seed, bar)
+                             args.seconds_per_point, args.seed, bar, max(args.rounds, 1))
     code = 0 if outcome.winner else EXIT_NO_WINNER
     registered = None
     if args.register and outcome.winner:

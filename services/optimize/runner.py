@@ -17,7 +17,7 @@ from typing import Any
 
 from services.optimize.errors import OptimizeError, TechniqueNotApplicable, TechniqueSkipped
 from services.optimize.evalset import EvalSet
-from services.optimize.measure import Measurement, measure
+from services.optimize.measure import Loaded, Measurement, time_all
 from services.optimize.plan import Technique
 from services.optimize.source import Original, write_config
 from services.optimize.techniques.base import Context
@@ -71,34 +71,47 @@ def safe_name(label: str) -> str:
 
 def run(original: Original, evalset: EvalSet, techniques: list[Technique], workdir: Path, max_drop: float,
         task: str | None = None, transfer: EvalSet | None = None, seconds_per_point: float = 0.5,
-        seed: int = 0, progress: Progress | None = None) -> Outcome:
+        seed: int = 0, progress: Progress | None = None, rounds: int = 3) -> Outcome:
     progress = progress or Progress()
-    progress.start(len(techniques) + 1)
+    progress.start(len(techniques) + 2)
     model_dir = workdir / original.model
     model_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(original, evalset, transfer or evalset, transfer is None, seed, progress.detail)
     copy_handler_files(ctx, model_dir)
 
-    progress.step(f"measuring the original ({original.config.backend})")
-    base = measure(original.model, original.version, original.version_dir, original.config, evalset,
-                   seconds_per_point)
+    progress.step(f"loading the original ({original.config.backend})")
+    base = Loaded(original.model, original.version, original.version_dir, original.config, evalset)
     task = task or infer_task(base.outputs, evalset.labels)
     base_quality = assess(task, base.outputs, base.outputs, evalset.labels)
     results = [Result(f"original v{original.version}", "original", "", original.version_dir,
-                      original.config.backend, base, base_quality, 0.0)]
-
-    for technique in techniques:
-        progress.step(f"building {technique.label}")
-        results.append(_candidate(ctx, technique, model_dir, base, base_quality, task, max_drop, seconds_per_point))
-
+                      original.config.backend, None, base_quality, 0.0)]
+    loaded: dict[str, Loaded] = {results[0].name: base}
+    try:
+        for technique in techniques:
+            progress.step(f"building {technique.label}")
+            result, engine = _candidate(ctx, technique, model_dir, base, base_quality, task, max_drop)
+            results.append(result)
+            if engine is not None:
+                loaded[result.name] = engine
+        progress.step(f"timing {len(loaded)} models, {rounds} rounds")
+        time_all(list(loaded.values()), evalset, seconds_per_point, rounds)
+    finally:
+        for engine in loaded.values():
+            engine.close()
+    for result in results:
+        if result.name in loaded:
+            result.measurement = loaded[result.name].measurement()
+    base_m = results[0].measurement
+    assert base_m is not None
     scored = [Scored(r.name, r.status == "accepted", r.measurement.best_rows_per_s, r.measurement.size_bytes)
               for r in results[1:] if r.measurement is not None]
-    winner = pick_winner(scored, base.best_rows_per_s, base.size_bytes)
+    winner = pick_winner(scored, base_m.best_rows_per_s, base_m.size_bytes)
     return Outcome(original, evalset, task, max_drop, results, winner)
 
 
-def _candidate(ctx: Context, technique: Technique, model_dir: Path, base: Measurement, base_quality: Quality,
-               task: str, max_drop: float, seconds: float) -> Result:
+def _candidate(ctx: Context, technique: Technique, model_dir: Path, base: Loaded, base_quality: Quality,
+               task: str, max_drop: float) -> tuple[Result, Loaded | None]:
+    """Build, load and judge one candidate; the loaded engine is returned for the timing rounds."""
     out_dir = model_dir / safe_name(technique.label)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -109,26 +122,26 @@ def _candidate(ctx: Context, technique: Technique, model_dir: Path, base: Measur
     except TechniqueSkipped as exc:
         shutil.rmtree(out_dir, ignore_errors=True)
         result.status, result.reason, result.directory = "skipped", str(exc), None
-        return result
+        return result, None
     except TechniqueNotApplicable as exc:
         result.status, result.reason = "rejected", str(exc)
-        return result
+        return result, None
     except OptimizeError:
         raise
     except Exception as exc:
         logger.exception("building %s failed", technique.label)
         result.reason = f"build failed: {type(exc).__name__}: {exc}"
-        return result
+        return result, None
     result.properties, result.notes = built.properties, built.notes
     config = write_config(out_dir, built.config)
     result.backend = config.backend
     try:
-        result.measurement = measure(ctx.original.model, technique.label, out_dir, config, ctx.evalset, seconds)
+        engine = Loaded(ctx.original.model, technique.label, out_dir, config, ctx.evalset)
     except Exception as exc:
         result.reason = f"does not load or run in the {config.backend} engine: {exc}"
-        return result
-    result.quality = assess(task, base.outputs, result.measurement.outputs, ctx.evalset.labels)
+        return result, None
+    result.quality = assess(task, base.outputs, engine.outputs, ctx.evalset.labels)
     result.drop = base_quality.quality - result.quality.quality
     accepted, why = judge(result.drop, max_drop, result.quality.quality_name)
     result.status, result.reason = ("accepted" if accepted else "rejected"), why
-    return result
+    return result, engine
