@@ -28,3 +28,10 @@ def write(directory: Path, eval_rows: int | None = None, transfer_rows: int | No
     np.savez(eval_path, input__0=x_test[:eval_rows], label=y_test[:eval_rows])
     np.savez(transfer_path, input__0=x_train[:transfer_rows], label=y_train[:transfer_rows])
     return eval_path, transfer_path
+
+
+if __name__ == "__main__":
+    import sys
+
+    for path in write(Path(sys.argv[1] if len(sys.argv) > 1 else "digits-sets")):
+        print(path)
