@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="admin API key (env SHUNTER_ADMIN_KEY)")
     p.add_argument("--transfer", type=Path, metavar="FILE",
                    help="inputs (and --label-column labels) to distil and fine-tune on; default the eval set")
+    p.add_argument("--trusted-dir", type=Path, metavar="DIR",
+                   help="directory of student architectures for distill:arch=NAME (NAME.py defines student(config))")
     p.add_argument("--task", choices=("classify", "embed", "regress"), help="how to judge outputs (default: inferred)")
     p.add_argument("--workdir", type=Path, metavar="DIR",
                    help="where candidates are built (default REPORT/candidates, else a temporary directory)")
@@ -132,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     with _Bar(err) as bar:
         outcome = runner.run(original, evals, techniques, workdir, args.max_accuracy_drop, args.task, transfer,
-                             args.seconds_per_point, args.seed, bar, max(args.rounds, 1))
+                             args.seconds_per_point, args.seed, bar, max(args.rounds, 1), args.trusted_dir)
     code = 0 if outcome.winner else EXIT_NO_WINNER
     registered = None
     if args.register and outcome.winner:

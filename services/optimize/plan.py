@@ -6,12 +6,14 @@ not start a known technique belongs to the item before it.
 
     quantize-dynamic | quantize-static[:calibrate=ROWS] | fp16
     prune:AMOUNT | prune-structured:AMOUNT[,finetune=EPOCHS]
-    distill[:width=W,epochs=N,T=TEMP,alpha=A,lr=LR]
+    distill[:width=W,epochs=N,T=TEMP,alpha=A,lr=LR] | distill:arch=NAME[,epochs=...]
+        (arch: the student built by NAME.py from --trusted-dir)
     compile:onnx | compile:torchscript | compile:torch_export | compile:tensorrt
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +80,14 @@ def _parse_item(item: str) -> Technique:
         params = {"amount": amount, **extra, **_keyed(item, options[1:], extra)}
         return Technique(item, name, params)
     if name == "distill":
-        return Technique(item, name, {**DISTILL_DEFAULTS, **_keyed(item, options, DISTILL_DEFAULTS)})
+        arch = [o for o in options if o.startswith("arch=")]
+        params: dict[str, Any] = {**DISTILL_DEFAULTS, "arch": None}
+        params.update(_keyed(item, [o for o in options if not o.startswith("arch=")], DISTILL_DEFAULTS))
+        if arch:
+            params["arch"] = arch[-1].partition("=")[2]
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", params["arch"]):
+                raise OptimizeError(f"{item}: arch must name a module in --trusted-dir, e.g. arch=small_mlp")
+        return Technique(item, name, params)
     if name == "quantize-static":
         return Technique(item, name, {"calibrate": 128, **_keyed(item, options, {"calibrate": 128})})
     if options:
@@ -139,7 +148,8 @@ def _builder(t: Technique, backend: str) -> Callable[[Context, Path], Built]:
         from services.optimize.techniques.distill import distill
 
         p = t.params
-        return lambda ctx, out: distill(ctx, out, p["width"], int(p["epochs"]), p["T"], p["alpha"], p["lr"])
+        return lambda ctx, out: distill(ctx, out, p["width"], int(p["epochs"]), p["T"], p["alpha"], p["lr"],
+                                        p["arch"])
     builders: dict[str, Callable[[Context, Path], Built]] = {
         "fp16": comp.fp16,
         "compile:onnx": comp.compile_onnx,

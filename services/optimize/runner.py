@@ -71,12 +71,13 @@ def safe_name(label: str) -> str:
 
 def run(original: Original, evalset: EvalSet, techniques: list[Technique], workdir: Path, max_drop: float,
         task: str | None = None, transfer: EvalSet | None = None, seconds_per_point: float = 0.5,
-        seed: int = 0, progress: Progress | None = None, rounds: int = 3) -> Outcome:
+        seed: int = 0, progress: Progress | None = None, rounds: int = 3,
+        trusted_dir: Path | None = None) -> Outcome:
     progress = progress or Progress()
     progress.start(len(techniques) + 2)
     model_dir = workdir / original.model
     model_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(original, evalset, transfer or evalset, transfer is None, seed, progress.detail)
+    ctx = Context(original, evalset, transfer or evalset, transfer is None, seed, trusted_dir, progress.detail)
     copy_handler_files(ctx, model_dir)
 
     progress.step(f"loading the original ({original.config.backend})")

@@ -35,6 +35,8 @@ class Context:
     transfer: EvalSet
     transfer_is_eval: bool
     seed: int = 0
+    #: The operator's directory of student architectures (``distill:arch=NAME``), if any.
+    trusted_dir: Path | None = None
     #: progress(completed, total, what): techniques that train call it per epoch.
     progress: Callable[[int, int, str], None] = lambda done, total, what: None
     _eager: Any = None

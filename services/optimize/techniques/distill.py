@@ -2,7 +2,9 @@
 
 The student is the teacher's graph with every hidden linear layer shrunk to ``width`` of
 its neurons (the strongest ones by L2 norm, as structured pruning picks them, which gives
-the student a warm start), then trained on the transfer set with the usual recipe
+the student a warm start), or, with ``arch=NAME``, the module returned by ``student(config)``
+in ``NAME.py`` from the operator's ``--trusted-dir`` (operator code, imported like a
+handler, never from the eval data or the registry). It is then trained on the transfer set with the usual recipe
 (Hinton et al. 2015): ``alpha * KL(softmax(t/T) || softmax(s/T)) * T**2 + (1 - alpha) *
 cross-entropy(s, labels)``; without labels only the soft term is used. A model whose
 outputs are probabilities (rows summing to 1, digits' softmax) has its log taken as the
@@ -27,20 +29,27 @@ BATCH_ROWS = 64
 
 
 def distill(ctx: Context, out_dir: Path, width: float, epochs: int, temperature: float, alpha: float,
-            lr: float) -> Built:
-    if not 0 < width < 1:
-        raise TechniqueNotApplicable(f"distill: width must be in (0, 1), got {width}")
+            lr: float, arch: str | None = None) -> Built:
     teacher = ctx.eager()
     before = parameter_count(teacher)
-    student = ctx.eager()
-    pairs = linear_pairs(student)
-    if not pairs:
-        raise TechniqueNotApplicable("distill: no hidden linear layer to narrow (the width shrink needs an MLP)")
-    for producer, consumer in pairs:
-        shrink_pair(student, producer, consumer, 1 - width)
     inputs = _tensors(ctx)
     with torch.no_grad():
-        teacher_logits = as_logits(_first(teacher(*inputs)))
+        teacher_out = _first(teacher(*inputs))
+        teacher_logits = as_logits(teacher_out)
+    torch.manual_seed(ctx.seed)  # the student's initial weights are part of what the seed fixes
+    if arch is not None:
+        student: nn.Module = _Answering(load_student(ctx, arch), softmax=is_probabilities(teacher_out))
+        described = f"student: {arch} from {ctx.trusted_dir}"
+    else:
+        if not 0 < width < 1:
+            raise TechniqueNotApplicable(f"distill: width must be in (0, 1), got {width}")
+        student = ctx.eager()
+        pairs = linear_pairs(student)
+        if not pairs:
+            raise TechniqueNotApplicable("distill: no hidden linear layer to narrow (the width shrink needs an MLP)")
+        for producer, consumer in pairs:
+            shrink_pair(student, producer, consumer, 1 - width)
+        described = f"student: hidden layers at {width:.0%} width"
     labels = _labels(ctx)
     if labels is None:
         alpha = 1.0
@@ -67,11 +76,46 @@ def distill(ctx: Context, out_dir: Path, width: float, epochs: int, temperature:
     student.eval()
     save_torchscript(student, ctx.sample(), out_dir)
     after = parameter_count(torch.jit.load(str(out_dir / "model.pt")))
-    notes = [f"student: hidden layers at {width:.0%} width, {epochs} epochs, T={temperature}, alpha={alpha}, "
-             f"seed {ctx.seed}, {rows} transfer rows"]
+    notes = [f"{described}, {epochs} epochs, T={temperature}, alpha={alpha}, seed {ctx.seed}, {rows} transfer rows"]
     if ctx.transfer_is_eval:
         notes.append("trained on the eval inputs (no --transfer): its figures are optimistic")
     return Built(torch_config(ctx), {"parameters_before": before, "parameters": after}, notes)
+
+
+def load_student(ctx: Context, arch: str) -> nn.Module:
+    """``student(config)`` from ``<trusted_dir>/<arch>.py``; the path must stay inside the directory."""
+    from services.worker.engines.base import EngineLoadError
+    from services.worker.engines.python_handler import import_handler, resolve_in_model_dir
+
+    if ctx.trusted_dir is None:
+        raise TechniqueNotApplicable(f"distill:arch={arch} needs --trusted-dir DIR (the operator's student modules)")
+    try:
+        path = resolve_in_model_dir(ctx.trusted_dir, f"{arch}.py", "student architecture")
+        module = import_handler(path, "student", arch)
+    except EngineLoadError as exc:
+        raise TechniqueNotApplicable(f"distill:arch={arch}: {exc}") from None
+    build = getattr(module, "student", None)
+    if not callable(build):
+        raise TechniqueNotApplicable(f"{path}: defines no student(config) -> torch.nn.Module")
+    student = build(ctx.original.config)
+    if not isinstance(student, nn.Module):
+        raise TechniqueNotApplicable(f"{path}: student(config) returned {type(student).__name__}, not a torch module")
+    return student
+
+
+class _Answering(nn.Module):
+    """A student that answers like the teacher: softmax on top when the teacher gives probabilities."""
+
+    def __init__(self, inner: nn.Module, softmax: bool):
+        super().__init__()
+        self.inner = inner
+        self.softmax = softmax
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        out = _first(self.inner(*args))
+        if self.softmax and not is_probabilities(out.detach()):
+            return torch.softmax(out, dim=1)
+        return out
 
 
 def train_on_labels(ctx: Context, module: nn.Module, epochs: int, lr: float = 1e-3) -> str:

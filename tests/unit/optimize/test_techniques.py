@@ -158,3 +158,35 @@ def test_tensorrt_profiles_follow_the_batching_config(sets):
     evals = load_evalset(sets[0], original.config, label_column="label")
     ctx = Context(original, evals, evals, True)
     assert profile_shapes(ctx) == {"input__0": ((1, 64), (64, 64), (64, 64))}
+
+
+STUDENT = """
+from torch import nn
+
+
+def student(config):
+    # Logits out: the tool adds the softmax so the student answers like digits (probabilities).
+    return nn.Sequential(nn.Linear(config.inputs[0].shape[0], 16), nn.ReLU(), nn.Linear(16, 10))
+"""
+
+
+def test_student_architecture_from_a_trusted_directory(sets, tmp_path):
+    original = source.from_repository(build_examples(), "digits", "1")
+    evals = load_evalset(sets[0], original.config, label_column="label")
+    transfer = load_evalset(sets[1], original.config, label_column="label")
+    trusted = tmp_path / "students"
+    trusted.mkdir()
+    (trusted / "small.py").write_text(STUDENT)
+    (tmp_path / "outside.py").write_text(STUDENT)
+    (trusted / "escape.py").symlink_to(tmp_path / "outside.py")
+    techniques = plan.parse_try("distill:arch=small,epochs=5,distill:arch=escape,epochs=1", "torchscript")
+    outcome = runner.run(original, evals, techniques, tmp_path / "work", 0.5, transfer=transfer,
+                         seconds_per_point=0.01, rounds=1, trusted_dir=trusted)
+    small = outcome.result("distill:arch=small,epochs=5")
+    assert small.status in ("accepted", "rejected") and small.properties["parameters"] == 64 * 16 + 16 + 16 * 10 + 10
+    outputs = _torch_outputs(small.directory / "model.pt", evals.inputs["input__0"])
+    assert np.allclose(outputs.sum(axis=1), 1.0, atol=1e-5)  # probabilities, like the original
+    escaped = outcome.result("distill:arch=escape,epochs=1")
+    assert escaped.status == "rejected" and "outside the model directory" in escaped.reason
+    with pytest.raises(plan.OptimizeError, match="arch must name a module"):
+        plan.parse_try("distill:arch=../x", "torchscript")
