@@ -67,7 +67,12 @@ class TensorRTEngine:
         try:
             with torch.cuda.device(self._device):
                 plan = path.read_bytes() if path.suffix != ".onnx" else self._build_plan(trt, trt_logger, path)
-                self._engine = trt.Runtime(trt_logger).deserialize_cuda_engine(plan)
+                runtime = trt.Runtime(trt_logger)
+                if hasattr(runtime, "engine_host_code_allowed"):
+                    # A version-compatible plan may embed host code (a lean runtime, plugins);
+                    # refuse to run it. TensorRT's default, stated so it stays that way.
+                    runtime.engine_host_code_allowed = False
+                self._engine = runtime.deserialize_cuda_engine(plan)
                 if self._engine is None:
                     raise EngineLoadError(f"{path}: not a TensorRT plan for this GPU and TensorRT version")
                 self._context = self._engine.create_execution_context()

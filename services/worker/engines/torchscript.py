@@ -40,6 +40,7 @@ from services.worker.engines._support import (
     warmup_inputs,
 )
 from services.worker.engines.base import EngineLoadError, EngineSpec
+from services.worker.engines.torch_archives import check_torchscript_module, read_torchscript_archive
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,10 @@ class TorchScriptEngine(TorchEngineBase):
     kind = "TorchScript module"
 
     def _load_module(self, path: Path, device: torch.device) -> tuple[Callable[..., Any], list[str]]:
-        module = torch.jit.load(str(path), map_location=device)
+        # Loading runs TorchScript __setstate__ code: its text is checked first, then every
+        # method's graph once it is loaded.
+        module = torch.jit.load(read_torchscript_archive(str(path)), map_location=device)
+        check_torchscript_module(module, str(path))
         module.eval()
         arg_names = [arg.name for arg in module.forward.schema.arguments][1:]  # drop self
         return module, arg_names
