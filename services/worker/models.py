@@ -23,6 +23,7 @@ from services.worker.batching.batcher import Arrays, Batcher, BatchTiming, Engin
 from services.worker.batching.policy import BatchPolicy
 from services.worker.engines import create_engine
 from services.worker.engines.base import Engine, EngineLoadError, EngineSpec
+from services.worker.engines.python_handler import untrusted_code
 from services.worker.statistics import VersionStatistics
 
 logger = logging.getLogger(__name__)
@@ -179,11 +180,10 @@ class ModelManager:
             return
         loaded = LoadedVersion(EngineSpec(model, version, version_dir, config))
         self._models.setdefault(model, {})[version] = loaded
-        if not self._handler_allowed(version_dir, config):
+        refusal = None if self._trusted_roots is None else untrusted_code(loaded.spec, self._trusted_roots)
+        if refusal is not None:
             loaded.state = VersionState.FAILED
-            loaded.error = (
-                f"{version_dir}: python handlers run only from a trusted repository (--trusted-repository)"
-            )
+            loaded.error = f"{model} version {version}: {refusal}"
             logger.error("refusing %s version %s: %s", model, version, loaded.error)
             raise EngineLoadError(loaded.error)
         logger.info("loading %s version %s (%s)", model, version, config.backend)
@@ -195,12 +195,6 @@ class ModelManager:
         finally:
             self._refresh_latest(model)
         logger.info("ready: %s version %s", model, version)
-
-    def _handler_allowed(self, version_dir: Path, config: ModelConfig) -> bool:
-        if self._trusted_roots is None or (config.handler is None and config.backend != "python"):
-            return True
-        resolved = version_dir.resolve()
-        return any(resolved.is_relative_to(root) for root in self._trusted_roots)
 
     async def unload_version(self, model: str, version: str) -> None:
         loaded = self._models.get(model, {}).pop(version, None)

@@ -26,7 +26,7 @@ from tests.support.models import build_examples
 from tests.support.processes import start_service
 
 #: One model name per test: the worker serves these.
-MODELS = ("pickled",)
+MODELS = ("pickled", "rootdir", "rootfile", "inside")
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cluster(redis_server, admin, root):
     registry = start_registry(redis_server, admin)
+    trusted = root / "trusted"
+    trusted.mkdir()
     worker = start_service([
-        "worker", "--registry", registry.address, "--serve", ",".join(MODELS), "--admin-key", admin.key, "--port", "0",
+        "worker", "--registry", registry.address, "--serve", ",".join(MODELS), "--admin-key", admin.key,
+        "--port", "0", "--trusted-repository", str(trusted),
     ])
     yield registry, worker
     worker.terminate()
@@ -93,3 +96,71 @@ async def test_torch_export_archive_with_a_pickled_object_never_runs(cluster, ad
         )
     assert not marker.exists(), "the archive's pickle ran on the worker"
     assert (await infer_digits(worker.address, model, "2")).shape == (10,)
+
+
+PYTHON_CONFIG = """\
+backend: python
+max_batch_size: 4
+inputs: [{name: IN, datatype: FP32, shape: [4]}]
+outputs: [{name: OUT, datatype: FP32, shape: [4]}]
+handler: handler.py
+"""
+
+HANDLER = """
+from pathlib import Path
+
+import numpy as np
+
+Path({marker!r}).write_text("code ran")
+
+
+def infer(inputs):
+    return {{"OUT": inputs["IN"] * 2}}
+"""
+
+
+async def wait_refused(client: RegistryClient, model: str, version: str, text: str) -> None:
+    await eventually(
+        client.list_workers,
+        lambda ws: (s := status_of(ws, model, version)) is not None and text in s.error,
+        timeout_s=120, what=f"{model} version {version} refused",
+    )
+
+
+async def test_trusted_repository_cannot_be_escaped_through_its_parent(cluster, admin, root) -> None:
+    registry, _ = cluster
+    trusted = root / "trusted"
+    marker = root / "escape.marker"
+    # The handler lies in the trusted root's parent: not trusted.
+    (root / "handler.py").write_text(HANDLER.format(marker=str(marker)))
+    (trusted / "model.py").write_text(HANDLER.format(marker=str(marker)))
+    # A model inside the root, for contrast: its handler is trusted and runs.
+    inside = trusted / "inside"
+    (inside / "1").mkdir(parents=True)
+    (inside / "config.yaml").write_text(PYTHON_CONFIG)
+    inside_marker = root / "inside.marker"
+    (inside / "handler.py").write_text(HANDLER.format(marker=str(inside_marker)))
+    async with RegistryClient(registry.address, admin.key) as client:
+        # The trusted root itself as the version directory: its model directory is root/.
+        await client.register_model_version(
+            "rootdir", 1, artifacts.uri_for(trusted), artifacts.sha256_of(trusted), PYTHON_CONFIG, rpb.PRODUCTION
+        )
+        # A file directly in the root: its version directory is the root, its model directory root/.
+        file_config = "backend: python\nmax_batch_size: 4\ninputs: [{name: IN, datatype: FP32, shape: [4]}]\n" \
+            "outputs: [{name: OUT, datatype: FP32, shape: [4]}]\n"
+        await client.register_model_version(
+            "rootfile", 1, artifacts.uri_for(trusted / "model.py"), artifacts.sha256_of(trusted / "model.py"),
+            file_config, rpb.PRODUCTION,
+        )
+        await client.register_model_version(
+            "inside", 1, artifacts.uri_for(inside / "1"), artifacts.sha256_of(inside / "1"), PYTHON_CONFIG,
+            rpb.PRODUCTION,
+        )
+        for model in ("rootdir", "rootfile"):
+            await wait_refused(client, model, "1", "is not inside a trusted repository")
+        await eventually(
+            client.list_workers, lambda ws: (s := status_of(ws, "inside", "1")) is not None and s.ready,
+            timeout_s=120, what="inside version 1 ready",
+        )
+    assert not marker.exists(), "a handler outside the trusted repository ran"
+    assert inside_marker.exists()
