@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lease-ttl-s", type=int, default=10,
                         help="worker lease TTL when a worker asks for none (default 10)")
     parser.add_argument("--refresh-interval-s", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--artifact-root", type=Path, action="append", default=[], metavar="DIR",
+        help="directory registered artifacts must lie in (repeatable); none: any local path",
+    )
     add_server_args(parser, default_port=DEFAULT_PORT)
     parser.set_defaults(func=run)
 
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             admin_key_file=args.admin_key_file,
             lease_ttl_s=args.lease_ttl_s,
             refresh_interval_s=args.refresh_interval_s,
+            artifact_roots=tuple(p.expanduser().resolve() for p in args.artifact_root),
         )
         app = RegistryApp(settings)
     except ValueError as exc:

@@ -243,7 +243,9 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
     key_file.chmod(0o600)
     common = ["--host", host, "--metrics-port", "0"]
     registry = await cluster.service(
-        "registry", ["registry", "--redis-url", redis_url, "--admin-key-file", str(key_file), "--port", "0", *common],
+        "registry",
+        ["registry", "--redis-url", redis_url, "--admin-key-file", str(key_file), "--port", "0",
+         "--artifact-root", str(repository.resolve()), *common],
         timeout_s=60,
     )
     key_env = {"SHUNTER_ADMIN_KEY": admin_key}

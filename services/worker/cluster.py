@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,14 +74,17 @@ def _assigned(table: rpb.RoutingTable, models: frozenset[str]) -> dict[Key, rpb.
     }
 
 
-def prepare_version(version: rpb.ModelVersion) -> tuple[Path, ModelConfig]:
+def prepare_version(
+    version: rpb.ModelVersion, cancel: threading.Event | None = None
+) -> tuple[Path, ModelConfig]:
     """Fetch and verify a version's artifact: its version directory and config.
 
-    Raises ArtifactError for a missing artifact or a sha256 mismatch. Runs in a thread:
-    hashing a large artifact must not stall the event loop.
+    Raises ArtifactError for a missing or disallowed artifact (a device, a FIFO, over the
+    size cap), a sha256 mismatch, hashing past its timeout or ``cancel`` being set. Runs in
+    a thread: hashing a large artifact must not stall the event loop.
     """
     path = artifacts.fetch(version.artifact_uri)
-    digest = artifacts.sha256_of(path)
+    digest = artifacts.sha256_of(path, cancel=cancel)
     if digest != version.sha256:
         raise ShaMismatch(
             f"sha256 mismatch: the registry recorded {version.sha256} but {version.artifact_uri} "
@@ -97,6 +101,47 @@ def prepare_version(version: rpb.ModelVersion) -> tuple[Path, ModelConfig]:
 
 class ShaMismatch(artifacts.ArtifactError):
     """The artifact is not the one registered: refused for good (until re-registered)."""
+
+
+async def _prepare_off_loop(version: rpb.ModelVersion) -> tuple[Path, ModelConfig]:
+    """``prepare_version`` on a daemon thread that stops when the awaiting task is cancelled.
+
+    Not the default executor: the interpreter joins its threads at exit, so one stuck
+    reading an artifact would keep a SIGTERMed worker from ever exiting. Cancelling the
+    task (stop() does) sets the event the hashing checks between chunks.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[Path, ModelConfig]] = loop.create_future()
+    cancel = threading.Event()
+
+    def settle(result: tuple[Path, ModelConfig] | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def deliver(result: tuple[Path, ModelConfig] | None, error: BaseException | None) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop has closed: the worker is exiting and nobody waits
+
+    def work() -> None:
+        try:
+            result = prepare_version(version, cancel)
+        except BaseException as exc:  # handed to the awaiting task, whatever it is
+            deliver(None, exc)
+            return
+        deliver(result, None)
+
+    thread = threading.Thread(target=work, name=f"prepare-{version.model}-{version.version}", daemon=True)
+    thread.start()
+    try:
+        return await done
+    finally:
+        cancel.set()
 
 
 class ClusterMember:
@@ -255,7 +300,7 @@ class ClusterMember:
         self._loading.add(key)
         self._poke.set()
         try:
-            version_dir, config = await asyncio.to_thread(prepare_version, version)
+            version_dir, config = await _prepare_off_loop(version)
             self._attempted.add(key)
             await self.host.load_version(model, number, version_dir, config)
             self._failures.pop(key, None)

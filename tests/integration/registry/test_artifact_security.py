@@ -6,7 +6,10 @@ from a copy of the example digits model and watches what the worker reports.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 
 from services.common import artifacts
+from services.common.errors import InvalidArgument
 from services.common.model_config import version_config_text
 from services.common.registry_client import RegistryClient
 from services.gen.inference import grpc_service_pb2 as pb
@@ -23,7 +27,7 @@ from tests.integration.registry.conftest import start_registry
 from tests.integration.registry.helpers import eventually
 from tests.support.crafted_artifacts import add_opaque_object, rewrite_archive
 from tests.support.models import build_examples
-from tests.support.processes import start_service
+from tests.support.processes import ROOT, start_service
 
 #: One model name per test: the worker serves these.
 MODELS = ("pickled", "rootdir", "rootfile", "inside")
@@ -37,7 +41,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(redis_server, admin, root):
-    registry = start_registry(redis_server, admin)
+    registry = start_registry(redis_server, admin, "--artifact-root", str(root))
     trusted = root / "trusted"
     trusted.mkdir()
     worker = start_service([
@@ -164,3 +168,70 @@ async def test_trusted_repository_cannot_be_escaped_through_its_parent(cluster, 
         )
     assert not marker.exists(), "a handler outside the trusted repository ran"
     assert inside_marker.exists()
+
+
+ONNX_CONFIG = """\
+backend: onnx
+max_batch_size: 4
+inputs: [{name: x, datatype: FP32, shape: [4]}]
+outputs: [{name: y, datatype: FP32, shape: [2]}]
+"""
+
+
+async def test_registry_refuses_artifacts_outside_its_roots(cluster, admin, root) -> None:
+    registry, _ = cluster
+    (root / "zero").symlink_to("/dev/zero")
+    os.mkfifo(root / "fifo")
+    refused = {
+        "file:///etc/passwd": "outside the artifact roots",
+        f"file://otherhost{root}/m/1": "names host 'otherhost'",
+        f"file://{root}/%2e%2e/etc/passwd": "'..' segments",
+        f"file://{root}/../etc/passwd": "'..' segments",
+        (root / "zero").as_uri(): "outside the artifact roots",  # resolves to /dev/zero
+        (root / "fifo").as_uri(): "not a regular file or directory (a FIFO)",
+    }
+    async with RegistryClient(registry.address, admin.key) as client:
+        for uri, why in refused.items():
+            with pytest.raises(InvalidArgument, match=why.replace("(", "\\(").replace(")", "\\)")):
+                await client.register_model_version("refused", 1, uri, "0" * 64, ONNX_CONFIG)
+        assert "refused" not in {m.name for m in await client.list_models()}
+
+
+def test_cli_refuses_a_device_or_an_artifact_outside_its_roots_without_hashing(cluster, admin, root) -> None:
+    registry, _ = cluster
+    config = root / "onnx.yaml"
+    config.write_text(ONNX_CONFIG)
+    env = {**os.environ, "SHUNTER_REGISTRY": registry.address, "SHUNTER_ADMIN_KEY": admin.key}
+
+    def register(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "models", "register", "cli", "--version", "1",
+             "--config", str(config), *extra],
+            cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,  # /dev/zero used to hash forever
+        )
+
+    device = register("--artifact", "/dev/zero")
+    assert device.returncode == 1 and "not a regular file or directory (a character device)" in device.stderr
+    outside = register("--artifact", "/etc/hostname", "--artifact-root", str(root))
+    assert outside.returncode == 1 and "outside the artifact roots" in outside.stderr, outside.stderr
+
+
+async def test_worker_refuses_an_artifact_swapped_for_a_device_and_still_stops(cluster, admin, root) -> None:
+    registry, _ = cluster
+    artifact = root / "swapped" / "1" / "model.onnx"
+    artifact.parent.mkdir(parents=True)
+    artifact.write_bytes(b"registered bytes")
+    async with RegistryClient(registry.address, admin.key) as client:
+        await client.register_model_version(
+            "swapped", 1, artifacts.uri_for(artifact), artifacts.sha256_of(artifact), ONNX_CONFIG, rpb.PRODUCTION
+        )
+        artifact.unlink()
+        artifact.symlink_to("/dev/zero")  # after registration: only the worker can catch it
+        worker = start_service([
+            "worker", "--registry", registry.address, "--serve", "swapped", "--admin-key", admin.key, "--port", "0",
+        ])
+        try:
+            await wait_refused(client, "swapped", "1", "not a regular file")
+        finally:
+            code = worker.terminate(timeout=30)
+    assert code == 0, worker.logs()
