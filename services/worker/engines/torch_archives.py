@@ -32,7 +32,7 @@ import operator
 import re
 import tokenize
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -118,21 +118,30 @@ _GUARD_SOURCE = r"L(?:\['[A-Za-z][A-Za-z0-9_]*'\]|\[\d+\])+(?:\.size\(\)\[\d+\])
 _GUARD = re.compile(rf"{_GUARD_SOURCE} (?:==|!=|<=|>=|<|>) (?:-?\d+|{_GUARD_SOURCE})")
 
 
-def read_export_archive(path: str) -> io.BytesIO:
-    """The archive's bytes, checked: hand the returned buffer to ``torch.export.load``."""
+def _read_checked(path: str, check: Callable[[bytes, str], None]) -> io.BytesIO:
+    """The file's bytes once ``check`` passed them: torch loads this buffer, not the path."""
     with open(path, "rb") as fh:
         data = fh.read()
-    check_export_archive(data, path)
+    check(data, path)
     return io.BytesIO(data)
+
+
+def _open_zip(data: bytes, where: str, what: str) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        return archive, archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise EngineLoadError(f"{where}: not a {what} archive (not a zip file: {exc})") from None
+
+
+def read_export_archive(path: str) -> io.BytesIO:
+    """The archive's bytes, checked: hand the returned buffer to ``torch.export.load``."""
+    return _read_checked(path, check_export_archive)
 
 
 def check_export_archive(data: bytes, where: str) -> None:
     """Raise UnsafeArtifact unless ``data`` is a plain torch.export archive (see module doc)."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise EngineLoadError(f"{where}: not a torch.export archive (not a zip file: {exc})") from None
+    archive, infos = _open_zip(data, where, "torch.export")
     members = _members(infos, where)
     for name, info in members.items():
         if info.compress_type != zipfile.ZIP_STORED:
@@ -377,10 +386,7 @@ def _guard_ok(text: str) -> bool:
 
 def read_torchscript_archive(path: str) -> io.BytesIO:
     """The archive's bytes, checked: hand the returned buffer to ``torch.jit.load``."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    check_torchscript_archive(data, path)
-    return io.BytesIO(data)
+    return _read_checked(path, check_torchscript_archive)
 
 
 def check_torchscript_archive(data: bytes, where: str) -> None:
@@ -390,11 +396,7 @@ def check_torchscript_archive(data: bytes, where: str) -> None:
     identifiers are read with ``tokenize`` and none may be one that only those operators
     use (``torch.save``, ``torch.from_file``, ``ops.debugprims...``).
     """
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise EngineLoadError(f"{where}: not a TorchScript archive (not a zip file: {exc})") from None
+    archive, infos = _open_zip(data, where, "TorchScript")
     for info in infos:
         if "/code/" not in f"/{info.filename}" or not info.filename.endswith(".py"):
             continue

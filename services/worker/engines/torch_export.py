@@ -6,7 +6,7 @@ load runs with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` set: every ``torch.load`` insid
 uses the weights-only unpickler.
 The program must have been exported with positional arguments (``torch.export.export(m,
 (x,))``); they are passed in the order of the program's own input names when those are the
-config's names. Threads and CUDA handling are shared with TorchScript (torchscript.py).
+config's names. Threads, CUDA handling and the runner are torch_support.py's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from services.worker.engines.torch_archives import read_export_archive
-from services.worker.engines.torchscript import TorchEngineBase
+from services.worker.engines.torch_support import TorchEngineBase
 
 _FORCE_SAFE_ENV = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 _env_lock = threading.Lock()
