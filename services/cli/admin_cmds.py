@@ -219,7 +219,9 @@ async def models_register(client: Any, args: argparse.Namespace) -> int:
     roots = tuple(p.expanduser().resolve() for p in args.artifact_root)
     try:
         artifacts.check_uri(artifacts.uri_for(artifact), roots)
-        digest = await asyncio.to_thread(artifacts.sha256_of, artifact, timeout_s=args.hash_timeout_s)
+        digest = await asyncio.to_thread(
+            artifacts.sha256_of, artifact, timeout_s=args.hash_timeout_s, roots=roots
+        )
     except artifacts.ArtifactError as exc:
         raise CommandError(str(exc)) from None
     version = await client.register_model_version(

@@ -257,7 +257,8 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
             cluster.service(
                 f"worker-{i + 1}",
                 ["worker", "--registry", registry.address, "--serve", serve, "--trusted-repository",
-                 str(repository), "--port", "0", "--processes", str(args.worker_processes), *common],
+                 str(repository), "--artifact-root", str(repository.resolve()), "--port", "0",
+                 "--processes", str(args.worker_processes), *common],
                 timeout_s=args.ready_timeout_s, core=False, env=key_env,
             )
             for i in range(args.workers)

@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="cluster mode: a directory whose python handlers may run (repeatable)",
     )
+    parser.add_argument(
+        "--artifact-root", action="append", type=Path, default=[], metavar="DIR",
+        help="cluster mode: read artifacts only from inside DIR (repeatable; none: any local path)",
+    )
     add_process_args(
         parser,
         ", each with its own copy of the models; in cluster mode each process binds a port of its own "
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             lease_ttl_s=args.lease_ttl_s,
             advertise_address=args.advertise,
             trusted_repositories=tuple(p.resolve() for p in args.trusted_repository),
+            artifact_roots=tuple(p.resolve() for p in args.artifact_root),
         )
     only = {n.strip() for n in args.models.split(",") if n.strip()} if args.models else None
     app = WorkerApp(repository=args.model_repository, only_models=only, cluster=cluster)

@@ -44,8 +44,16 @@ class ArtifactError(Exception):
 class _Budget:
     """What hashing may still spend: bytes, time, and whether someone asked it to stop."""
 
-    def __init__(self, what: str, max_bytes: int, timeout_s: float | None, cancel: threading.Event | None):
+    def __init__(
+        self,
+        what: str,
+        max_bytes: int,
+        timeout_s: float | None,
+        cancel: threading.Event | None,
+        roots: Sequence[Path] = (),
+    ):
         self.what = what
+        self.roots = tuple(roots)
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -103,6 +111,8 @@ def manifest(directory: Path, budget: _Budget | None = None) -> list[tuple[str, 
             if not path.is_file():  # sockets, FIFOs, devices, dangling links: not part of a model
                 continue
             budget.spend(0)
+            if budget.roots:
+                confine(path, budget.roots, budget.what)  # a symlink inside may lead out
             entries.append((path.relative_to(directory).as_posix(), file_sha256(path, budget)))
     entries.sort()
     return entries
@@ -114,13 +124,15 @@ def sha256_of(
     max_bytes: int = MAX_ARTIFACT_BYTES,
     timeout_s: float | None = HASH_TIMEOUT_S,
     cancel: threading.Event | None = None,
+    roots: Sequence[Path] = (),
 ) -> str:
     """The sha256 of an artifact: a file's own, or a directory's manifest's.
 
     Raises ArtifactError when it is neither a regular file nor a directory, is larger than
-    ``max_bytes``, takes longer than ``timeout_s`` or ``cancel`` is set meanwhile.
+    ``max_bytes``, takes longer than ``timeout_s`` or ``cancel`` is set meanwhile, or (with
+    ``roots``) a file inside it resolves outside them.
     """
-    budget = _Budget(str(path), max_bytes, timeout_s, cancel)
+    budget = _Budget(str(path), max_bytes, timeout_s, cancel, roots)
     try:
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):

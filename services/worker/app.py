@@ -27,6 +27,8 @@ class ClusterSettings:
     advertise_address: str | None = None
     #: Directories whose python handlers may run (cluster mode); empty: none allowed.
     trusted_repositories: tuple[Path, ...] = ()
+    #: Directories artifacts may be read from (cluster mode); empty: any local path.
+    artifact_roots: tuple[Path, ...] = ()
 
 
 class WorkerApp:
@@ -66,6 +68,7 @@ class WorkerApp:
                 host=self.models,
                 advertise_address=settings.advertise_address or self.bound_address,
                 lease_ttl_s=settings.lease_ttl_s,
+                artifact_roots=settings.artifact_roots,
             )
             await self._cluster.start()
 

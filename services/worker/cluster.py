@@ -75,16 +75,17 @@ def _assigned(table: rpb.RoutingTable, models: frozenset[str]) -> dict[Key, rpb.
 
 
 def prepare_version(
-    version: rpb.ModelVersion, cancel: threading.Event | None = None
+    version: rpb.ModelVersion, cancel: threading.Event | None = None, roots: tuple[Path, ...] = ()
 ) -> tuple[Path, ModelConfig]:
     """Fetch and verify a version's artifact: its version directory and config.
 
     Raises ArtifactError for a missing or disallowed artifact (a device, a FIFO, over the
     size cap), a sha256 mismatch, hashing past its timeout or ``cancel`` being set. Runs in
-    a thread: hashing a large artifact must not stall the event loop.
+    a thread: hashing a large artifact must not stall the event loop. With ``roots`` the
+    artifact, and every file inside a directory artifact, must resolve inside them.
     """
-    path = artifacts.fetch(version.artifact_uri)
-    digest = artifacts.sha256_of(path, cancel=cancel)
+    path = artifacts.fetch(version.artifact_uri, roots)
+    digest = artifacts.sha256_of(path, cancel=cancel, roots=roots)
     if digest != version.sha256:
         raise ShaMismatch(
             f"sha256 mismatch: the registry recorded {version.sha256} but {version.artifact_uri} "
@@ -103,7 +104,7 @@ class ShaMismatch(artifacts.ArtifactError):
     """The artifact is not the one registered: refused for good (until re-registered)."""
 
 
-async def _prepare_off_loop(version: rpb.ModelVersion) -> tuple[Path, ModelConfig]:
+async def _prepare_off_loop(version: rpb.ModelVersion, roots: tuple[Path, ...]) -> tuple[Path, ModelConfig]:
     """``prepare_version`` on a daemon thread that stops when the awaiting task is cancelled.
 
     Not the default executor: the interpreter joins its threads at exit, so one stuck
@@ -130,7 +131,7 @@ async def _prepare_off_loop(version: rpb.ModelVersion) -> tuple[Path, ModelConfi
 
     def work() -> None:
         try:
-            result = prepare_version(version, cancel)
+            result = prepare_version(version, cancel, roots)
         except BaseException as exc:  # handed to the awaiting task, whatever it is
             deliver(None, exc)
             return
@@ -153,6 +154,7 @@ class ClusterMember:
         host: ModelHost,
         advertise_address: str,
         lease_ttl_s: int = 0,
+        artifact_roots: tuple[Path, ...] = (),
     ) -> None:
         if not advertise_address:
             raise ValueError("cluster mode needs an address routers can dial (--advertise HOST:PORT)")
@@ -161,6 +163,8 @@ class ClusterMember:
         self.host = host
         self.advertise_address = advertise_address
         self.lease_ttl_s = lease_ttl_s
+        #: Where artifacts may be read from (empty: anywhere local).
+        self.artifact_roots = artifact_roots
         self.worker_id = ""
         #: Set once the first routing table has been reconciled (loads attempted).
         self.synced = asyncio.Event()
@@ -300,7 +304,7 @@ class ClusterMember:
         self._loading.add(key)
         self._poke.set()
         try:
-            version_dir, config = await _prepare_off_loop(version)
+            version_dir, config = await _prepare_off_loop(version, self.artifact_roots)
             self._attempted.add(key)
             await self.host.load_version(model, number, version_dir, config)
             self._failures.pop(key, None)

@@ -30,7 +30,7 @@ from tests.support.models import build_examples
 from tests.support.processes import ROOT, start_service
 
 #: One model name per test: the worker serves these.
-MODELS = ("pickled", "rootdir", "rootfile", "inside")
+MODELS = ("pickled", "rootdir", "rootfile", "inside", "leaky")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def cluster(redis_server, admin, root):
     trusted.mkdir()
     worker = start_service([
         "worker", "--registry", registry.address, "--serve", ",".join(MODELS), "--admin-key", admin.key,
-        "--port", "0", "--trusted-repository", str(trusted),
+        "--port", "0", "--trusted-repository", str(trusted), "--artifact-root", str(root),
     ])
     yield registry, worker
     worker.terminate()
@@ -235,3 +235,19 @@ async def test_worker_refuses_an_artifact_swapped_for_a_device_and_still_stops(c
         finally:
             code = worker.terminate(timeout=30)
     assert code == 0, worker.logs()
+
+
+async def test_worker_refuses_a_directory_artifact_that_links_outside_its_roots(cluster, admin, root, tmp_path) -> None:
+    registry, _ = cluster
+    version_dir = root / "leaky" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.onnx").write_bytes(b"weights")
+    secret = tmp_path / "secret.bin"  # outside the root
+    secret.write_bytes(b"not the worker's to read")
+    (version_dir / "extra.bin").symlink_to(secret)
+    async with RegistryClient(registry.address, admin.key) as client:
+        # The registry does not walk directories; the worker does, before it reads a byte.
+        await client.register_model_version(
+            "leaky", 1, artifacts.uri_for(version_dir), artifacts.sha256_of(version_dir), ONNX_CONFIG, rpb.PRODUCTION
+        )
+        await wait_refused(client, "leaky", "1", "outside the artifact roots")

@@ -93,3 +93,16 @@ def test_hashing_has_a_size_cap_a_timeout_and_can_be_cancelled(tmp_path: Path) -
     cancel.set()
     with pytest.raises(artifacts.ArtifactError, match="cancelled"):
         artifacts.sha256_of(path, cancel=cancel)
+
+
+def test_files_inside_a_directory_must_stay_inside_the_roots(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "m").mkdir(parents=True)
+    (root / "m" / "model.onnx").write_bytes(b"x")
+    (root / "m" / "inside").symlink_to(root / "m" / "model.onnx")
+    assert artifacts.sha256_of(root / "m", roots=(root,))
+    (tmp_path / "secret").write_text("s")
+    (root / "m" / "leak").symlink_to(tmp_path / "secret")
+    with pytest.raises(artifacts.ArtifactError, match="outside the artifact roots"):
+        artifacts.sha256_of(root / "m", roots=(root,))
+    assert artifacts.sha256_of(root / "m")  # no roots: not confined
