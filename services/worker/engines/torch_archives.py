@@ -106,6 +106,8 @@ _SYMPY_CALLS = frozenset(
     }
 )  # fmt: skip
 _SYMBOL = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+#: What names, keys and other plain strings in a program may be made of.
+_PLAIN = re.compile(r"[A-Za-z0-9_.+]*")
 #: Python operators a node target may name (torch's symbolic-int arithmetic).
 _OPERATOR_TARGETS = frozenset(
     {
@@ -207,6 +209,8 @@ def _check_payload_config(config: Any, kind: str, raw_tensors: set[str], where: 
     for fqn, meta in entries.items():
         if not isinstance(meta, dict):
             raise EngineLoadError(f"{where}: {kind} entry {fqn!r} is not a mapping")
+        if not _PLAIN.fullmatch(fqn):
+            raise UnsafeArtifact(f"{where}: {kind} entry {fqn!r} is not a plain dotted name")
         path_name = meta.get("path_name")
         if meta.get("use_pickle"):
             raise UnsafeArtifact(
@@ -244,6 +248,7 @@ def _check_program(program: Any, where: str) -> None:
             # A string input's value is pasted into generated guard code.
             raise UnsafeArtifact(f"{where}: the program takes a string input ({entry['as_string']!r})")
     try:
+        _check_strings(program, where)
         for mapping in _mappings(program):
             if isinstance(mapping.get("target"), str) and "inputs" in mapping:  # a graph node
                 _check_target(mapping["target"], where)
@@ -255,6 +260,69 @@ def _check_program(program: Any, where: str) -> None:
                     raise UnsafeArtifact(f"{where}: symbolic expression {value!r} is not arithmetic over symbols")
     except RecursionError:
         raise UnsafeArtifact(f"{where}: models/{_MODEL}.json nests too deeply") from None
+
+
+def _check_strings(value: Any, where: str, depth: int = 0) -> None:
+    """Every name in the program must be plain: torch pastes them into generated Python.
+
+    ``ExportedProgram.module()`` writes the module's forward as source and ``exec``s it:
+    parameter and buffer names go into ``getattr(self, "...")`` unescaped, input names
+    into the ``def`` line, pytree keys into quoted literals, and the stack trace into a
+    comment. So every string (and mapping key) must be dotted identifier characters,
+    except operator string arguments (written with ``repr``), node metadata (free text,
+    but no carriage return, which would end the comment), the pytree specs (JSON, whose
+    strings obey the same rule) and the expressions and guards checked on their own.
+    """
+    if depth > _MAX_JSON_DEPTH:
+        raise RecursionError
+    if isinstance(value, list):
+        for item in value:
+            _check_strings(item, where, depth + 1)
+        return
+    if isinstance(value, str):
+        if not _PLAIN.fullmatch(value):
+            raise UnsafeArtifact(f"{where}: name {value!r} is not plain (letters, digits, '_', '.', '+')")
+        return
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        if not _PLAIN.fullmatch(key):
+            raise UnsafeArtifact(f"{where}: key {key!r} is not plain (letters, digits, '_', '.', '+')")
+        if key in ("as_string", "as_strings"):
+            continue  # repr'd into generated code
+        if key in ("expr_str", "guards_code"):
+            continue  # checked by _expression_ok / _guard_ok
+        if key == "metadata" and isinstance(item, dict):
+            for text in item.values():
+                if isinstance(text, str) and ("\r" in text or "\x00" in text):
+                    raise UnsafeArtifact(f"{where}: node metadata holds a carriage return or NUL")
+            continue
+        if key in ("in_spec", "out_spec") and isinstance(item, str):
+            _check_strings(_spec_json(item, where), where, depth + 1)
+            continue
+        _check_strings(item, where, depth + 1)
+
+
+def _spec_json(text: str, where: str) -> Any:
+    """A serialized pytree spec, with the JSON strings nested in it (contexts) decoded too."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise UnsafeArtifact(f"{where}: pytree spec {text[:80]!r} is not JSON") from None
+
+    def decode(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: decode(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [decode(v) for v in item]
+        if isinstance(item, str) and not _PLAIN.fullmatch(item):
+            try:
+                return decode(json.loads(item))
+            except ValueError:
+                return item  # refused by the caller, naming it
+        return item
+
+    return decode(value)
 
 
 def _mappings(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:

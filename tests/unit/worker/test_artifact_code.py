@@ -99,6 +99,39 @@ def test_guard_code_is_not_executed(digits: Path, tmp_path: Path) -> None:
     _refused(_export_copy(digits, tmp_path, lambda f: _edit_program(f, change)), marker, "guard")
 
 
+def test_parameter_names_are_not_pasted_into_generated_code(digits: Path, tmp_path: Path) -> None:
+    # ExportedProgram.module() writes getattr(self, "<name>") into source it exec's.
+    marker = tmp_path / "marker"
+    evil = f'zz", getattr(__import__("os"),"system")("touch {marker}")) if 1 else ("'
+    if "." in evil:  # torch splits names on dots
+        pytest.skip(f"the temporary path {marker} has a dot")
+    fqn = "hidden." + evil
+
+    def edit(files: Files) -> None:
+        config = json.loads(files["data/weights/model_weights_config.json"])
+        config["config"][fqn] = config["config"].pop("hidden.weight")
+        files["data/weights/model_weights_config.json"] = json.dumps(config).encode()
+
+        def change(program: dict) -> None:
+            for spec in program["graph_module"]["signature"]["input_specs"]:
+                if spec.get("parameter", {}).get("parameter_name") == "hidden.weight":
+                    spec["parameter"]["parameter_name"] = fqn
+
+        _edit_program(files, change)
+
+    _refused(_export_copy(digits, tmp_path, edit), marker, "not a plain dotted name|is not plain")
+
+
+def test_a_carriage_return_in_a_stack_trace_is_refused(digits: Path, tmp_path: Path) -> None:
+    # The stack trace becomes a comment in generated code; "\r" would end it.
+    def change(program: dict) -> None:
+        node = program["graph_module"]["graph"]["nodes"][0]
+        node["metadata"]["stack_trace"] = 'File "x.py", line 1, in f\r__import__("os")\n    y'
+
+    with pytest.raises(UnsafeArtifact, match="carriage return"):
+        create_engine(_export_copy(digits, tmp_path, lambda f: _edit_program(f, change))).load()
+
+
 @pytest.mark.parametrize(
     "target,why",
     [("torch.os.system", "not a registered operator"), ("torch.ops.aten.save.default", "aten::save")],
