@@ -50,8 +50,9 @@ FORBIDDEN_OPERATORS = frozenset({"aten::save", "aten::from_file"})
 FORBIDDEN_NAMESPACES = frozenset(
     {"debugprims", "c10d", "_c10d_functional", "_c10d_functional_autograd", "symm_mem"}
 )
-#: Identifiers that can only name those operators in serialized TorchScript code.
-_FORBIDDEN_TS_NAMES = frozenset({"save", "from_file", "load_tensor", *FORBIDDEN_NAMESPACES})
+#: Identifiers that can only name those operators in serialized TorchScript code, and the
+#: TorchBind classes that reach other processes or device libraries.
+_FORBIDDEN_TS_NAMES = frozenset({"save", "from_file", "load_tensor", "dist_rpc", "_nnapi", *FORBIDDEN_NAMESPACES})
 
 
 def operator_forbidden(qualified_name: str) -> bool:
