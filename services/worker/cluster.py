@@ -35,6 +35,7 @@ from services.common.errors import NotFound, PermissionDenied, ShunterError, Una
 from services.common.model_config import ModelConfig, parse_model_config
 from services.common.registry_client import RegistryClient
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.worker.engines.base import UnsafeArtifact
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +310,8 @@ class ClusterMember:
             await self.host.load_version(model, number, version_dir, config)
             self._failures.pop(key, None)
             logger.info("cluster: %s version %s loaded from %s", model, number, version.artifact_uri)
-        except ShaMismatch as exc:
+        except (ShaMismatch, UnsafeArtifact) as exc:
+            # Not retried: the same bytes would be refused again (until re-registered).
             logger.error("refusing %s version %s: %s", model, number, exc)
             self._failures[key] = _Failure(version.sha256, str(exc), None)
         except Exception as exc:

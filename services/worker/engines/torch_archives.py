@@ -37,11 +37,19 @@ from typing import Any
 
 import torch
 
-from services.worker.engines.base import EngineLoadError
+from services.worker.engines.base import EngineLoadError, UnsafeArtifact
 
-
-class UnsafeArtifact(EngineLoadError):
-    """The artifact holds something that would run code (or touch files) when loaded."""
+__all__ = [
+    "FORBIDDEN_NAMESPACES",
+    "FORBIDDEN_OPERATORS",
+    "UnsafeArtifact",
+    "check_export_archive",
+    "check_torchscript_archive",
+    "check_torchscript_module",
+    "operator_forbidden",
+    "read_export_archive",
+    "read_torchscript_archive",
+]
 
 
 #: Operators no model artifact may call: they read or write files named by the model, or

@@ -99,6 +99,7 @@ async def test_torch_export_archive_with_a_pickled_object_never_runs(cluster, ad
             timeout_s=120, what="version 2 ready",
         )
     assert not marker.exists(), "the archive's pickle ran on the worker"
+    assert "refusing pickled version 3" in worker.logs()  # for good: not retried every 30 s
     assert (await infer_digits(worker.address, model, "2")).shape == (10,)
 
 
