@@ -29,6 +29,8 @@ class ClusterSettings:
     trusted_repositories: tuple[Path, ...] = ()
     #: Directories artifacts may be read from (cluster mode); empty: any local path.
     artifact_roots: tuple[Path, ...] = ()
+    #: Seconds a version may take to load and warm up before it is refused (cluster mode).
+    load_timeout_s: float = 900.0
 
 
 class WorkerApp:
@@ -69,6 +71,7 @@ class WorkerApp:
                 advertise_address=settings.advertise_address or self.bound_address,
                 lease_ttl_s=settings.lease_ttl_s,
                 artifact_roots=settings.artifact_roots,
+                load_timeout_s=settings.load_timeout_s,
             )
             await self._cluster.start()
 

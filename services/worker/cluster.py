@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 5.0
 #: Seconds before a load that failed for another reason than its sha256 is tried again.
 LOAD_RETRY_S = 30.0
+#: Seconds one version may take to load and warm up before it is given up for good.
+LOAD_TIMEOUT_S = 900.0
 
 Key = tuple[str, str]  # (model, version)
 
@@ -105,6 +107,10 @@ class ShaMismatch(artifacts.ArtifactError):
     """The artifact is not the one registered: refused for good (until re-registered)."""
 
 
+class LoadTimeout(Exception):
+    """A version took longer than the load timeout: refused for good (it would hang again)."""
+
+
 async def _prepare_off_loop(version: rpb.ModelVersion, roots: tuple[Path, ...]) -> tuple[Path, ModelConfig]:
     """``prepare_version`` on a daemon thread that stops when the awaiting task is cancelled.
 
@@ -156,6 +162,7 @@ class ClusterMember:
         advertise_address: str,
         lease_ttl_s: int = 0,
         artifact_roots: tuple[Path, ...] = (),
+        load_timeout_s: float = LOAD_TIMEOUT_S,
     ) -> None:
         if not advertise_address:
             raise ValueError("cluster mode needs an address routers can dial (--advertise HOST:PORT)")
@@ -166,6 +173,8 @@ class ClusterMember:
         self.lease_ttl_s = lease_ttl_s
         #: Where artifacts may be read from (empty: anywhere local).
         self.artifact_roots = artifact_roots
+        #: A version still loading after this long is refused, so the next ones can load.
+        self.load_timeout_s = load_timeout_s
         self.worker_id = ""
         #: Set once the first routing table has been reconciled (loads attempted).
         self.synced = asyncio.Event()
@@ -307,10 +316,16 @@ class ClusterMember:
         try:
             version_dir, config = await _prepare_off_loop(version, self.artifact_roots)
             self._attempted.add(key)
-            await self.host.load_version(model, number, version_dir, config)
+            try:
+                await asyncio.wait_for(self.host.load_version(model, number, version_dir, config), self.load_timeout_s)
+            except TimeoutError:
+                raise LoadTimeout(
+                    f"did not load and warm up within {self.load_timeout_s:g} s (--load-timeout-s); "
+                    "refusing it until it is registered again"
+                ) from None
             self._failures.pop(key, None)
             logger.info("cluster: %s version %s loaded from %s", model, number, version.artifact_uri)
-        except (ShaMismatch, UnsafeArtifact) as exc:
+        except (ShaMismatch, UnsafeArtifact, LoadTimeout) as exc:
             # Not retried: the same bytes would be refused again (until re-registered).
             logger.error("refusing %s version %s: %s", model, number, exc)
             self._failures[key] = _Failure(version.sha256, str(exc), None)

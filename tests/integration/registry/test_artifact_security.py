@@ -30,7 +30,9 @@ from tests.support.models import build_examples
 from tests.support.processes import ROOT, start_service
 
 #: One model name per test: the worker serves these.
-MODELS = ("pickled", "rootdir", "rootfile", "inside", "leaky")
+MODELS = ("pickled", "rootdir", "rootfile", "inside", "leaky", "ahang", "bafter")
+#: Short enough for a test, long enough for the example models on a busy machine.
+LOAD_TIMEOUT_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +49,13 @@ def cluster(redis_server, admin, root):
     worker = start_service([
         "worker", "--registry", registry.address, "--serve", ",".join(MODELS), "--admin-key", admin.key,
         "--port", "0", "--trusted-repository", str(trusted), "--artifact-root", str(root),
+        "--load-timeout-s", str(LOAD_TIMEOUT_S),
     ])
     yield registry, worker
-    worker.terminate()
+    # Exits cleanly even with an engine thread still stuck in a load (test_a_load_that_hangs...).
+    code = worker.terminate(timeout=30)
     registry.terminate()
+    assert code == 0, worker.logs()
 
 
 def status_of(workers: list[rpb.Worker], model: str, version: str) -> rpb.VersionStatus | None:
@@ -252,3 +257,28 @@ async def test_worker_refuses_a_directory_artifact_that_links_outside_its_roots(
             "leaky", 1, artifacts.uri_for(version_dir), artifacts.sha256_of(version_dir), ONNX_CONFIG, rpb.PRODUCTION
         )
         await wait_refused(client, "leaky", "1", "outside the artifact roots")
+
+
+async def test_a_load_that_hangs_is_given_up_and_the_next_versions_load(cluster, admin, root) -> None:
+    registry, _ = cluster
+    trusted = root / "trusted"
+    for name, load_hook in (("ahang", "time.sleep(3600)"), ("bafter", "pass")):
+        model_dir = trusted / name
+        (model_dir / "1").mkdir(parents=True)
+        (model_dir / "config.yaml").write_text(PYTHON_CONFIG)
+        (model_dir / "handler.py").write_text(
+            f"import time\n\n\ndef load(model_dir):\n    {load_hook}\n\n\ndef infer(inputs):\n"
+            "    return {'OUT': inputs['IN'] * 2}\n"
+        )
+    async with RegistryClient(registry.address, admin.key) as client:
+        for name in ("ahang", "bafter"):  # the reconciler loads in this (sorted) order
+            version_dir = trusted / name / "1"
+            await client.register_model_version(
+                name, 1, artifacts.uri_for(version_dir), artifacts.sha256_of(version_dir), PYTHON_CONFIG,
+                rpb.PRODUCTION,
+            )
+        await wait_refused(client, "ahang", "1", f"did not load and warm up within {LOAD_TIMEOUT_S} s")
+        await eventually(
+            client.list_workers, lambda ws: (s := status_of(ws, "bafter", "1")) is not None and s.ready,
+            timeout_s=120, what="bafter ready after the hung load was given up",
+        )
