@@ -49,15 +49,18 @@ BAD_KEY_RETRY_S = 10.0
 TableSource = Callable[[StateHook], AsyncIterator[registry_pb2.RoutingTable]]
 
 
-def registry_watch(settings: RouterSettings) -> TableSource:
-    """Routing tables from the registry (several addresses, comma-separated, tried in turn)."""
-    client = RegistryClient(settings.registry, settings.admin_key or None)
+class RegistryWatch:
+    """The default ``TableSource``: the registry's watch (several addresses, comma-separated,
+    tried in turn)."""
 
-    def source(on_state: StateHook) -> AsyncIterator[registry_pb2.RoutingTable]:
-        return client.watch(min_backoff_s=MIN_BACKOFF_S, max_backoff_s=MAX_BACKOFF_S, on_state=on_state)
+    def __init__(self, settings: RouterSettings) -> None:
+        self.client = RegistryClient(settings.registry, settings.admin_key or None)
 
-    source.close = client.close  # type: ignore[attr-defined]
-    return source
+    def __call__(self, on_state: StateHook) -> AsyncIterator[registry_pb2.RoutingTable]:
+        return self.client.watch(min_backoff_s=MIN_BACKOFF_S, max_backoff_s=MAX_BACKOFF_S, on_state=on_state)
+
+    async def close(self) -> None:
+        await self.client.close()
 
 
 def lost_from(current: RoutingSnapshot, new: RoutingSnapshot) -> list[str]:
@@ -83,7 +86,7 @@ class RouterApp:
         self.settings = settings
         self.router = Router(settings)
         self.servicer = RouterServicer(self.router)
-        self._source = table_source or registry_watch(settings)
+        self._source = table_source or RegistryWatch(settings)
         self._hold = WorkerHold()
         self._watcher: asyncio.Task | None = None
         self._first_table = asyncio.Event()
@@ -170,7 +173,6 @@ class RouterApp:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            await close()
+        if isinstance(self._source, RegistryWatch):
+            await self._source.close()
         await self.router.close()
