@@ -17,10 +17,11 @@ cover the input exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,7 @@ class _Runner:
             for spec in signature.outputs
         }
         self.calls = asyncio.Semaphore(max(1, opts.concurrency))
+        self.lanes = Lanes()
         # Enough chunks ahead to keep every call slot busy, two at least.
         self.window = max(2, -(-opts.concurrency * self.per_request // opts.chunk_rows) + 1)
 
@@ -271,9 +273,25 @@ class _Runner:
 
     async def _infer_rows(self, rows: np.ndarray, inputs: dict[str, np.ndarray],
                           errors: dict[int, tuple[str, str]]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Results for these rows, in order; rows the server rejects are isolated by halving."""
+        """Results for these rows, in order; rows the server rejects are isolated by halving.
+
+        A worker batches concurrent requests together, and a batch fails as a whole, so a
+        rejection in the shared lane may be a neighbour's fault: the rows are tried again in the
+        exclusive lane (no other call of this job in flight) before they are blamed or halved.
+        """
         try:
             async with self.calls:
+                async with self.lanes.shared():
+                    result = await self.client.infer(inputs)
+        except RowsRejected:
+            return await self._isolate(rows, inputs, errors)
+        self._count(len(rows), 0)
+        return [(rows, result)]
+
+    async def _isolate(self, rows: np.ndarray, inputs: dict[str, np.ndarray],
+                       errors: dict[int, tuple[str, str]]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        try:
+            async with self.lanes.exclusive():
                 result = await self.client.infer(inputs)
         except RowsRejected as exc:
             if len(rows) == 1:
@@ -281,8 +299,8 @@ class _Runner:
                 self._count(0, 1)
                 return []
             half = len(rows) // 2
-            first = await self._infer_rows(rows[:half], {k: v[:half] for k, v in inputs.items()}, errors)
-            second = await self._infer_rows(rows[half:], {k: v[half:] for k, v in inputs.items()}, errors)
+            first = await self._isolate(rows[:half], {k: v[:half] for k, v in inputs.items()}, errors)
+            second = await self._isolate(rows[half:], {k: v[half:] for k, v in inputs.items()}, errors)
             return first + second
         self._count(len(rows), 0)
         return [(rows, result)]
@@ -291,6 +309,47 @@ class _Runner:
         self.progress.done += done + errors
         self.progress.errors += errors
         self.on_update(self.progress)
+
+
+class Lanes:
+    """A readers-writer lock for calls: many shared calls, or one exclusive call alone.
+
+    A waiting exclusive caller stops new shared calls, so isolation never starves.
+    """
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._waiting += 1
+            try:
+                await self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
