@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "registry_cmd",
     "admin_cmds",
     "batch_cmd",
+    "stream_cmd",
 )
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import ROOT, ServiceProcess, start_service
+from tests.support.processes import ROOT, ServiceProcess, _pump, start_service
 
 #: FP32[4] → FP32[4] (twice the input). Any batch holding a negative value is refused with
 #: INVALID_ARGUMENT, as a model that validates its own inputs would: the server-side bad row.
@@ -50,8 +56,6 @@ def batch_command(*args: str) -> list[str]:
 
 
 def run_batch(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run(
         batch_command(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
@@ -69,3 +73,51 @@ def tree_bytes(output: Path) -> dict[str, bytes]:
     files = {p.name: p.read_bytes() for p in sorted(output.iterdir())}
     files["errors"] = output.with_name(output.name + ".errors.jsonl").read_bytes()
     return files
+
+
+STREAM_READY = "shunter stream consuming "
+
+
+@dataclass
+class StreamConsumer:
+    proc: subprocess.Popen
+    metrics_url: str
+    stderr_tail: deque
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(self.stderr_tail)
+
+
+def stream_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli.main", "stream", *args]
+
+
+def start_consumer(*args: str, timeout: float = 60) -> StreamConsumer:
+    """Run `shunter stream ARGS` and wait for its 'consuming' line; fail fast if it exits."""
+    proc = subprocess.Popen(stream_command(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    tail: deque = deque(maxlen=300)
+    threading.Thread(target=_pump, args=(proc.stderr, tail), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait()
+            raise RuntimeError(f"shunter stream exited with {proc.returncode}:\n" + "\n".join(tail))
+        if line.startswith(STREAM_READY):
+            host_port = line.strip().rsplit(" ", 1)[1]
+            threading.Thread(target=_pump, args=(proc.stdout, deque(maxlen=10)), daemon=True).start()
+            return StreamConsumer(proc, f"http://{host_port}/metrics", tail)
+    proc.kill()
+    raise TimeoutError("shunter stream not consuming in time")
