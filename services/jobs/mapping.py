@@ -109,10 +109,14 @@ def convert_value(value: Any, spec: TensorSpec) -> np.ndarray:
     if spec.datatype == "BYTES":
         array = np.asarray(_to_bytes(value), dtype=object)
     else:
-        if isinstance(value, str | bytes) or _has_strings(value):
-            raise ValueError(f"a string where {spec.datatype} numbers are expected")
         try:
-            array = np.asarray(value, dtype=NUMPY_DTYPES[spec.datatype])
+            array = np.asarray(value)
+        except ValueError as exc:  # ragged nesting
+            raise ValueError(f"not a {spec.datatype} tensor: {exc}") from None
+        if array.dtype.kind in "USO":
+            raise ValueError(f"a string or mixed value where {spec.datatype} numbers are expected")
+        try:
+            array = array.astype(NUMPY_DTYPES[spec.datatype], copy=False)
         except (ValueError, TypeError, OverflowError) as exc:
             raise ValueError(f"not {spec.datatype}: {exc}") from None
     if array.shape == () and (_elements(spec) == 1):
@@ -120,12 +124,6 @@ def convert_value(value: Any, spec: TensorSpec) -> np.ndarray:
     if not _shape_fits(array.shape, spec.shape):
         raise ValueError(f"shape {list(array.shape)} does not fit {list(spec.shape)}")
     return array
-
-
-def _has_strings(value: Any) -> bool:
-    if isinstance(value, list | tuple):
-        return any(_has_strings(v) for v in value[:1]) or any(isinstance(v, str) for v in value)
-    return isinstance(value, str)
 
 
 def _to_bytes(value: Any) -> Any:

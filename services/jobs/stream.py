@@ -4,11 +4,11 @@ The loop, per consumer::
 
     own pending entries (after a start or a reconnect)  ─┐
     XAUTOCLAIM entries idle > --claim-idle-ms            ├→ decode → infer (router or worker)
-    XREADGROUP … COUNT batch BLOCK block-ms  >           ─┘    → result XADD + XACK in one Lua call
+    XREADGROUP … COUNT batch BLOCK block-ms  >           ─┘    → results XADD + XACK: one Lua call a batch
 
 Delivery is at least once (an entry is acknowledged only after its result is written), and
 the write is idempotent: the Lua script sets a dedupe key for (output stream, input entry id)
-with SET NX and only then XADDs, then XACKs, all in one atomic step. So a consumer killed
+with SET NX and only then XADDs, then XACKs, all in one atomic step (one script call per batch). So a consumer killed
 anywhere, or two consumers racing on a claimed entry, still leave exactly one result per
 event in the output stream. Poison entries (undecodable, INVALID_ARGUMENT, or delivered more
 than --max-deliveries times) are written to the dead-letter stream with their reason through
@@ -41,20 +41,29 @@ from services.jobs.stream_codec import Event, Poison, dead_letter_fields, decode
 
 logger = logging.getLogger(__name__)
 
-#: KEYS: output stream, dedupe key, input stream. ARGV: group, entry id, dedupe TTL (s),
-#: MAXLEN (0: none), then the result's field/value pairs. Returns 1 if written, 0 if a
-#: result for this entry was already there; acknowledges the entry either way.
+#: One call per batch. KEYS: output stream, input stream, then one dedupe key per entry.
+#: ARGV: group, dedupe TTL (s), MAXLEN (0: none), then per entry its id, its number of
+#: field/value items and those items. An entry's result is added only if its dedupe key was
+#: not set yet (SET NX); every entry is acknowledged either way. Returns how many were added.
 WRITE_AND_ACK = """
-local written = 0
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
-  if tonumber(ARGV[4]) > 0 then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
-  else
-    redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+local group, ttl, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local written, ids, i = 0, {}, 4
+for k = 3, #KEYS do
+  local id, n = ARGV[i], tonumber(ARGV[i + 1])
+  local fields = {}
+  for j = 1, n do fields[j] = ARGV[i + 1 + j] end
+  i = i + 2 + n
+  ids[#ids + 1] = id
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl) then
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(fields))
+    else
+      redis.call('XADD', KEYS[1], '*', unpack(fields))
+    end
+    written = written + 1
   end
-  written = 1
 end
-redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+if #ids > 0 then redis.call('XACK', KEYS[2], group, unpack(ids)) end
 return written
 """
 
@@ -290,23 +299,27 @@ class Consumer:
         if not results and not dead:
             return
         opts = self.opts
+        batches = (
+            (opts.output_stream, [(e.id, result_fields(e, outputs, self.datatypes)) for e, outputs in results]),
+            (opts.dlq, [(entry_id, dead_letter_fields(entry_id, fields, reason))
+                        for entry_id, fields, reason, _label in dead]),
+        )
         async with self.r.pipeline(transaction=False) as pipe:
-            for event, outputs in results:
-                fields = result_fields(event, outputs, self.datatypes)
-                await self.write(keys=[opts.output_stream, dedupe_key(opts.output_stream, opts.input_stream, event.id),
-                                       opts.input_stream],
-                                 args=[opts.group, event.id, opts.dedupe_ttl_s, opts.maxlen, *fields], client=pipe)
-            for entry_id, fields, reason, _label in dead:
-                await self.write(keys=[opts.dlq, dedupe_key(opts.dlq, opts.input_stream, entry_id), opts.input_stream],
-                                 args=[opts.group, entry_id, opts.dedupe_ttl_s, opts.maxlen,
-                                       *dead_letter_fields(entry_id, fields, reason)], client=pipe)
+            for stream, items in batches:
+                if not items:
+                    continue
+                keys = [stream, opts.input_stream, *(dedupe_key(stream, opts.input_stream, i) for i, _ in items)]
+                args: list = [opts.group, opts.dedupe_ttl_s, opts.maxlen]
+                for entry_id, fields in items:
+                    args += [entry_id, len(fields), *fields]
+                await self.write(keys=keys, args=args, client=pipe)
             written = await pipe.execute()
-        fresh = written[: len(results)]
+        if results:
+            m.DUPLICATES.labels(**self.labels).inc(len(results) - int(written[0]))
         self.processed += len(results)
         m.PROCESSED.labels(**self.labels).inc(len(results))
-        m.DUPLICATES.labels(**self.labels).inc(len(fresh) - sum(int(x) for x in fresh))
-        for _entry_id, _fields, reason, label in dead:
-            logger.warning("dead-lettered %s: %s", _entry_id, reason)
+        for entry_id, _fields, reason, label in dead:
+            logger.warning("dead-lettered %s: %s", entry_id, reason)
             m.DEAD_LETTERED.labels(group=opts.group, reason=label).inc()
         self.dead_lettered += len(dead)
 
