@@ -189,3 +189,35 @@ def test_bad_setup_is_refused_with_a_message_naming_it(redis_server, picky, args
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert r.xlen("out") == 0 if r.exists("out") else True
+
+
+def test_sigterm_finishes_the_batch_in_hand_and_exits_0(redis_server, picky):
+    r = redis.Redis.from_url(redis_server.url)
+    values = np.random.default_rng(10).uniform(0, 5, size=(3000, 4)).astype(np.float32)
+    produce(r, "in", values, {})
+    consumer = start_consumer(*consumer_args(redis_server.url, picky.address, "solo"))
+    try:
+        wait_for(lambda: r.xlen("out") >= 300, 60, "first results")
+        assert consumer.terminate() == 0
+    finally:
+        consumer.kill()
+    # Everything it read has its result and is acknowledged: nothing left pending under its name.
+    pending = r.xpending("in", "g")
+    assert pending["pending"] == 0, pending
+    (group,) = r.xinfo_groups("in")
+    assert r.xlen("out") == group["entries-read"] < 3000
+
+
+def test_through_the_router_with_an_api_key(cluster, redis_server):
+    r = redis.Redis.from_url(redis_server.url)
+    values = np.random.default_rng(11).uniform(0, 5, size=(50, 4)).astype(np.float32)
+    ids = produce(r, "in", values, {})
+    consumer = start_consumer("calc", "--redis-url", redis_server.url, "--input-stream", "in", "--output-stream",
+                              "out", "--group", "g", "--consumer", "c", "--target", cluster.routers[0].address,
+                              "--api-key", cluster.keys["data"])
+    try:
+        wait_for(lambda: r.xlen("out") >= 50, 60, "results through the router")
+        assert consumer.terminate() == 0
+    finally:
+        consumer.kill()
+    check_exactly_once(r, ids, values, {})
