@@ -32,7 +32,7 @@ from services.common.datatypes import NUMPY_DTYPES
 from services.common.signature import Signature
 from services.jobs.infer import InferClient, JobFailed, RowsRejected
 from services.jobs.mapping import Mapped, Segment, map_block, resolve
-from services.jobs.output import ChunkResult, OutputDir, errors_path
+from services.jobs.output import OUTPUT_FORMATS, ChunkResult, OutputDir, errors_path
 from services.jobs.readers import InputError, open_reader
 from services.jobs.retry import RetryPolicy
 
@@ -148,12 +148,8 @@ def job_identity(opts: BatchOptions, input_format: str, output_format: str) -> d
 async def run_batch(opts: BatchOptions, progress: Progress | None = None,
                     on_update: Callable[[Progress], None] | None = None) -> dict[str, Any]:
     """Run (or resume) one job; returns the summary. Raises InputError, OutputError, JobFailed, TooManyErrors."""
-    from services.jobs.output import OUTPUT_FORMATS
-    from services.jobs.readers import INPUT_FORMATS, format_of
-
     progress = progress or Progress()
     started = time.monotonic()
-    input_format = format_of(opts.input, opts.input_format, INPUT_FORMATS, "input") if opts.input.exists() else None
     reader = open_reader(opts.input, opts.input_format)
     output_format = opts.output_format or _output_format_from(opts.output)
     if output_format not in OUTPUT_FORMATS:
@@ -162,7 +158,7 @@ async def run_batch(opts: BatchOptions, progress: Progress | None = None,
                            timeout_s=opts.timeout_s, policy=opts.policy) as client:
         signature = await client.describe()
         sources = resolve(reader, signature)
-        out = OutputDir(opts.output, output_format, job_identity(opts, input_format or "", output_format),
+        out = OutputDir(opts.output, output_format, job_identity(opts, reader.format, output_format),
                         resume=opts.resume)
         progress.total = _total_rows(reader.num_rows, opts)
         progress.skipped = out.manifest["rows"]

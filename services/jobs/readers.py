@@ -60,6 +60,8 @@ class Reader:
 
     columns: list[str]
     num_rows: int | None
+    #: parquet, jsonl, npy or csv.
+    format: str
 
     def blocks(self, block_rows: int) -> Iterator[Block]:
         raise NotImplementedError
@@ -183,4 +185,6 @@ def open_reader(path: Path, fmt: str | None) -> Reader:
     if not path.is_file():
         raise InputError(f"input '{path}' is not a file")
     kind = format_of(path, fmt, INPUT_FORMATS, "input")
-    return {"parquet": ParquetReader, "csv": CsvReader, "jsonl": JsonlReader, "npy": NpyReader}[kind](path)
+    reader = {"parquet": ParquetReader, "csv": CsvReader, "jsonl": JsonlReader, "npy": NpyReader}[kind](path)
+    reader.format = kind
+    return reader
