@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk-rows", type=int, default=8192, metavar="N",
                         help="input rows per committed output chunk (default 8192)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per-call deadline (default 60)")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                        help="how long to wait for the target at start (default 10)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object, no progress bar")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         input_format=args.input_format, output_format=args.output_format,
         rows_per_request=args.rows_per_request, concurrency=args.concurrency, resume=args.resume,
         shard=shard, max_errors=args.max_errors, chunk_rows=args.chunk_rows, timeout_s=args.timeout,
+        connect_timeout_s=args.connect_timeout,
     )
     show_progress = not (args.json or args.no_progress)
     progress = Progress()

@@ -56,6 +56,7 @@ class BatchOptions:
     max_errors: int | None = None
     chunk_rows: int = 8192
     timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -156,7 +157,7 @@ async def run_batch(opts: BatchOptions, progress: Progress | None = None,
         raise InputError(f"unknown output format '{output_format}' (one of {', '.join(OUTPUT_FORMATS)})")
     async with InferClient(opts.target, opts.model, version=opts.version, api_key=opts.api_key,
                            timeout_s=opts.timeout_s, policy=opts.policy) as client:
-        signature = await client.describe()
+        signature = await client.describe(opts.connect_timeout_s)
         sources = resolve(reader, signature)
         out = OutputDir(opts.output, output_format, job_identity(opts, reader.format, output_format),
                         resume=opts.resume)

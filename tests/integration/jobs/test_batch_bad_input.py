@@ -68,12 +68,13 @@ def test_resume_of_a_different_job_is_refused(picky, tmp_path, good_input):
     ("model", "target", "code", "message"),
     [
         ("nope", None, 1, "model 'nope'"),
-        ("picky", "127.0.0.1:1", 1, "cannot connect to 127.0.0.1:1"),
+        ("picky", "127.0.0.1:1", 1, "cannot connect to 127.0.0.1:1 within 1 s"),
     ],
 )
 def test_an_unknown_model_or_unreachable_target_fails_the_job(picky, tmp_path, good_input, model, target, code,
                                                               message):
     out = tmp_path / "out"
-    done = run_batch(model, "--input", str(good_input), "--output", str(out), "--target", target or picky.address)
+    done = run_batch(model, "--input", str(good_input), "--output", str(out), "--target", target or picky.address,
+                     "--connect-timeout", "1")
     refused(done, code, message)
     assert not (out / "_manifest.json").exists()
