@@ -158,11 +158,11 @@ class RegistryClient:
 
     async def register_model_version(
         self, model: str, version: str | int, artifact_uri: str, sha256: str, config_yaml: str,
-        state: int = rpb.STAGED,
+        state: int = rpb.STAGED, optimize_report: str = "",
     ) -> rpb.ModelVersion:
         request = rpb.RegisterModelVersionRequest(
             model=model, version=str(version), artifact_uri=artifact_uri, sha256=sha256,
-            config_yaml=config_yaml, state=state,
+            config_yaml=config_yaml, state=state, optimize_report=optimize_report,
         )
         return await self._call("RegisterModelVersion", request, write=True)
 

@@ -85,10 +85,18 @@ class Catalogue:
 
     @cached_property
     def routing_table(self) -> rpb.RoutingTable:
-        """What routers and workers follow: non-archived versions, live workers, active keys."""
-        return rpb.RoutingTable(
+        """What routers and workers follow: non-archived versions, live workers, active keys.
+
+        Optimisation reports stay out: nothing that routes or serves reads them, and every
+        watcher would receive them on every change.
+        """
+        table = rpb.RoutingTable(
             revision=self.revision,
             models=self.models(include_archived=False),
             workers=self.sorted_workers(),
             keys=[key for key in self.sorted_keys() if not key.revoked],
         )
+        for model in table.models:
+            for version in model.versions:
+                version.ClearField("optimize_report")
+        return table
