@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="directory of student architectures for distill:arch=NAME (NAME.py defines student(config))")
     p.add_argument("--task", choices=("classify", "embed", "regress"), help="how to judge outputs (default: inferred)")
     p.add_argument("--workdir", type=Path, metavar="DIR",
-                   help="where candidates are built (default REPORT/candidates, else a temporary directory)")
+                   help="where candidates are built (default REPORT/candidates, else a temporary directory); with "
+                        "--register it must be where workers can read it, under the registry's --artifact-root")
     p.add_argument("--seconds-per-point", type=float, default=0.5, metavar="S",
                    help="timing budget per latency / batch-size measurement (default 0.5)")
     p.add_argument("--rounds", type=int, default=3, metavar="N",
