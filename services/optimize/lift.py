@@ -36,7 +36,13 @@ def load_program(path: Path, backend: str, sample: tuple[torch.Tensor, ...]) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             module = torch.jit.load(str(path), map_location="cpu")
-            return TS2EPConverter(module, sample).convert()
+            try:
+                return TS2EPConverter(module, sample).convert()
+            except Exception as exc:
+                raise TechniqueNotApplicable(
+                    f"torch's TorchScript converter cannot turn {path.name} into an editable program ({exc}); "
+                    "register a torch_export version of the model to optimise it"
+                ) from exc
     raise TechniqueNotApplicable(f"backend {backend} is not a torch artifact ({' or '.join(TORCH_BACKENDS)})")
 
 

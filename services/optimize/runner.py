@@ -141,7 +141,12 @@ def _candidate(ctx: Context, technique: Technique, model_dir: Path, base: Loaded
     except Exception as exc:
         result.reason = f"does not load or run in the {config.backend} engine: {exc}"
         return result, None
-    result.quality = assess(task, base.outputs, engine.outputs, ctx.evalset.labels)
+    try:
+        result.quality = assess(task, base.outputs, engine.outputs, ctx.evalset.labels)
+    except OptimizeError as exc:  # it answers, but not like the original (another output shape)
+        engine.close()
+        result.reason = str(exc)
+        return result, None
     result.drop = base_quality.quality - result.quality.quality
     accepted, why = judge(result.drop, max_drop, result.quality.quality_name)
     result.status, result.reason = ("accepted" if accepted else "rejected"), why
