@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     labels.add_argument("--label-column", metavar="NAME", help="the array / key in --eval holding the labels")
     p.add_argument("--try", dest="techniques", required=True, metavar="LIST",
                    help="comma-separated: quantize-dynamic, quantize-static[:calibrate=N], fp16, prune:A, "
-                        "prune-structured:A[,finetune=E], distill[:width=W,epochs=N,T=T,alpha=A,lr=LR], "
+                        "prune-structured:A[,finetune=E], "
+                        "distill[:width=W,depth=D,epochs=N,T=T,alpha=A,lr=LR|arch=NAME], "
                         "compile:onnx|torchscript|torch_export|tensorrt")
     p.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="D",
                    help="accept candidates whose accuracy (or agreement) falls by at most D (default 0.01)")

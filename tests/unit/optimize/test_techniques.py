@@ -190,3 +190,45 @@ def test_student_architecture_from_a_trusted_directory(sets, tmp_path):
     assert escaped.status == "rejected" and "outside the model directory" in escaped.reason
     with pytest.raises(plan.OptimizeError, match="arch must name a module"):
         plan.parse_try("distill:arch=../x", "torchscript")
+
+
+DEEP_CONFIG = """\
+backend: torchscript
+max_batch_size: 64
+inputs: [{name: input__0, datatype: FP32, shape: [64]}]
+outputs: [{name: output__0, datatype: FP32, shape: [10]}]
+dynamic_batching: {max_queue_delay_us: 100, preferred_batch_sizes: [16]}
+"""
+
+
+def test_depth_shrink_drops_a_square_hidden_layer(sets, tmp_path):
+    class Deep(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = torch.nn.Linear(64, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 10)
+
+        def forward(self, input__0: torch.Tensor) -> torch.Tensor:
+            hidden = torch.relu(self.b(torch.relu(self.a(input__0 / 16.0))))
+            return torch.softmax(self.c(hidden), dim=1)
+
+    repo = tmp_path / "repo"
+    (repo / "deep" / "1").mkdir(parents=True)
+    (repo / "deep" / "config.yaml").write_text(DEEP_CONFIG)
+    torch.manual_seed(0)
+    torch.jit.script(Deep()).save(str(repo / "deep" / "1" / "model.pt"))
+    original = source.from_repository(repo, "deep", "1")
+    evals = load_evalset(sets[0], original.config, label_column="label")
+    transfer = load_evalset(sets[1], original.config, label_column="label")
+    techniques = plan.parse_try("distill:width=1,depth=1,epochs=2,distill:width=0.5,depth=1,epochs=2", "torchscript")
+    outcome = runner.run(original, evals, techniques, tmp_path / "work", 1.0, transfer=transfer,
+                         seconds_per_point=0.01, rounds=1)
+    shallow = outcome.result("distill:width=1,depth=1,epochs=2")
+    assert [tuple(w.shape) for w in _linear_weights(shallow.directory / "model.pt")] == [(32, 64), (10, 32)]
+    assert "1 hidden layer(s) fewer" in shallow.notes[0]
+    both = outcome.result("distill:width=0.5,depth=1,epochs=2")
+    assert [tuple(w.shape) for w in _linear_weights(both.directory / "model.pt")] == [(16, 64), (10, 16)]
+    # digits has no square hidden layer: refused with the reason.
+    digits = source.from_repository(build_examples(), "digits", "1")
+    refused = runner.run(digits, evals, plan.parse_try("distill:depth=1,epochs=1", "torchscript"), tmp_path / "w2",
+                         1.0, seconds_per_point=0.01, rounds=1).result("distill:depth=1,epochs=1")
+    assert refused.status == "rejected" and "depth needs a hidden layer as wide in as out" in refused.reason
