@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -114,6 +115,7 @@ def _load_original(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from services.common.errors import ShunterError
     from services.optimize import evalset, plan, report, runner
     from services.optimize.errors import OptimizeError
 
@@ -131,16 +133,25 @@ def _run(args: argparse.Namespace) -> int:
     transfer = None
     if args.transfer is not None:
         transfer = evalset.load_evalset(args.transfer, original.config, None, args.label_column)
+    scratch = args.workdir is None and args.report is None
     workdir = args.workdir or (args.report / "candidates" if args.report else Path(tempfile.mkdtemp("-optimize")))
 
     err = Console(stderr=True)
-    with _Bar(err) as bar:
-        outcome = runner.run(original, evals, techniques, workdir, args.max_accuracy_drop, args.task, transfer,
-                             args.seconds_per_point, args.seed, bar, max(args.rounds, 1), args.trusted_dir)
+    try:
+        with _Bar(err) as bar:
+            outcome = runner.run(original, evals, techniques, workdir, args.max_accuracy_drop, args.task, transfer,
+                                 args.seconds_per_point, args.seed, bar, max(args.rounds, 1), args.trusted_dir)
+    finally:
+        if scratch:  # nothing asked to keep the candidates
+            shutil.rmtree(workdir, ignore_errors=True)
     code = 0 if outcome.winner else EXIT_NO_WINNER
     registered = None
+    failure: ShunterError | None = None
     if args.register and outcome.winner:
-        registered = asyncio.run(_register(args, outcome))
+        try:
+            registered = asyncio.run(_register(args, outcome))
+        except ShunterError as exc:  # the report is still written, saying nothing was registered
+            outcome.registered_version, failure = None, exc
     if args.report is not None:
         written = report.write(outcome, args.report)
         err.print(f"report: {', '.join(str(p) for p in written)}")
@@ -153,6 +164,8 @@ def _run(args: argparse.Namespace) -> int:
                   f"sha256 {registered.sha256}")
     if args.register and not outcome.winner:
         err.print("nothing registered: no candidate is within the budget and faster or smaller")
+    if failure is not None:
+        raise failure
     return code
 
 

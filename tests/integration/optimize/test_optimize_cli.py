@@ -48,7 +48,7 @@ def cluster(tmp_path_factory):
     path.write_text(key + "\n")
     admin = AdminKey(key, path)
     registry = start_registry(redis, admin)
-    registry.redis_url = redis.url
+    registry.redis = redis  # tests start a second registry on the same Redis
     yield registry, admin
     registry.terminate()
     redis.kill()
@@ -160,7 +160,7 @@ def test_winner_registered_served_and_routed(cluster, examples, sets, tmp_path, 
     router = None
     try:
         _wait_ready(registry, admin, "digits", "2")
-        router = start_service(["router", "--registry", registry.address, "--redis-url", registry.redis_url,
+        router = start_service(["router", "--registry", registry.address, "--redis-url", registry.redis.url,
                                 "--port", "0"], env={"SHUNTER_ADMIN_KEY": admin.key})
         x = np.load(sets[0])["input__0"][:5]
         client = grpcclient.InferenceServerClient(router.address)
@@ -201,3 +201,27 @@ def _retry(call, attempts=50):
         except InferenceServerException:
             time.sleep(0.2)  # the router's routing table catches up with the new key and worker
     return call()
+
+
+def test_registry_refusal_still_writes_the_report(cluster, examples, sets, tmp_path, capsys):
+    """A registry confined to another artifact root refuses the candidate: exit 1, the
+    refusal named, the report written without a registered version, nothing registered."""
+    registry, admin = cluster
+    root = tmp_path / "artifact-root"
+    root.mkdir()
+    confined = start_registry(registry.redis, admin, "--artifact-root", str(root))
+    try:
+        # The original lives outside the root too, so register it on the open registry's Redis
+        # first (both registries share one Redis), then optimise through the confined one.
+        register_v1(registry, admin, examples, "digits-confined")
+        code = optimize("digits-confined", "--version", "1", "--eval", str(sets[0]), "--label-column", "label",
+                        "--try", "compile:onnx", "--registry", confined.address, "--admin-key", admin.key,
+                        "--register", "--report", str(tmp_path / "report"))
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert "nothing registered" in err and "artifact" in err
+        text = (tmp_path / "report" / "report.md").read_text()
+        assert "winner: compile:onnx" in text and "registered as version" not in text
+        assert versions(registry, admin, "digits-confined") == ["1"]
+    finally:
+        confined.terminate()
