@@ -26,7 +26,7 @@ EXIT_NO_WINNER = 3
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "optimize", help="quantise, prune, distil and compile a model version; measure; register the winner",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(__doc__ or "").replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--version", required=True, help="the version to optimise")
