@@ -81,7 +81,11 @@ def run(original: Original, evalset: EvalSet, techniques: list[Technique], workd
     copy_handler_files(ctx, model_dir)
 
     progress.step(f"loading the original ({original.config.backend})")
-    base = Loaded(original.model, original.version, original.version_dir, original.config, evalset)
+    try:
+        base = Loaded(original.model, original.version, original.version_dir, original.config, evalset)
+    except Exception as exc:  # EngineLoadError, or an eval batch the model refuses
+        raise OptimizeError(f"{original.model} version {original.version} does not load or run as a worker "
+                            f"would run it: {exc}") from exc
     task = task or infer_task(base.outputs, evalset.labels)
     base_quality = assess(task, base.outputs, base.outputs, evalset.labels)
     results = [Result(f"original v{original.version}", "original", "", original.version_dir,

@@ -232,3 +232,15 @@ def test_depth_shrink_drops_a_square_hidden_layer(sets, tmp_path):
     refused = runner.run(digits, evals, plan.parse_try("distill:depth=1,epochs=1", "torchscript"), tmp_path / "w2",
                          1.0, seconds_per_point=0.01, rounds=1).result("distill:depth=1,epochs=1")
     assert refused.status == "rejected" and "depth needs a hidden layer as wide in as out" in refused.reason
+
+
+def test_an_original_that_does_not_load_is_named(sets, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "deep" / "1").mkdir(parents=True)
+    (repo / "deep" / "config.yaml").write_text(DEEP_CONFIG)
+    (repo / "deep" / "1" / "model.pt").write_bytes(b"not a TorchScript archive")
+    original = source.from_repository(repo, "deep", "1")
+    evals = load_evalset(sets[0], original.config, label_column="label")
+    with pytest.raises(plan.OptimizeError, match="deep version 1 does not load or run as a worker would"):
+        runner.run(original, evals, plan.parse_try("compile:onnx", "torchscript"), tmp_path / "w", 0.01,
+                   seconds_per_point=0.01, rounds=1)
