@@ -244,3 +244,25 @@ def test_an_original_that_does_not_load_is_named(sets, tmp_path):
     with pytest.raises(plan.OptimizeError, match="deep version 1 does not load or run as a worker would"):
         runner.run(original, evals, plan.parse_try("compile:onnx", "torchscript"), tmp_path / "w", 0.01,
                    seconds_per_point=0.01, rounds=1)
+
+
+def test_half_precision_build_on_the_cpu(sets, tmp_path):
+    """fp16 runs on CUDA only; the same build on the CPU checks all of it but the device."""
+    from services.optimize.measure import Loaded
+    from services.optimize.source import write_config
+    from services.optimize.techniques.compile import build_half
+
+    original = source.from_repository(build_examples(), "digits", "1")
+    evals = load_evalset(sets[0], original.config, label_column="label")
+    built = build_half(Context(original, evals, evals, True), tmp_path, "cpu")
+    loaded = Loaded("digits", "fp16", tmp_path, write_config(tmp_path, built.config), evals)
+    try:
+        reference = _torch_outputs(original.artifact_path, evals.inputs["input__0"])
+        assert loaded.outputs.dtype == np.float32
+        assert np.abs(loaded.outputs - reference).max() < 1e-2  # half precision, float32 at the edges
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            halves = [p for p in torch.jit.load(str(tmp_path / "model.pt")).parameters() if p.dtype == torch.float16]
+        assert len(halves) == 4
+    finally:
+        loaded.close()
