@@ -261,6 +261,10 @@ async def models_show(client: Any, args: argparse.Namespace) -> int:
         for v in model.versions
     ]
     table(("VERSION", "STATE", "BACKEND", "SHA256", "ARTIFACT", "CREATED", "BY"), rows)
+    for v in model.versions:
+        if v.optimize_report:
+            print(f"\n--- optimisation report of version {v.version} (shunter optimize) ---")
+            print(v.optimize_report.rstrip())
     return 0
 
 

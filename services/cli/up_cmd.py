@@ -151,7 +151,8 @@ class Cluster:
             port = free_port(host)
             child = await self.spawn("redis", [
                 redis_binary(), "--port", str(port), "--bind", host, "--dir", str(self.run_dir),
-                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                # AOF in the run directory: a Redis restart keeps the catalogue and keys.
+                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
             ])
             for _ in range(100):
                 if child.proc.returncode is not None:

@@ -68,7 +68,8 @@ class RegistryApp:
         self.settings = settings
         self.bootstrap = bootstrap_key(settings.admin_key_file) if settings.admin_key_file else None
         self.store = RedisStore(
-            settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s
+            settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s,
+            lease_grace_s=settings.lease_ttl_s,
         )
         self.store.on_snapshot = self._ensure_bootstrap
         self.service = RegistryService(

@@ -27,6 +27,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_TTL_S = 3600
 MAX_CACHE_TTL_S = 7 * 24 * 3600
 MAX_CONFIG_BYTES = 256 * 1024
+#: Bound on the optimisation report stored with a version (shunter optimize trims to 32 KiB).
+MAX_REPORT_BYTES = 64 * 1024
 
 ARCHIVED = rpb.ARCHIVED
 STATE_NAMES = {
@@ -102,6 +104,13 @@ def parse_version_config(model: str, version: str, config_yaml: str) -> ModelCon
     return parse_model_config(config_yaml, f"config.yaml of {model} version {version}")
 
 
+def check_report(text: str) -> str:
+    """An optimisation report stored with a version: bounded, like config_yaml."""
+    if len(text.encode()) > MAX_REPORT_BYTES:
+        raise InvalidArgument(f"optimize_report is larger than {MAX_REPORT_BYTES} bytes")
+    return text
+
+
 def build_version(
     request: rpb.RegisterModelVersionRequest, creator: str, now_ms: int, artifact_roots: Sequence[Path] = ()
 ) -> rpb.ModelVersion:
@@ -135,6 +144,7 @@ def build_version(
         creator=creator,
         created_at_ms=now_ms,
         config_yaml=request.config_yaml,
+        optimize_report=check_report(request.optimize_report),
     )
 
 

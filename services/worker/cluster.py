@@ -271,10 +271,20 @@ class ClusterMember:
     # ---- watch and reconcile ---------------------------------------------------------
 
     async def _watch_loop(self) -> None:
+        revision = 0
         while True:
             try:
                 async for table in self.client.watch():
-                    self._desired = _assigned(table, self.serve)
+                    desired = _assigned(table, self.serve)
+                    if table.revision < revision and not set(self._desired) <= set(desired):
+                        # The registry's Redis lost its data and no registry remembered it:
+                        # keep serving what it assigned before rather than unload it all.
+                        logger.error("routing table revision %d went back from %d without versions this "
+                                     "worker serves; keeping them until the registry has them again",
+                                     table.revision, revision)
+                        continue
+                    revision = table.revision
+                    self._desired = desired
                     self._have_table = True
                     self._wake.set()
             except (Unauthenticated, PermissionDenied) as exc:
