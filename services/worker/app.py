@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from services.common.grpc_errors import add_refusing_malformed
 from services.gen.inference import grpc_service_pb2 as pb
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from services.worker.models import ModelManager
@@ -53,7 +54,7 @@ class WorkerApp:
         self.bound_address = ""
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        add_refusing_malformed(pb_grpc.add_GRPCInferenceServiceServicer_to_server, self.servicer, server)
 
     async def start(self) -> None:
         if self._repository is not None:

@@ -122,3 +122,15 @@ def test_streams(target) -> None:
 
     check()
     _still_serves(target)
+
+
+def test_an_unparseable_message_is_invalid_argument_and_logged_once(cluster: Cluster) -> None:
+    with grpc.insecure_channel(cluster.workers[0].address) as channel:
+        for _ in range(50):
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(METHOD)(b"\n", timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid message" in caught.value.details()
+    log = cluster.workers[0].logs()
+    assert log.count("refused an undecodable message") <= 2, log
+    assert "Exception deserializing" not in log and "Traceback" not in log, log
