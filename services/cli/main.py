@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "admin_cmds",
     "batch_cmd",
     "stream_cmd",
+    "optimize_cmd",
 )
 
 

@@ -22,7 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from services.common.errors import ShunterError
+from services.common.errors import PermissionDenied, ShunterError, Unauthenticated
 from services.common.process_group import die_with_group
 
 logger = logging.getLogger(__name__)
@@ -185,6 +185,10 @@ def run(app: ServiceApp, settings: ServerSettings) -> int:
         runner = asyncio.run
     try:
         runner(serve_until_signal(app, settings))
+    except (Unauthenticated, PermissionDenied) as exc:
+        # A credential the cluster refuses at start-up is a configuration error, like a bad flag.
+        print(f"shunter {app.name}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ShunterError) as exc:
         print(f"shunter {app.name}: {exc}", file=sys.stderr)
         return 1
