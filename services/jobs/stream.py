@@ -167,11 +167,42 @@ class Consumer:
         self.processed = 0
         self.dead_lettered = 0
         self._own_pending = True
+        #: Results waiting for the writer: one batch is written while the next is inferred.
+        self._writes: asyncio.Queue[tuple[list, list]] = asyncio.Queue(maxsize=1)
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._rng = random.Random()
 
     async def run(self) -> None:
+        writer = asyncio.create_task(self._writer())
+        try:
+            await self._read_loop()
+            await self._writes.join()  # the batch in hand: results written, entries acknowledged
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _writer(self) -> None:
+        """Write queued results until cancelled; a write is idempotent, so one that failed is tried again."""
+        while True:
+            results, dead = await self._writes.get()
+            backoff = 0.1
+            while True:
+                try:
+                    await self._write(results, dead)
+                    break
+                except REDIS_ERRORS as exc:
+                    m.REDIS_UP.labels(**self.labels).set(0)
+                    if self.stopping.is_set():
+                        logger.warning("stopping with Redis unavailable (%s): %d results not written; their "
+                                       "entries stay pending for another consumer", exc, len(results))
+                        break
+                    logger.warning("Redis unavailable while writing (%s); retrying in %.1fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(5.0, backoff * 2)
+            self._writes.task_done()
+
+    async def _read_loop(self) -> None:
         backoff = 0.1
         next_info = 0.0
         held: tuple[list, dict] | None = None
@@ -210,6 +241,8 @@ class Consumer:
     async def _next_batch(self) -> tuple[list[tuple[str, dict]], dict[str, int]]:
         opts = self.opts
         if self._own_pending:
+            # Entries whose results are still queued are pending too: write them first.
+            await self._writes.join()
             reply = await self.r.xreadgroup(opts.group, opts.consumer, {opts.input_stream: "0"}, count=opts.batch)
             entries = _entries(reply)
             if entries:
@@ -268,8 +301,9 @@ class Consumer:
             for group in _by_shape(events, self.max_rows):
                 await self._infer(group, results, dead)
         finally:
-            # Write what is done even when the rest failed: fewer redeliveries.
-            await self._write(results, dead)
+            # Hand over what is done even when the rest failed: fewer redeliveries.
+            if results or dead:
+                await self._writes.put((results, dead))
 
     async def _infer(self, events: list[Event], results: list, dead: list) -> None:
         inputs = {name: np.stack([e.inputs[name] for e in events]) for name in events[0].inputs}
