@@ -66,6 +66,7 @@ def up(tmp_path_factory):
         if line.startswith("# Ctrl-C"):
             break
     running = Up(proc, env, summary)
+    running.env_file = tmp / "run" / "env"
     yield running
     if proc.poll() is None:
         proc.kill()
@@ -92,6 +93,10 @@ def test_up_prints_exports_and_summary(up):
     assert set(up.env) == {"SHUNTER_ROUTER", "SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY", "SHUNTER_API_KEY"}
     assert up.env["SHUNTER_API_KEY"].startswith("shk_") and up.env["SHUNTER_ADMIN_KEY"].startswith("shk_")
     text = "\n".join(up.summary)
+    # The same exports, for `source` in another shell (`up` itself stays in the foreground).
+    assert f"#   in another shell: source {up.env_file}" in text
+    assert up.env_file.read_text().splitlines() == [f"export {k}={v}" for k, v in up.env.items()]
+    assert up.env_file.stat().st_mode & 0o777 == 0o600
     assert "model calc: versions 1, 2, 3 (version 3 production at 100%)" in text
     assert text.count("/metrics") == 4  # router, registry, two workers
 
@@ -175,7 +180,7 @@ def test_auth_matrix(up, client):
     assert "PERMISSION_DENIED" in str(info.value.status())
 
 
-def test_dead_worker_reported_then_sigterm_stops_everything(up):
+def test_dead_worker_reported_and_restarted_then_sigterm_stops_everything(up):
     children = psutil.Process(up.proc.pid).children()
     workers = [c for c in children if "worker" in c.cmdline()]
     assert len(workers) == 2 and len(children) == 5  # redis, registry, 2 workers, router
@@ -185,6 +190,12 @@ def test_dead_worker_reported_then_sigterm_stops_everything(up):
         assert time.monotonic() < deadline, "".join(up.stderr)
         time.sleep(0.1)
     assert up.proc.poll() is None  # a worker's death is reported; the cluster keeps running
+    while not any("worker-" in line and " restarted (pid " in line for line in up.stderr):
+        assert time.monotonic() < deadline, "".join(up.stderr)
+        time.sleep(0.1)
+    assert any("restarting worker-" in line and "(restart 1)" in line for line in up.stderr)
+    children = psutil.Process(up.proc.pid).children()
+    assert len([c for c in children if "worker" in c.cmdline()]) == 2
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(60) == 0
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
