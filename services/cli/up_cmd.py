@@ -323,6 +323,18 @@ async def wait_workers_ready(client, workers: list[Child], per_worker: int, plan
         await asyncio.sleep(0.2)
 
 
+async def first_failure(*coros) -> None:
+    """Run coroutines together; the first to raise cancels the rest and its error propagates."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        for done in asyncio.as_completed(tasks):
+            await done
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def write_env_file(path: Path, exports: list[str]) -> None:
     """Write the export lines for `source`, readable by the owner only (they hold keys)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -374,18 +386,26 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         await register_plans(client, repository, plans)
         data_key = (await client.create_api_key("default")).secret
         serve = ",".join(models)
-        workers = await asyncio.gather(*(
-            cluster.service(
+        workers = [
+            await cluster.spawn(
                 f"worker-{i + 1}",
-                ["worker", "--registry", registry.address, "--serve", serve, "--trusted-repository",
-                 str(repository), "--port", "0", "--processes", str(args.worker_processes), *common],
-                timeout_s=args.ready_timeout_s, env=key_env,
+                [sys.executable, "-m", "services.cli.main", "worker", "--registry", registry.address,
+                 "--serve", serve, "--trusted-repository", str(repository), "--port", "0",
+                 "--processes", str(args.worker_processes), *common],
+                env=key_env,
             )
             for i in range(args.workers)
-        ))
+        ]
+        for worker in workers:
+            worker.restartable, worker.ready_timeout_s = True, args.ready_timeout_s
         progress(f"{len(workers)} worker(s) started; loading "
                  + ", ".join(f"{p.model} v{p.version}" for p in plans))
-        await wait_workers_ready(client, workers, args.worker_processes, plans, args.ready_timeout_s)
+        # A cluster worker prints its readiness line once it serves what it is assigned; the
+        # registry's view meanwhile gives per-version progress and load errors at once.
+        await first_failure(
+            wait_workers_ready(client, workers, args.worker_processes, plans, args.ready_timeout_s),
+            *(cluster.wait_ready(worker) for worker in workers),
+        )
     router = await cluster.service(
         "router",
         ["router", "--registry", registry.address, "--redis-url", redis_url, "--port", str(args.port),

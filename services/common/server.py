@@ -9,6 +9,7 @@ health NOT_SERVING → the app rejects new work → in-flight calls finish → c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -170,7 +171,19 @@ async def serve_until_signal(app: ServiceApp, settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.request_stop)
     die_with_group()  # a child of `--processes N`: drain when the group's supervisor dies
-    await service.start()
+    # Start-up may wait a long time (models loading, a registry not answering yet), so a
+    # signal during it abandons the start and drains what was started.
+    starting = asyncio.ensure_future(service.start())
+    stopping = asyncio.ensure_future(service._stopping.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        logger.info("%s: stopped while starting", app.name)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+    else:
+        stopping.cancel()
+        starting.result()  # a start-up error propagates
     await service.wait_stopped()
 
 
@@ -187,7 +200,8 @@ def run(app: ServiceApp, settings: ServerSettings) -> int:
         runner(serve_until_signal(app, settings))
     except (OSError, ShunterError) as exc:
         print(f"shunter {app.name}: {exc}", file=sys.stderr)
-        return 1
+        # Errors no retry can fix (a refused key) carry exit_code 2, as bad usage does.
+        return getattr(exc, "exit_code", 1)
     return 0
 
 

@@ -70,6 +70,9 @@ class WorkerApp:
                 lease_ttl_s=settings.lease_ttl_s,
             )
             await self._cluster.start()
+            # Health stays NOT_SERVING (and the readiness line unprinted) until the first
+            # routing table has been reconciled: every assigned version loaded or failed.
+            await self._cluster.synced.wait()
 
     async def _load_repository(self, repository: Path) -> None:
         """Load every version; unless strict, a version that fails is logged and left UNAVAILABLE.
