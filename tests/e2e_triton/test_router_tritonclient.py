@@ -180,6 +180,21 @@ def test_auth_matrix(up, client):
     assert "PERMISSION_DENIED" in str(info.value.status())
 
 
+def test_traffic_set_needs_no_force_for_versions_workers_serve(up):
+    env = {**os.environ, **{k: up.env[k] for k in ("SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY")}}
+
+    def shunter(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services.cli.main", "traffic", "set", *args], cwd=ROOT,
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    done = shunter("calc", "2=10", "3=90", "--sticky-header", "x-user-id")
+    assert done.returncode == 0, done.stderr
+    assert "weights:   2=10 3=90" in done.stdout and "sticky:    x-user-id" in done.stdout
+    done = shunter("calc", "3=100")
+    assert done.returncode == 0, done.stderr
+    assert "sticky:    x-user-id" in done.stdout  # kept
+
+
 def test_dead_worker_reported_and_restarted_then_sigterm_stops_everything(up):
     children = psutil.Process(up.proc.pid).children()
     workers = [c for c in children if "worker" in c.cmdline()]
