@@ -60,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--artifact", required=True, type=Path, help="the artifact: a file or a version directory")
     p.add_argument("--config", required=True, type=Path, help="the version's config.yaml")
     p.add_argument("--state", choices=STATES, default="staged", help="initial state (default staged)")
+    p.add_argument(
+        "--artifact-root", type=Path, action="append", default=[], metavar="DIR",
+        help="refuse an artifact outside DIR before hashing it (repeatable)",
+    )
+    p.add_argument("--hash-timeout-s", type=float, default=900.0,
+                   help="give up hashing the artifact after this many seconds (default 900)")
     leaf(models, "list", models_list, "list models, their live versions and traffic")
     p = leaf(models, "show", models_show, "show a model's versions and traffic policy")
     p.add_argument("name", metavar="NAME")
@@ -213,13 +219,17 @@ async def models_register(client: Any, args: argparse.Namespace) -> int:
     from services.common import artifacts
     from services.common.model_config import parse_model_config
 
-    artifact = args.artifact.expanduser()
+    artifact = args.artifact.expanduser().absolute()
     if not artifact.exists():
         raise CommandError(f"artifact {artifact} does not exist")
     config_yaml, source = version_config(args.config, args.version)
     parse_model_config(config_yaml, source)  # name the local file(s) in any error
+    roots = tuple(p.expanduser().resolve() for p in args.artifact_root)
     try:
-        digest = await asyncio.to_thread(artifacts.sha256_of, artifact)
+        artifacts.check_uri(artifacts.uri_for(artifact), roots)
+        digest = await asyncio.to_thread(
+            artifacts.sha256_of, artifact, timeout_s=args.hash_timeout_s, roots=roots
+        )
     except artifacts.ArtifactError as exc:
         raise CommandError(str(exc)) from None
     version = await client.register_model_version(
@@ -259,6 +269,10 @@ async def models_show(client: Any, args: argparse.Namespace) -> int:
         for v in model.versions
     ]
     table(("VERSION", "STATE", "BACKEND", "SHA256", "ARTIFACT", "CREATED", "BY"), rows)
+    for v in model.versions:
+        if v.optimize_report:
+            print(f"\n--- optimisation report of version {v.version} (shunter optimize) ---")
+            print(v.optimize_report.rstrip())
     return 0
 
 

@@ -19,6 +19,9 @@ COMMAND_MODULES = (
     "up_cmd",
     "registry_cmd",
     "admin_cmds",
+    "batch_cmd",
+    "stream_cmd",
+    "optimize_cmd",
 )
 
 

@@ -200,7 +200,8 @@ class Cluster:
             port = free_port(host)
             child = await self.spawn("redis", [
                 redis_binary(), "--port", str(port), "--bind", host, "--dir", str(self.run_dir),
-                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                # AOF in the run directory: a Redis restart keeps the catalogue and keys.
+                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
             ])
             for _ in range(100):
                 if child.proc.returncode is not None:
@@ -377,7 +378,9 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
     key_file.chmod(0o600)
     common = ["--host", host, "--metrics-port", "0"]
     registry = await cluster.service(
-        "registry", ["registry", "--redis-url", redis_url, "--admin-key-file", str(key_file), "--port", "0", *common],
+        "registry",
+        ["registry", "--redis-url", redis_url, "--admin-key-file", str(key_file), "--port", "0",
+         "--artifact-root", str(repository.resolve()), *common],
         timeout_s=60, keep_port=True,
     )
     progress(f"registry ready at {registry.address}")
@@ -390,7 +393,8 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
             await cluster.spawn(
                 f"worker-{i + 1}",
                 [sys.executable, "-m", "services.cli.main", "worker", "--registry", registry.address,
-                 "--serve", serve, "--trusted-repository", str(repository), "--port", "0",
+                 "--serve", serve, "--trusted-repository", str(repository),
+                 "--artifact-root", str(repository.resolve()), "--port", "0",
                  "--processes", str(args.worker_processes), *common],
                 env=key_env,
             )

@@ -38,6 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="cluster mode: a directory whose python handlers may run (repeatable)",
     )
+    parser.add_argument(
+        "--artifact-root", action="append", type=Path, default=[], metavar="DIR",
+        help="cluster mode: read artifacts only from inside DIR (repeatable; none: any local path)",
+    )
+    parser.add_argument(
+        "--load-timeout-s", type=float, default=900.0,
+        help="cluster mode: refuse a version that has not loaded and warmed up after this many seconds (default 900)",
+    )
     add_process_args(
         parser,
         ", each with its own copy of the models; in cluster mode each process binds a port of its own "
@@ -65,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         return run_process_group("worker", args, shared_port=args.registry is None)
     cluster = None
     if args.registry is not None:
+        if args.load_timeout_s <= 0:
+            print("shunter worker: --load-timeout-s must be positive")
+            return 2
         if not args.serve:
             print("shunter worker: --registry needs --serve NAME[,NAME]")
             return 2
@@ -78,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             lease_ttl_s=args.lease_ttl_s,
             advertise_address=args.advertise,
             trusted_repositories=tuple(p.resolve() for p in args.trusted_repository),
+            artifact_roots=tuple(p.resolve() for p in args.artifact_root),
+            load_timeout_s=args.load_timeout_s,
         )
     only = {n.strip() for n in args.models.split(",") if n.strip()} if args.models else None
     app = WorkerApp(repository=args.model_repository, only_models=only, cluster=cluster, strict=args.strict)

@@ -6,7 +6,13 @@ server's status (``NotFound``, ``InvalidArgument``, ``Unavailable``, ...) with t
 server's message. ``watch()`` follows the routing table for as long as the caller
 iterates: it reconnects with jittered exponential backoff (to the next address when
 several are given, e.g. ``"reg-a:50051,reg-b:50051"``) and resumes without repeating a
-revision it already yielded.
+revision it already yielded. Its ``on_state`` hook hears when a stream delivers and when
+it breaks, so a caller can report that it serves on a stale table.
+
+The channel reconnects after at most ``MAX_RECONNECT_BACKOFF_MS`` (gRPC's own default
+grows to 2 minutes, so after a long registry outage workers came back seconds late), and
+pings the registry while a call is open (``KEEPALIVE_TIME_MS``), so a watch to a registry
+behind a network partition fails within seconds instead of when the kernel gives up.
 
 After each write, ``last_revision`` holds the registry revision the write created (0 if
 it changed nothing routing depends on, e.g. a heartbeat that only renewed the lease).
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -44,6 +50,31 @@ _ERRORS: dict[grpc.StatusCode, type[errors.ShunterError]] = {
 }
 #: Watch errors worth no retry: the key is wrong and stays wrong.
 _FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED)
+
+#: Bounds of gRPC's reconnect backoff on the registry channel.
+INITIAL_RECONNECT_BACKOFF_MS = 100
+MAX_RECONNECT_BACKOFF_MS = 2_000
+#: Keepalive pings while a call is open. Shunter servers accept one every 5 s
+#: (server.MIN_CLIENT_PING_INTERVAL_MS); 6 s leaves a margin for timer jitter. A ping
+#: unanswered within the timeout fails the call: a lost registry is noticed in about 9 s.
+KEEPALIVE_TIME_MS = 6_000
+KEEPALIVE_TIMEOUT_MS = 3_000
+
+#: ``on_state(connected, detail)``: True and the address once a stream delivers a table,
+#: False and the reason once it breaks.
+StateHook = Callable[[bool, str], None]
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """Options of every registry channel (capped reconnect backoff, keepalive)."""
+    return [
+        ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 def to_shunter_error(exc: grpc.aio.AioRpcError, address: str) -> errors.ShunterError:
@@ -98,9 +129,9 @@ class RegistryClient:
         channel = self._channels.get(address)
         if channel is None:
             if self._credentials is not None:
-                channel = grpc.aio.secure_channel(address, self._credentials)
+                channel = grpc.aio.secure_channel(address, self._credentials, options=channel_options())
             else:
-                channel = grpc.aio.insecure_channel(address)
+                channel = grpc.aio.insecure_channel(address, options=channel_options())
             self._channels[address] = channel
         return registry_pb2_grpc.RegistryStub(channel)
 
@@ -127,11 +158,11 @@ class RegistryClient:
 
     async def register_model_version(
         self, model: str, version: str | int, artifact_uri: str, sha256: str, config_yaml: str,
-        state: int = rpb.STAGED,
+        state: int = rpb.STAGED, optimize_report: str = "",
     ) -> rpb.ModelVersion:
         request = rpb.RegisterModelVersionRequest(
             model=model, version=str(version), artifact_uri=artifact_uri, sha256=sha256,
-            config_yaml=config_yaml, state=state,
+            config_yaml=config_yaml, state=state, optimize_report=optimize_report,
         )
         return await self._call("RegisterModelVersion", request, write=True)
 
@@ -196,14 +227,14 @@ class RegistryClient:
     # ---- the routing table -----------------------------------------------------------
 
     async def watch(
-        self, *, min_backoff_s: float = 0.1, max_backoff_s: float = 5.0
+        self, *, min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, on_state: StateHook | None = None
     ) -> AsyncIterator[rpb.RoutingTable]:
         """Yield the routing table now and after every change, reconnecting forever.
 
         Raises ``Unauthenticated``/``PermissionDenied`` (the key will not get better);
-        every other failure is logged and retried. A revision is never yielded twice; a
-        lower one (Redis lost its data and every registry restarted) is yielded with a
-        warning, since it is the registry's truth now.
+        every other failure is logged and retried with jittered backoff capped at
+        ``max_backoff_s``. A revision is never yielded twice; a lower one (Redis lost its
+        data and every registry restarted) is yielded with a warning, for the caller to judge.
         """
         last: int | None = None
         backoff = min_backoff_s
@@ -211,9 +242,15 @@ class RegistryClient:
         while True:
             address = self.address
             call = self._stub().WatchRoutingTable(rpb.WatchRoutingTableRequest(), metadata=self._metadata)
+            connected = False
+            reason = "stream ended"
             try:
                 async for table in call:
                     backoff, failures = min_backoff_s, 0
+                    if not connected:
+                        connected = True
+                        if on_state is not None:
+                            on_state(True, address)
                     if last is not None and table.revision == last:
                         continue
                     if last is not None and table.revision < last:
@@ -226,10 +263,13 @@ class RegistryClient:
                 if exc.code() in _FATAL:
                     raise to_shunter_error(exc, address) from None
                 failures += 1
+                reason = f"{exc.code().name}: {exc.details()}"
                 log = logger.warning if failures in (1, 10) or failures % 100 == 0 else logger.debug
-                log("registry watch at %s failed (%s: %s); retrying", address, exc.code().name, exc.details())
+                log("registry watch at %s failed (%s); retrying", address, reason)
             finally:
                 call.cancel()
+            if on_state is not None:
+                on_state(False, f"{address}: {reason}")
             if len(self.addresses) > 1:
                 self._rotate()
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))

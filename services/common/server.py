@@ -23,7 +23,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from services.common.errors import ShunterError
+from services.common.errors import PermissionDenied, ShunterError, Unauthenticated
 from services.common.process_group import die_with_group
 
 logger = logging.getLogger(__name__)
@@ -198,6 +198,10 @@ def run(app: ServiceApp, settings: ServerSettings) -> int:
         runner = asyncio.run
     try:
         runner(serve_until_signal(app, settings))
+    except (Unauthenticated, PermissionDenied) as exc:
+        # A credential the cluster refuses at start-up is a configuration error, like a bad flag.
+        print(f"shunter {app.name}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ShunterError) as exc:
         print(f"shunter {app.name}: {exc}", file=sys.stderr)
         # Errors no retry can fix (a refused key) carry exit_code 2, as bad usage does.

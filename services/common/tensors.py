@@ -20,6 +20,9 @@ from services.common.signature import Signature, TensorSpec
 
 #: Largest element count one tensor may declare; beyond it a shape is "overflowing".
 MAX_ELEMENTS = 1 << 40
+#: Largest element count of one BYTES tensor. Its items become Python objects (8 bytes of
+#: pointer plus the item each), so the count, not the body size, bounds what decoding costs.
+MAX_BYTES_ELEMENTS = 1 << 22
 
 _LENGTH_PREFIX = struct.Struct("<I")
 
@@ -35,12 +38,30 @@ class DecodedRequest:
     outputs: tuple[str, ...]
 
 
+def check_bytes_count(count: int, name: str) -> None:
+    """Refuse a BYTES tensor with more items than one request may carry."""
+    if count > MAX_BYTES_ELEMENTS:
+        raise InvalidArgument(
+            f"input '{name}': {count} BYTES items exceed the limit of {MAX_BYTES_ELEMENTS} per tensor"
+        )
+
+
 def parse_bytes_tensor(buffer: bytes | memoryview, count: int, name: str) -> np.ndarray:
-    """Split a raw BYTES buffer (4-byte little-endian length, then the item) into items."""
+    """Split a raw BYTES buffer (4-byte little-endian length, then the item) into items.
+
+    The count comes from the request's shape, so it is checked against the body before
+    anything is allocated: every item takes at least its 4-byte prefix.
+    """
     view = memoryview(buffer)
+    total = len(view)
+    if count * _LENGTH_PREFIX.size > total:
+        raise InvalidArgument(
+            f"input '{name}': shape claims {count} BYTES items but the {total}-byte body holds at most "
+            f"{total // _LENGTH_PREFIX.size}"
+        )
+    check_bytes_count(count, name)
     items = np.empty(count, dtype=np.object_)
     offset = 0
-    total = len(view)
     for i in range(count):
         if offset + 4 > total:
             raise InvalidArgument(
@@ -114,6 +135,7 @@ def _typed_array(tensor, spec: TensorSpec, count: int) -> np.ndarray:
             f"needs {count}"
         )
     if datatype == "BYTES":
+        check_bytes_count(count, spec.name)
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array

@@ -34,6 +34,8 @@ class RegistrySettings:
     lease_ttl_s: int = 10
     #: Safety-net re-read of Redis, on top of pub/sub wakeups (also notices expired leases).
     refresh_interval_s: float = 1.0
+    #: Directories registered artifacts must lie in (resolved); empty: any local path (warned).
+    artifact_roots: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.lease_ttl_s <= validation.MAX_TTL_S:
@@ -66,11 +68,13 @@ class RegistryApp:
         self.settings = settings
         self.bootstrap = bootstrap_key(settings.admin_key_file) if settings.admin_key_file else None
         self.store = RedisStore(
-            settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s
+            settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s,
+            lease_grace_s=settings.lease_ttl_s,
         )
         self.store.on_snapshot = self._ensure_bootstrap
         self.service = RegistryService(
-            self.store, default_ttl_s=settings.lease_ttl_s, bootstrap=self.bootstrap
+            self.store, default_ttl_s=settings.lease_ttl_s, bootstrap=self.bootstrap,
+            artifact_roots=settings.artifact_roots,
         )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -78,6 +82,10 @@ class RegistryApp:
 
     async def start(self) -> None:
         logger.info("registry: Redis at %s, key prefix %r", self.store.where, self.settings.key_prefix)
+        if self.settings.artifact_roots:
+            logger.info("registry: artifacts only under %s", ", ".join(map(str, self.settings.artifact_roots)))
+        else:
+            logger.warning("registry: no --artifact-root given; any local path may be registered as an artifact")
         await self.store.start()
         if self.store.catalogue is None:
             logger.warning("registry: starting without Redis; serving nothing until it answers")

@@ -19,10 +19,37 @@ class Catalogue:
     #: model -> version -> ModelVersion (archived ones included).
     versions: dict[str, dict[str, rpb.ModelVersion]] = field(default_factory=dict)
     policies: dict[str, rpb.TrafficPolicy] = field(default_factory=dict)
-    #: Live leases only, with ``expires_at_ms`` filled in.
+    #: Live leases, with ``expires_at_ms`` filled in (in a lease grace period, also the
+    #: expired ones not yet swept).
     workers: dict[str, rpb.Worker] = field(default_factory=dict)
     #: key id -> ApiKey (revoked ones included; never a secret, only its hash).
     keys: dict[str, rpb.ApiKey] = field(default_factory=dict)
+    #: The store's identity; "" when Redis holds none (it lost its data, or never had any).
+    epoch: str = ""
+    #: worker id -> its lease TTL in ms (what a restore needs to write a lease back).
+    lease_ttl_ms: dict[str, int] = field(default_factory=dict)
+    #: Redis time (ms) when this snapshot was read.
+    read_at_ms: int = 0
+
+    def missing_from(self, other: Catalogue) -> list[str]:
+        """What this snapshot holds that ``other`` lacks: versions and keys, by name.
+
+        Versions and keys are never deleted (only archived or revoked), so anything listed
+        here was lost by the store ``other`` was read from.
+        """
+        lost = [
+            f"{model} version {number}"
+            for model, versions in sorted(self.versions.items())
+            for number in sorted(versions)
+            if number not in other.versions.get(model, {})
+        ]
+        lost += [f"key {key_id}" for key_id in sorted(self.keys) if key_id not in other.keys]
+        return lost
+
+    def counts(self) -> str:
+        """``"M models, V versions, K keys"``, for log lines and CLI output."""
+        versions = sum(len(v) for v in self.versions.values())
+        return f"{len(self.versions)} models, {versions} versions, {len(self.keys)} keys"
 
     @cached_property
     def keys_by_hash(self) -> dict[str, rpb.ApiKey]:
@@ -58,10 +85,18 @@ class Catalogue:
 
     @cached_property
     def routing_table(self) -> rpb.RoutingTable:
-        """What routers and workers follow: non-archived versions, live workers, active keys."""
-        return rpb.RoutingTable(
+        """What routers and workers follow: non-archived versions, live workers, active keys.
+
+        Optimisation reports stay out: nothing that routes or serves reads them, and every
+        watcher would receive them on every change.
+        """
+        table = rpb.RoutingTable(
             revision=self.revision,
             models=self.models(include_archived=False),
             workers=self.sorted_workers(),
             keys=[key for key in self.sorted_keys() if not key.revoked],
         )
+        for model in table.models:
+            for version in model.versions:
+                version.ClearField("optimize_report")
+        return table

@@ -20,3 +20,11 @@ LEASES_EXPIRED = Counter("shunter_registry_leases_expired", "Worker leases remov
 AUTH_FAILURES = Counter(
     "shunter_registry_auth_failures", "Calls refused for their key, by reason.", ["reason"]
 )
+STORE_RESETS = Counter(
+    "shunter_registry_store_resets",
+    "Times Redis was found to have lost data (revision went back, versions or keys gone); "
+    "each time this replica wrote its last snapshot back.",
+)
+LEASE_GRACE = Gauge(
+    "shunter_registry_lease_grace", "1 while leases are not swept (after start, or after Redis returned)."
+)

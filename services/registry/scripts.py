@@ -48,6 +48,7 @@ SCRIPT_KEYS = (
     "leases",         # 8 zset: worker id -> expiry (ms since epoch, Redis clock)
     "keys",           # 9 hash: key id -> ApiKey (hash of the secret only)
     "key_hashes",     # 10 hash: sha256 of a key -> key id
+    "epoch",          # 11 string: this store's identity; gone means Redis lost its data
 )
 
 _NOW = """
@@ -71,31 +72,33 @@ local function bump()
 end
 """
 
-#: -> {revision, now_ms, policies, addrs, statuses, leases, keys, models, versions...}
+#: -> {revision, now_ms, policies, addrs, statuses, leases, keys, epoch, ttls, models, versions...}
 SNAPSHOT = (
     _NOW
     + """
 local out = {tonumber(redis.call('GET', KEYS[1]) or '0'), now,
   redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
   redis.call('HGETALL', KEYS[5]), redis.call('ZRANGE', KEYS[8], 0, -1, 'WITHSCORES'),
-  redis.call('HGETALL', KEYS[9])}
+  redis.call('HGETALL', KEYS[9]), redis.call('GET', KEYS[11]) or '', redis.call('HGETALL', KEYS[7])}
 local models = redis.call('SMEMBERS', KEYS[2])
-out[8] = models
-for i, m in ipairs(models) do out[8 + i] = redis.call('HGETALL', ARGV[2] .. m) end
+out[10] = models
+for i, m in ipairs(models) do out[10 + i] = redis.call('HGETALL', ARGV[2] .. m) end
 return out
 """
 )
 
-#: Drop leases past their expiry; bump once if any went. -> {revision, dropped}
+#: Drop leases past their expiry (unless ARGV[2] is "1": a grace period, sweep nothing);
+#: bump once if any went. -> {revision, dropped, epoch}
 SWEEP = (
     _NOW
     + _DROP_WORKER
     + """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', '(' .. now)
+local expired = {}
+if ARGV[2] ~= '1' then expired = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', '(' .. now) end
 for _, id in ipairs(expired) do drop_worker(id) end
 local rev
 if #expired > 0 then rev = bump() else rev = tonumber(redis.call('GET', KEYS[1]) or '0') end
-return {rev, #expired}
+return {rev, #expired, redis.call('GET', KEYS[11]) or ''}
 """
 )
 
@@ -114,18 +117,19 @@ return {bump(), now + ttl}
 """
 )
 
-#: ARGV: channel, id, status, fingerprint -> {alive, revision or 0, expires_at_ms, ttl_ms}
+#: ARGV: channel, id, status, fingerprint, grace -> {alive, revision or 0, expires_at_ms, ttl_ms}
+#: In a grace period (grace "1") a lease that expired but is still recorded is renewed.
 HEARTBEAT = (
     _NOW
     + _DROP_WORKER
     + """
 local id = ARGV[2]
 local expires = redis.call('ZSCORE', KEYS[8], id)
-if not expires or tonumber(expires) < now then
+local ttl = tonumber(redis.call('HGET', KEYS[7], id) or '0')
+if not expires or ttl == 0 or (tonumber(expires) < now and ARGV[5] ~= '1') then
   if drop_worker(id) == 1 then bump() end
   return {0, 0, 0, 0}
 end
-local ttl = tonumber(redis.call('HGET', KEYS[7], id))
 redis.call('ZADD', KEYS[8], now + ttl, id)
 redis.call('HSET', KEYS[5], id, ARGV[3])
 local rev = 0
@@ -163,15 +167,8 @@ return bump()
 """
 )
 
-#: Raise the revision above ARGV[2] if Redis lost it (restarted without persistence).
-RAISE_REVISION = (
-    _DROP_WORKER
-    + """
-local floor = tonumber(ARGV[2])
-if tonumber(redis.call('GET', KEYS[1]) or '0') <= floor then
-  redis.call('SET', KEYS[1], floor)
-  return bump()
-end
+#: Give a store its identity if it has none. ARGV: channel, epoch -> 1 if set, else 0
+INIT_EPOCH = """
+if redis.call('SETNX', KEYS[11], ARGV[2]) == 1 then return 1 end
 return 0
 """
-)

@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -95,8 +96,12 @@ def admin_rpc(fn: Handler) -> Callable[..., Awaitable[Any]]:
 
 
 class RegistryService(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, store: RedisStore, *, default_ttl_s: int, bootstrap: rpb.ApiKey | None) -> None:
+    def __init__(
+        self, store: RedisStore, *, default_ttl_s: int, bootstrap: rpb.ApiKey | None,
+        artifact_roots: tuple[Path, ...] = (),
+    ) -> None:
         self.store = store
+        self.artifact_roots = artifact_roots
         self.keys = store.keys
         self.default_ttl_s = default_ttl_s
         self.bootstrap = bootstrap
@@ -144,7 +149,10 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
 
     @admin_rpc
     async def RegisterModelVersion(self, request, context, caller):
-        version = validation.build_version(request, caller.key_id, now_ms())
+        # A thread: checking the artifact stats the filesystem, which may be a slow mount.
+        version = await asyncio.to_thread(
+            validation.build_version, request, caller.key_id, now_ms(), self.artifact_roots
+        )
         model, number = version.model, version.version
 
         async def prepare(pipe: Any) -> tuple[rpb.ModelVersion, Callable[[Any], None]]:

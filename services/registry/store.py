@@ -11,6 +11,17 @@ Every replica follows Redis: a pub/sub message (or, as a safety net, a tick ever
 ``refresh_interval_s``) makes it sweep expired leases and, if the revision moved, read
 a new snapshot. When Redis is down, writes raise UNAVAILABLE and everything else keeps
 serving the last snapshot until Redis is back.
+
+Redis can come back without its data (restarted without persistence, a failover to a
+replica that was behind). Versions and keys are never deleted, so a snapshot that lacks
+one this replica holds, a revision that went back, or a missing store ``epoch`` means
+data was lost: the replica then writes its last snapshot back (leases included) and
+raises the revision past the old one, so no watcher is ever sent the smaller catalogue
+(``shunter_registry_store_resets`` counts it, an ERROR line says what was restored).
+
+After the registry starts, and after Redis returns from an outage, leases get one lease
+TTL of grace: none is swept and an expired one is renewed by its worker's heartbeat,
+since the workers could not reach the registry either while it was away.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,9 +41,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, WatchError
 
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
-from services.registry import metrics, scripts
+from services.registry import merge, metrics, scripts
 from services.registry.catalogue import Catalogue
 
 logger = logging.getLogger(__name__)
@@ -70,6 +82,7 @@ class RedisStore:
         *,
         refresh_interval_s: float = 1.0,
         socket_timeout_s: float = 3.0,
+        lease_grace_s: float = 10.0,
     ) -> None:
         self.where = redacted_url(redis_url)
         self.keys = scripts.KeyLayout.for_prefix(key_prefix)
@@ -86,11 +99,13 @@ class RedisStore:
         self._changed = asyncio.Event()
         self._load_lock = asyncio.Lock()
         self._up: bool | None = None
+        self._grace_s = lease_grace_s
+        self._grace_until = 0.0
         self._task: asyncio.Task[None] | None = None
         self._script = {
             name: self._redis.register_script(getattr(scripts, name))
             for name in ("SNAPSHOT", "SWEEP", "REGISTER_WORKER", "HEARTBEAT", "DEREGISTER_WORKER",
-                         "LOOKUP_KEY", "ADD_KEY_IF_ABSENT", "RAISE_REVISION")
+                         "LOOKUP_KEY", "ADD_KEY_IF_ABSENT", "INIT_EPOCH")
         }
         #: Called with each new snapshot (the app uses it to keep the bootstrap key present).
         self.on_snapshot: Callable[[Catalogue], Awaitable[None]] | None = None
@@ -157,34 +172,104 @@ class RedisStore:
                 logger.exception("registry: unexpected error while following Redis")
                 await asyncio.sleep(1.0)
 
+    def in_grace(self) -> bool:
+        """True while leases are not swept: Redis not (yet) known up, or just back."""
+        return self._up is not True or time.monotonic() < self._grace_until
+
+    def _grace_length_s(self) -> float:
+        ttls = self._catalogue.lease_ttl_ms.values() if self._catalogue else ()
+        return max([self._grace_s, *(ttl / 1000 for ttl in ttls)])
+
     async def refresh(self, *, force: bool = False) -> Catalogue:
-        """Sweep expired leases; read a new snapshot if the revision moved (or ``force``)."""
+        """Sweep expired leases; read a new snapshot if the revision moved (or ``force``).
+
+        A snapshot that shows Redis lost data is never installed: the last one is written
+        back first (see the module docstring).
+        """
         async with self._load_lock:
-            revision, expired = await self._script["SWEEP"](self.keys.script_keys, [self.keys.events])
+            grace = self.in_grace()
+            metrics.LEASE_GRACE.set(1 if grace else 0)
+            revision, expired, epoch = await self._script["SWEEP"](
+                self.keys.script_keys, [self.keys.events, "1" if grace else "0"]
+            )
             if expired:
                 logger.info("registry: %s worker lease(s) expired", expired)
                 metrics.LEASES_EXPIRED.inc(expired)
             current = self._catalogue
-            if current is not None and not force and int(revision) == current.revision and self._up:
+            if (current is not None and not force and int(revision) == current.revision
+                    and _text(epoch) == current.epoch and self._up):
                 return current
-            catalogue = await self._load()
-            if current is not None and catalogue.revision < current.revision:
-                logger.error(
-                    "registry: Redis at %s went back from revision %s to %s: it lost data "
-                    "(restarted without persistence?); raising the revision past it",
-                    self.where, current.revision, catalogue.revision,
-                )
-                await self._script["RAISE_REVISION"](
-                    self.keys.script_keys, [self.keys.events, current.revision]
-                )
-                catalogue = await self._load()
+            catalogue = await self.read(include_expired=grace)
+            if current is None and not catalogue.epoch:
+                # A store this replica has not seen before, with no identity yet: give it one.
+                await self._script["INIT_EPOCH"](self.keys.script_keys, [self.keys.events, new_epoch()])
+                catalogue = await self.read(include_expired=grace)
+            elif current is not None:
+                catalogue = await self._repair(current, catalogue, grace)
             self._mark_up()
             self._install(catalogue)
         if self.on_snapshot is not None:
             await self.on_snapshot(catalogue)
         return self._catalogue or catalogue
 
-    async def _load(self) -> Catalogue:
+    async def _repair(self, current: Catalogue, found: Catalogue, grace: bool) -> Catalogue:
+        """``found`` if Redis kept everything ``current`` holds; else restore ``current``."""
+        lost = current.missing_from(found)
+        went_back = found.revision < current.revision
+        if not lost and not went_back and found.epoch:
+            return found
+        why = (
+            "its store epoch is gone" if not found.epoch
+            else f"its revision went back from {current.revision} to {found.revision}" if went_back
+            else f"it no longer holds {', '.join(lost[:3])}{' …' if len(lost) > 3 else ''}"
+        )
+        _present, revision = await self.merge(current, overwrite=True, leases=True)
+        metrics.STORE_RESETS.inc()
+        logger.error(
+            "registry: Redis at %s lost data (%s; restarted without persistence?): wrote back "
+            "the last snapshot (revision %s: %s, %s leases) as revision %s; nothing smaller was "
+            "published. Back up with `shunter registry export FILE`; run Redis with AOF",
+            self.where, why, current.revision, current.counts(), len(current.workers), revision,
+        )
+        return await self.read(include_expired=grace)
+
+    async def merge(self, source: Catalogue, *, overwrite: bool, leases: bool) -> tuple[Catalogue, int]:
+        """Add ``source`` to the store in one transaction; -> (what was there, new revision).
+
+        Without ``overwrite`` (an import) a version or key that Redis holds with other
+        content refuses the whole merge with FailedPrecondition, and nothing is written.
+        The revision ends above both the store's and ``source``'s, so every watcher takes it.
+        """
+        for _attempt in range(_MAX_WRITE_ATTEMPTS):
+            present = await self.read(include_expired=True)
+            if not overwrite:
+                clashes = merge.conflicts(source, present)
+                if clashes:
+                    raise FailedPrecondition(
+                        f"{len(clashes)} item(s) differ from what the registry holds, nothing imported: "
+                        + "; ".join(clashes[:5])
+                    )
+            revision = max(present.revision, source.revision) + 1
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(self.keys.revision, self.keys.epoch)
+                    if (int(await pipe.get(self.keys.revision) or 0) != present.revision
+                            or _text(await pipe.get(self.keys.epoch)) != present.epoch):
+                        continue  # changed since it was read: read again
+                    pipe.multi()
+                    merge.queue_merge(pipe, self.keys, source, present, overwrite=overwrite,
+                                      leases=leases, fingerprint=status_fingerprint)
+                    pipe.set(self.keys.epoch, present.epoch or source.epoch or new_epoch())
+                    pipe.set(self.keys.revision, revision)
+                    pipe.publish(self.keys.events, b"merge")
+                    await pipe.execute()
+                return present, revision
+            except WatchError:
+                await asyncio.sleep(random.uniform(0, 0.01))
+        raise Unavailable("too many concurrent registry writes; try again")
+
+    async def read(self, *, include_expired: bool = False) -> Catalogue:
+        """A snapshot straight from Redis (raises RedisError when it is down)."""
         reply = await self._script["SNAPSHOT"](
             self.keys.script_keys, [self.keys.events, self.keys.versions("")]
         )
@@ -192,22 +277,24 @@ class RedisStore:
         policies = {k.decode(): rpb.TrafficPolicy.FromString(v) for k, v in _pairs(reply[2])}
         addresses = {k.decode(): v.decode() for k, v in _pairs(reply[3])}
         statuses = dict(_pairs(reply[4]))
+        ttls = {k.decode(): int(v) for k, v in _pairs(reply[8])}
         workers = {}
         for worker_id, expires in _pairs(reply[5]):
             wid = worker_id.decode()
             expires_ms = int(float(expires))
-            if expires_ms < now_ms or wid not in addresses:
+            if (expires_ms < now_ms and not include_expired) or wid not in addresses:
                 continue
             worker = rpb.Worker.FromString(statuses.get(worker_id, b""))
             worker.worker_id, worker.address, worker.expires_at_ms = wid, addresses[wid], expires_ms
             workers[wid] = worker
         keys = {k.decode(): rpb.ApiKey.FromString(v) for k, v in _pairs(reply[6])}
         versions = {}
-        for model, flat in zip(reply[7], reply[8:], strict=True):
+        for model, flat in zip(reply[9], reply[10:], strict=True):
             parsed = {k.decode(): rpb.ModelVersion.FromString(v) for k, v in _pairs(flat)}
             if parsed:
                 versions[model.decode()] = parsed
-        return Catalogue(revision, versions, policies, workers, keys)
+        return Catalogue(revision, versions, policies, workers, keys, epoch=_text(reply[7]),
+                         lease_ttl_ms={w: t for w, t in ttls.items() if w in workers}, read_at_ms=now_ms)
 
     def _install(self, catalogue: Catalogue) -> None:
         previous = self._catalogue
@@ -219,8 +306,10 @@ class RedisStore:
 
     def _mark_up(self) -> None:
         if self._up is not True:
+            grace = self._grace_length_s()
             if self._up is False:
-                logger.warning("registry: Redis at %s is back", self.where)
+                logger.warning("registry: Redis at %s is back; %.0f s of lease grace", self.where, grace)
+            self._grace_until = time.monotonic() + grace
             self._up = True
             metrics.REDIS_UP.set(1)
 
@@ -278,7 +367,13 @@ class RedisStore:
         for attempt in range(_MAX_WRITE_ATTEMPTS):
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    await pipe.watch(self.keys.revision)
+                    await pipe.watch(self.keys.revision, self.keys.epoch)
+                    known = self._catalogue.epoch if self._catalogue else ""
+                    if known and _text(await pipe.get(self.keys.epoch)) != known:
+                        # Redis lost its data since the last snapshot: restore before writing.
+                        await pipe.reset()
+                        await self.refresh()
+                        continue
                     result, queue_writes = await prepare(pipe)
                     pipe.multi()
                     queue_writes(pipe)
@@ -316,7 +411,7 @@ class RedisStore:
         """-> (revision or 0 when nothing routing-relevant changed, expires_at_ms, ttl_ms)."""
         fp = status_fingerprint(status.versions)
         alive, revision, expires, ttl = await self.run_script(
-            "HEARTBEAT", worker_id, status.SerializeToString(), fp
+            "HEARTBEAT", worker_id, status.SerializeToString(), fp, "1" if self.in_grace() else "0"
         )
         if not alive:
             raise NotFound(f"worker {worker_id} has no lease (expired or deregistered); register again")
@@ -330,4 +425,14 @@ class RedisStore:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
 

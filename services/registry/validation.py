@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import re
-from urllib.parse import urlparse
+from collections.abc import Sequence
+from pathlib import Path
 
+from services.common import artifacts
 from services.common.errors import InvalidArgument, NotFound
 from services.common.model_config import ModelConfig, parse_model_config
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
@@ -25,6 +27,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_TTL_S = 3600
 MAX_CACHE_TTL_S = 7 * 24 * 3600
 MAX_CONFIG_BYTES = 256 * 1024
+#: Bound on the optimisation report stored with a version (shunter optimize trims to 32 KiB).
+MAX_REPORT_BYTES = 64 * 1024
 
 ARCHIVED = rpb.ARCHIVED
 STATE_NAMES = {
@@ -73,12 +77,21 @@ def check_sha256(value: str) -> str:
     return value
 
 
-def check_artifact_uri(value: str) -> str:
+def check_artifact_uri(value: str, roots: Sequence[Path] = ()) -> str:
+    """An artifact URI the workers may fetch: see ``artifacts.check_uri`` for the rules.
+
+    Where the path exists on the registry's host it is also resolved (symlinks followed)
+    and must be a regular file or a directory inside ``roots``; where it does not, its
+    text alone must lie inside them (the worker checks again before reading it).
+    """
     if not value:
         raise InvalidArgument("artifact_uri is empty")
-    parsed = urlparse(value)
-    if parsed.scheme != "file" or not parsed.path.startswith("/"):
+    if not value.startswith("file://"):
         raise InvalidArgument(f"artifact_uri {value!r} must be an absolute file:// URI")
+    try:
+        artifacts.check_uri(value, roots)
+    except artifacts.ArtifactError as exc:
+        raise InvalidArgument(str(exc)) from None
     return value
 
 
@@ -91,13 +104,20 @@ def parse_version_config(model: str, version: str, config_yaml: str) -> ModelCon
     return parse_model_config(config_yaml, f"config.yaml of {model} version {version}")
 
 
+def check_report(text: str) -> str:
+    """An optimisation report stored with a version: bounded, like config_yaml."""
+    if len(text.encode()) > MAX_REPORT_BYTES:
+        raise InvalidArgument(f"optimize_report is larger than {MAX_REPORT_BYTES} bytes")
+    return text
+
+
 def build_version(
-    request: rpb.RegisterModelVersionRequest, creator: str, now_ms: int
+    request: rpb.RegisterModelVersionRequest, creator: str, now_ms: int, artifact_roots: Sequence[Path] = ()
 ) -> rpb.ModelVersion:
     """The ModelVersion a valid registration records (signature and batching from its config)."""
     check_name(request.model)
     check_version(request.version)
-    check_artifact_uri(request.artifact_uri)
+    check_artifact_uri(request.artifact_uri, artifact_roots)
     check_sha256(request.sha256)
     state = request.state or rpb.STAGED
     check_state(state)
@@ -124,6 +144,7 @@ def build_version(
         creator=creator,
         created_at_ms=now_ms,
         config_yaml=request.config_yaml,
+        optimize_report=check_report(request.optimize_report),
     )
 
 

@@ -54,3 +54,12 @@ REGISTRY_CONNECTED = Gauge(
     "shunter_router_registry_connected",
     "1 while the routing-table watch stream is open; 0 while serving on the last table.",
 )
+TABLES_REFUSED = Counter(
+    "shunter_router_routing_tables_refused",
+    "Routing tables not installed: the revision went back and models or keys were missing "
+    "(the registry's Redis lost its data); the router keeps its last table.",
+)
+WORKERS_HELD = Gauge(
+    "shunter_router_versions_with_held_workers",
+    "Versions whose last workers are kept although the newest table lists none ready.",
+)

@@ -28,6 +28,10 @@ class ClusterSettings:
     advertise_address: str | None = None
     #: Directories whose python handlers may run (cluster mode); empty: none allowed.
     trusted_repositories: tuple[Path, ...] = ()
+    #: Directories artifacts may be read from (cluster mode); empty: any local path.
+    artifact_roots: tuple[Path, ...] = ()
+    #: Seconds a version may take to load and warm up before it is refused (cluster mode).
+    load_timeout_s: float = 900.0
 
 
 class WorkerApp:
@@ -68,6 +72,8 @@ class WorkerApp:
                 host=self.models,
                 advertise_address=settings.advertise_address or self.bound_address,
                 lease_ttl_s=settings.lease_ttl_s,
+                artifact_roots=settings.artifact_roots,
+                load_timeout_s=settings.load_timeout_s,
             )
             await self._cluster.start()
             # Health stays NOT_SERVING (and the readiness line unprinted) until the first

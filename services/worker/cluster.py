@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from services.common.errors import NotFound, PermissionDenied, ShunterError, Una
 from services.common.model_config import ModelConfig, parse_model_config
 from services.common.registry_client import RegistryClient
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.worker.engines.base import UnsafeArtifact
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ STOP_TIMEOUT_S = 5.0
 LOAD_RETRY_S = 30.0
 #: How long start-up waits for the first registration (to tell a refused key from a slow registry).
 FIRST_REGISTER_TIMEOUT_S = 10.0
+#: Seconds one version may take to load and warm up before it is given up for good.
+LOAD_TIMEOUT_S = 900.0
 
 Key = tuple[str, str]  # (model, version)
 
@@ -75,14 +79,18 @@ def _assigned(table: rpb.RoutingTable, models: frozenset[str]) -> dict[Key, rpb.
     }
 
 
-def prepare_version(version: rpb.ModelVersion) -> tuple[Path, ModelConfig]:
+def prepare_version(
+    version: rpb.ModelVersion, cancel: threading.Event | None = None, roots: tuple[Path, ...] = ()
+) -> tuple[Path, ModelConfig]:
     """Fetch and verify a version's artifact: its version directory and config.
 
-    Raises ArtifactError for a missing artifact or a sha256 mismatch. Runs in a thread:
-    hashing a large artifact must not stall the event loop.
+    Raises ArtifactError for a missing or disallowed artifact (a device, a FIFO, over the
+    size cap), a sha256 mismatch, hashing past its timeout or ``cancel`` being set. Runs in
+    a thread: hashing a large artifact must not stall the event loop. With ``roots`` the
+    artifact, and every file inside a directory artifact, must resolve inside them.
     """
-    path = artifacts.fetch(version.artifact_uri)
-    digest = artifacts.sha256_of(path)
+    path = artifacts.fetch(version.artifact_uri, roots)
+    digest = artifacts.sha256_of(path, cancel=cancel, roots=roots)
     if digest != version.sha256:
         raise ShaMismatch(
             f"sha256 mismatch: the registry recorded {version.sha256} but {version.artifact_uri} "
@@ -107,6 +115,51 @@ class KeyRefused(Unauthenticated):
     exit_code = 2
 
 
+class LoadTimeout(Exception):
+    """A version took longer than the load timeout: refused for good (it would hang again)."""
+
+
+async def _prepare_off_loop(version: rpb.ModelVersion, roots: tuple[Path, ...]) -> tuple[Path, ModelConfig]:
+    """``prepare_version`` on a daemon thread that stops when the awaiting task is cancelled.
+
+    Not the default executor: the interpreter joins its threads at exit, so one stuck
+    reading an artifact would keep a SIGTERMed worker from ever exiting. Cancelling the
+    task (stop() does) sets the event the hashing checks between chunks.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[Path, ModelConfig]] = loop.create_future()
+    cancel = threading.Event()
+
+    def settle(result: tuple[Path, ModelConfig] | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def deliver(result: tuple[Path, ModelConfig] | None, error: BaseException | None) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop has closed: the worker is exiting and nobody waits
+
+    def work() -> None:
+        try:
+            result = prepare_version(version, cancel, roots)
+        except BaseException as exc:  # handed to the awaiting task, whatever it is
+            deliver(None, exc)
+            return
+        deliver(result, None)
+
+    thread = threading.Thread(target=work, name=f"prepare-{version.model}-{version.version}", daemon=True)
+    thread.start()
+    try:
+        return await done
+    finally:
+        cancel.set()
+
+
 class ClusterMember:
     def __init__(
         self,
@@ -116,6 +169,8 @@ class ClusterMember:
         host: ModelHost,
         advertise_address: str,
         lease_ttl_s: int = 0,
+        artifact_roots: tuple[Path, ...] = (),
+        load_timeout_s: float = LOAD_TIMEOUT_S,
     ) -> None:
         if not advertise_address:
             raise ValueError("cluster mode needs an address routers can dial (--advertise HOST:PORT)")
@@ -124,6 +179,10 @@ class ClusterMember:
         self.host = host
         self.advertise_address = advertise_address
         self.lease_ttl_s = lease_ttl_s
+        #: Where artifacts may be read from (empty: anywhere local).
+        self.artifact_roots = artifact_roots
+        #: A version still loading after this long is refused, so the next ones can load.
+        self.load_timeout_s = load_timeout_s
         self.worker_id = ""
         #: Set once the first routing table has been reconciled (loads attempted).
         self.synced = asyncio.Event()
@@ -239,10 +298,20 @@ class ClusterMember:
     # ---- watch and reconcile ---------------------------------------------------------
 
     async def _watch_loop(self) -> None:
+        revision = 0
         while True:
             try:
                 async for table in self.client.watch():
-                    self._desired = _assigned(table, self.serve)
+                    desired = _assigned(table, self.serve)
+                    if table.revision < revision and not set(self._desired) <= set(desired):
+                        # The registry's Redis lost its data and no registry remembered it:
+                        # keep serving what it assigned before rather than unload it all.
+                        logger.error("routing table revision %d went back from %d without versions this "
+                                     "worker serves; keeping them until the registry has them again",
+                                     table.revision, revision)
+                        continue
+                    revision = table.revision
+                    self._desired = desired
                     self._have_table = True
                     self._wake.set()
             except (Unauthenticated, PermissionDenied) as exc:
@@ -282,12 +351,19 @@ class ClusterMember:
         self._loading.add(key)
         self._poke.set()
         try:
-            version_dir, config = await asyncio.to_thread(prepare_version, version)
+            version_dir, config = await _prepare_off_loop(version, self.artifact_roots)
             self._attempted.add(key)
-            await self.host.load_version(model, number, version_dir, config)
+            try:
+                await asyncio.wait_for(self.host.load_version(model, number, version_dir, config), self.load_timeout_s)
+            except TimeoutError:
+                raise LoadTimeout(
+                    f"did not load and warm up within {self.load_timeout_s:g} s (--load-timeout-s); "
+                    "refusing it until it is registered again"
+                ) from None
             self._failures.pop(key, None)
             logger.info("cluster: %s version %s loaded from %s", model, number, version.artifact_uri)
-        except ShaMismatch as exc:
+        except (ShaMismatch, UnsafeArtifact, LoadTimeout) as exc:
+            # Not retried: the same bytes would be refused again (until re-registered).
             logger.error("refusing %s version %s: %s", model, number, exc)
             self._failures[key] = _Failure(version.sha256, str(exc), None)
         except Exception as exc:

@@ -11,7 +11,6 @@ import asyncio
 import enum
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from services.common.errors import NotFound, Unavailable
@@ -21,8 +20,10 @@ from services.gen.shunter.registry.v1 import registry_pb2
 from services.worker import metrics
 from services.worker.batching.batcher import Arrays, Batcher, BatchTiming, EngineInstance
 from services.worker.batching.policy import BatchPolicy
+from services.worker.daemon_executor import DaemonThreadExecutor
 from services.worker.engines import create_engine
 from services.worker.engines.base import Engine, EngineLoadError, EngineSpec
+from services.worker.engines.python_handler import untrusted_code
 from services.worker.statistics import VersionStatistics
 
 logger = logging.getLogger(__name__)
@@ -66,21 +67,26 @@ class LoadedVersion:
         """Create, load and warm up every instance, each on its own thread."""
         config = self.config
         instances: list[EngineInstance] = []
+        executors: list[DaemonThreadExecutor] = []
         loop = asyncio.get_running_loop()
         try:
             for index in range(config.instances):
-                executor = ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix=f"{self.model}-v{self.version}-{index}"
-                )
+                executor = DaemonThreadExecutor(f"{self.model}-v{self.version}-{index}")
+                executors.append(executor)
                 engine = create_engine(self.spec)
                 await loop.run_in_executor(executor, _load_and_warm, engine)
                 self._engines.append(engine)
                 instances.append(EngineInstance(infer=engine.infer, executor=executor))
-        except Exception as exc:
-            for instance in instances:
-                instance.executor.shutdown(wait=False)
+        except BaseException as exc:
+            # Also when cancelled (a load timeout, shutdown): a thread still inside load()
+            # finishes on its own, and being a daemon it does not hold the process.
+            for executor in executors:
+                executor.shutdown(wait=False, cancel_futures=True)
             self.state = VersionState.FAILED
-            self.error = str(exc) or type(exc).__name__
+            if isinstance(exc, asyncio.CancelledError):
+                self.error = "loading was cancelled (timed out or the worker is stopping)"
+            else:
+                self.error = str(exc) or type(exc).__name__
             raise
         batching = config.dynamic_batching
         if batching is not None:
@@ -179,11 +185,10 @@ class ModelManager:
             return
         loaded = LoadedVersion(EngineSpec(model, version, version_dir, config))
         self._models.setdefault(model, {})[version] = loaded
-        if not self._handler_allowed(version_dir, config):
+        refusal = None if self._trusted_roots is None else untrusted_code(loaded.spec, self._trusted_roots)
+        if refusal is not None:
             loaded.state = VersionState.FAILED
-            loaded.error = (
-                f"{version_dir}: python handlers run only from a trusted repository (--trusted-repository)"
-            )
+            loaded.error = f"{model} version {version}: {refusal}"
             logger.error("refusing %s version %s: %s", model, version, loaded.error)
             raise EngineLoadError(loaded.error)
         logger.info("loading %s version %s (%s)", model, version, config.backend)
@@ -195,12 +200,6 @@ class ModelManager:
         finally:
             self._refresh_latest(model)
         logger.info("ready: %s version %s", model, version)
-
-    def _handler_allowed(self, version_dir: Path, config: ModelConfig) -> bool:
-        if self._trusted_roots is None or (config.handler is None and config.backend != "python"):
-            return True
-        resolved = version_dir.resolve()
-        return any(resolved.is_relative_to(root) for root in self._trusted_roots)
 
     async def unload_version(self, model: str, version: str) -> None:
         loaded = self._models.get(model, {}).pop(version, None)

@@ -19,7 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,7 +73,7 @@ class EngineInstance:
     """One engine instance and the single thread that runs it."""
 
     infer: InferFn
-    executor: ThreadPoolExecutor
+    executor: Executor
 
 
 class PeakTracker:

@@ -49,3 +49,10 @@ class Engine(Protocol):
 
 class EngineLoadError(Exception):
     """A model version cannot be loaded (bad artifact, missing file, unsafe content)."""
+
+
+class UnsafeArtifact(EngineLoadError):
+    """The artifact holds something that would run code (or touch files) when loaded.
+
+    Refused for good: loading the same bytes again would be refused the same way.
+    """

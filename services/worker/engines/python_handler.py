@@ -54,6 +54,47 @@ def resolve_in_model_dir(model_dir: Path, relative: str, what: str) -> Path:
     return path
 
 
+def handler_source(spec: EngineSpec) -> tuple[Path, str, str] | None:
+    """Where the python code of ``spec`` comes from: (model dir, path relative to it, what).
+
+    None when the version runs no python. The worker's trusted-repository check and
+    HandlerEngine.load both read this, so they judge the same file.
+    """
+    config = spec.config
+    model_dir = spec.version_dir.parent
+    if config.handler is not None:
+        return model_dir, config.handler, "handler"
+    if config.backend == "python":
+        # backend: python with no handler key: the version's own model.py is the model.
+        return model_dir, f"{spec.version_dir.name}/{config.artifact_name}", "python model"
+    return None
+
+
+def untrusted_code(spec: EngineSpec, trusted_roots: tuple[Path, ...]) -> str | None:
+    """Why ``spec``'s python code may not run from ``trusted_roots``, or None when it may.
+
+    The model directory, the version directory and the resolved code file must all lie
+    inside one trusted root: a version registered as the root itself (or as a file directly
+    in it) would otherwise take its handler from the root's parent.
+    """
+    source = handler_source(spec)
+    if source is None:
+        return None
+    model_dir, relative, what = source
+    model_dir = model_dir.resolve()
+    code = (model_dir / relative).resolve()
+    version_dir = spec.version_dir.resolve()
+    for root in trusted_roots:
+        root = root.resolve()
+        if all(path.is_relative_to(root) for path in (model_dir, version_dir, code)):
+            return None
+    roots = ", ".join(str(r) for r in trusted_roots) or "none configured"
+    return (
+        f"{what} {code} (model directory {model_dir}) is not inside a trusted repository "
+        f"(--trusted-repository: {roots}); python code runs only from there"
+    )
+
+
 def import_handler(path: Path, model: str, version: str) -> ModuleType:
     """Import the file at ``path`` under a fresh, unique module name."""
     tag = re.sub(r"\W", "_", f"{model}_{version}")
@@ -86,16 +127,11 @@ class HandlerEngine:
         self._what = f"handler of {spec.model}/{spec.version}"
 
     def load(self) -> None:
-        config = self.spec.config
-        model_dir = self.spec.version_dir.parent
-        if config.handler is not None:
-            path = resolve_in_model_dir(model_dir, config.handler, "handler")
-        elif self._inner is None:
-            # backend: python with no handler key: the version's own model.py is the model.
-            relative = f"{self.spec.version_dir.name}/{config.artifact_name}"
-            path = resolve_in_model_dir(model_dir, relative, "python model")
-        else:
+        source = handler_source(self.spec)
+        if source is None:
             raise EngineLoadError(f"{self.spec.model}/{self.spec.version}: no handler configured")
+        model_dir, relative, what = source
+        path = resolve_in_model_dir(model_dir, relative, what)
         module = import_handler(path, self.spec.model, self.spec.version)
         try:
             self._bind(module, path)

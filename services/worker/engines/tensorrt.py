@@ -6,7 +6,7 @@ profile matching the batcher: batch 1 to ``max_batch_size``, tuned for the large
 preferred batch size. Variable non-batch dimensions get the range
 ``1..VARIABLE_DIM_MAX`` tuned for ``VARIABLE_DIM_OPT``. Device memory, the stream and the
 host/device copies go through torch (always present on GPU workers); host buffers are
-pinned and reused from batch to batch.
+pinned and reused from batch to batch by torch_support.PinnedStager, as in the torch engines.
 
 This module imports without TensorRT; ``load()`` raises EngineLoadError when it is missing.
 It has not been exercised on a GPU in CI: treat it as the reference shape of the engine.
@@ -50,7 +50,7 @@ class TensorRTEngine:
         self._context: Any = None
         self._stream: Any = None
         self._device: Any = None
-        self._pinned: dict[str, Any] = {}
+        self._stager: Any = None  # torch_support.PinnedStager, once loaded
 
     def load(self) -> None:
         try:
@@ -58,6 +58,8 @@ class TensorRTEngine:
         except ImportError:
             raise EngineLoadError("TensorRT is not installed") from None
         import torch
+
+        from services.worker.engines.torch_support import PinnedStager
 
         if not torch.cuda.is_available():
             raise EngineLoadError(f"{self._what}: TensorRT needs a CUDA device and none is available")
@@ -67,11 +69,17 @@ class TensorRTEngine:
         try:
             with torch.cuda.device(self._device):
                 plan = path.read_bytes() if path.suffix != ".onnx" else self._build_plan(trt, trt_logger, path)
-                self._engine = trt.Runtime(trt_logger).deserialize_cuda_engine(plan)
+                runtime = trt.Runtime(trt_logger)
+                if hasattr(runtime, "engine_host_code_allowed"):
+                    # A version-compatible plan may embed host code (a lean runtime, plugins);
+                    # refuse to run it. TensorRT's default, stated so it stays that way.
+                    runtime.engine_host_code_allowed = False
+                self._engine = runtime.deserialize_cuda_engine(plan)
                 if self._engine is None:
                     raise EngineLoadError(f"{path}: not a TensorRT plan for this GPU and TensorRT version")
                 self._context = self._engine.create_execution_context()
                 self._stream = torch.cuda.Stream(self._device)
+                self._stager = PinnedStager(self._device)
         except EngineLoadError:
             raise
         except Exception as exc:
@@ -114,7 +122,7 @@ class TensorRTEngine:
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from services.worker.engines.torchscript import tensor_to_numpy
+        from services.worker.engines.torch_support import tensor_to_numpy
 
         if self._context is None:
             raise EngineError(f"{self._what} is not loaded")
@@ -125,7 +133,7 @@ class TensorRTEngine:
                 if spec.name not in inputs:
                     raise EngineError(f"{self._what} is missing input '{spec.name}'")
                 host = torch.from_numpy(np.ascontiguousarray(as_dtype(inputs[spec.name], spec)).copy())
-                device_tensor = self._stage(spec.name, host)
+                device_tensor = self._stager.to_device(spec.name, host)
                 keep_alive.append(device_tensor)
                 self._context.set_input_shape(spec.name, tuple(device_tensor.shape))
                 self._context.set_tensor_address(spec.name, device_tensor.data_ptr())
@@ -142,23 +150,13 @@ class TensorRTEngine:
         raw = {name: tensor_to_numpy(tensor) for name, tensor in host_outputs.items()}
         return collect_outputs(raw, self._outputs, rows, self._what)
 
-    def _stage(self, name: str, host: Any) -> Any:
-        import torch
-
-        nbytes = host.numel() * host.element_size()
-        buffer = self._pinned.get(name)
-        if buffer is None or buffer.numel() < nbytes:
-            buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True)
-            self._pinned[name] = buffer
-        staged = buffer[:nbytes].view(host.dtype).view(host.shape)
-        staged.copy_(host)
-        return staged.to(self._device, non_blocking=True)
-
     def close(self) -> None:
         self._context = None
         self._engine = None
         self._stream = None
-        self._pinned.clear()
+        if self._stager is not None:
+            self._stager.clear()
+        self._stager = None
 
 
 def _torch_dtype(trt_dtype: Any) -> Any:

@@ -1,12 +1,12 @@
 """torch.export engine: a ``torch.export.save`` archive (``model.pt2``) run as a module.
 
-``torch.export.load`` falls back to full pickle for some archive members (weights saved
-with ``use_pickle``, legacy weight files, sample inputs that fail the safe loader), so
-loading is done with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` set: every ``torch.load`` inside it
-then uses the weights-only unpickler, and an archive that needs anything more is refused.
+Loading such an archive can run code (torch_archives.py lists how), so the archive is
+checked member by member first and torch loads the checked bytes. As a second fence the
+load runs with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` set: every ``torch.load`` inside it then
+uses the weights-only unpickler.
 The program must have been exported with positional arguments (``torch.export.export(m,
 (x,))``); they are passed in the order of the program's own input names when those are the
-config's names. Threads and CUDA handling are shared with TorchScript (torchscript.py).
+config's names. Threads, CUDA handling and the runner are torch_support.py's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from services.worker.engines.torchscript import TorchEngineBase
+from services.worker.engines.torch_archives import read_export_archive
+from services.worker.engines.torch_support import TorchEngineBase
 
 _FORCE_SAFE_ENV = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 _env_lock = threading.Lock()
@@ -49,8 +50,9 @@ class TorchExportEngine(TorchEngineBase):
     kind = "torch.export program"
 
     def _load_module(self, path: Path, device: torch.device) -> tuple[Callable[..., Any], list[str]]:
+        archive = read_export_archive(str(path))  # UnsafeArtifact before torch reads a byte
         with _weights_only_loads():
-            program = torch.export.load(str(path))
+            program = torch.export.load(archive)
         arg_names = list(program.graph_signature.user_inputs)
         module = program.module()
         if device.type != "cpu":

@@ -259,11 +259,6 @@ def test_a_partitioned_registry_leaves_routing_as_it_was(cluster):
     wait_for(lambda: len(cluster.workers_in_registry()) == 2, 90, "both workers registered again")
 
 
-@pytest.mark.xfail(
-    reason="the registry watch stream has no keepalive yet (helper `durable` is adding it): a router "
-    "behind a silent partition keeps the dead stream open and never reports the registry lost",
-    strict=False,
-)
 def test_the_router_notices_a_lost_registry_within_30_s(cluster):
     registry = cluster.hosts["registry"]
     assert cluster.router_metric("shunter_router_registry_connected") == 1

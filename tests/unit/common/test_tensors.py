@@ -121,14 +121,60 @@ def test_overflowing_dimensions():
 
 def test_broken_bytes_prefix():
     req = request()
-    req.raw_input_contents[1] = struct.pack("<I", 100) + b"ab"
+    req.raw_input_contents[1] = struct.pack("<I", 100) + b"abcdef"
     expect("input 't': BYTES item 0 declares 100 bytes", req)
 
 
 def test_truncated_bytes_prefix():
     req = request()
-    req.raw_input_contents[1] = struct.pack("<I", 2) + b"a0" + b"\x01"
+    req.raw_input_contents[1] = struct.pack("<I", 5) + b"abcde" + b"\x01"
     expect("input 't': BYTES data ends after 1 of 2 items", req)
+
+
+VARIABLE = Signature(
+    inputs=(TensorSpec("t", "BYTES", (-1,)),), outputs=(TensorSpec("y", "FP32", (2,)),), max_batch_size=8
+)
+
+
+def bytes_request(shape: list[int], body: bytes) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name="m")
+    req.inputs.add(name="t", datatype="BYTES", shape=shape)
+    req.raw_input_contents.append(body)
+    return req
+
+
+@pytest.mark.parametrize("materialize", [True, False])  # worker and router
+def test_bytes_count_is_checked_against_the_body_before_allocating(materialize):
+    # 35 bytes claiming 2^24 items: decoding must not size an object array from the claim.
+    import tracemalloc
+
+    req = bytes_request([1, 2**24], b"\x03\x00\x00\x00abc" * 5)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidArgument, match=r"input 't': shape claims 16777216 BYTES items but the 35-byte body"):
+            decode_request(req, VARIABLE, materialize=materialize)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"decoding a 35-byte request allocated {peak} bytes"
+
+
+def test_bytes_shape_at_the_element_limit_is_invalid_not_internal():
+    with pytest.raises(InvalidArgument, match="holds at most 8"):
+        decode_request(bytes_request([1, 2**40], b"\x00" * 35), VARIABLE)
+
+
+def test_bytes_element_count_is_bounded():
+    from services.common.tensors import MAX_BYTES_ELEMENTS
+
+    count = MAX_BYTES_ELEMENTS + 1
+    with pytest.raises(InvalidArgument, match=f"{count} BYTES items exceed the limit"):
+        decode_request(bytes_request([1, count], b"\x00" * (4 * count)), VARIABLE)
+    typed = bytes_request([1, count], b"")
+    del typed.raw_input_contents[:]
+    typed.inputs[0].contents.bytes_contents.extend([b""] * count)
+    with pytest.raises(InvalidArgument, match="exceed the limit"):
+        decode_request(typed, VARIABLE)
 
 
 def test_raw_and_typed_mixed_for_one_input():

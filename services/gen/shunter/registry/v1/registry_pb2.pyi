@@ -55,7 +55,7 @@ class Signature(_message.Message):
     def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("model", "version", "artifact_uri", "sha256", "backend", "signature", "batching", "state", "creator", "created_at_ms", "config_yaml")
+    __slots__ = ("model", "version", "artifact_uri", "sha256", "backend", "signature", "batching", "state", "creator", "created_at_ms", "config_yaml", "optimize_report")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_URI_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class ModelVersion(_message.Message):
     CREATOR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZE_REPORT_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     artifact_uri: str
@@ -78,7 +79,8 @@ class ModelVersion(_message.Message):
     creator: str
     created_at_ms: int
     config_yaml: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[str] = ..., backend: _Optional[str] = ..., signature: _Optional[_Union[Signature, _Mapping]] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ..., state: _Optional[_Union[VersionState, str]] = ..., creator: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., config_yaml: _Optional[str] = ...) -> None: ...
+    optimize_report: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[str] = ..., backend: _Optional[str] = ..., signature: _Optional[_Union[Signature, _Mapping]] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ..., state: _Optional[_Union[VersionState, str]] = ..., creator: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., config_yaml: _Optional[str] = ..., optimize_report: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "versions", "policy")
@@ -116,20 +118,22 @@ class TrafficPolicy(_message.Message):
     def __init__(self, model: _Optional[str] = ..., weights: _Optional[_Mapping[str, int]] = ..., sticky_header: _Optional[str] = ..., shadow_version: _Optional[str] = ..., fallback_version: _Optional[str] = ..., cache_enabled: _Optional[bool] = ..., cache_ttl_s: _Optional[int] = ...) -> None: ...
 
 class RegisterModelVersionRequest(_message.Message):
-    __slots__ = ("model", "version", "artifact_uri", "sha256", "config_yaml", "state")
+    __slots__ = ("model", "version", "artifact_uri", "sha256", "config_yaml", "state", "optimize_report")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_URI_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZE_REPORT_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     artifact_uri: str
     sha256: str
     config_yaml: str
     state: VersionState
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[str] = ..., config_yaml: _Optional[str] = ..., state: _Optional[_Union[VersionState, str]] = ...) -> None: ...
+    optimize_report: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[str] = ..., config_yaml: _Optional[str] = ..., state: _Optional[_Union[VersionState, str]] = ..., optimize_report: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
