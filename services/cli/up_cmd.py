@@ -13,9 +13,9 @@ ends start-up at once with the worker's error and its log path (exit 1).
 `up` stays in the foreground as the cluster's supervisor, so `eval "$(shunter up)"` would
 never return; instead the same exports are written to an env file (``--env-file``, by
 default ``<run dir>/env``) for another shell to ``source``. Children log to files in the
-run directory. A worker, the registry or the router that dies is reported with the tail of
-its log and restarted with backoff (the registry and router on the same ports); Redis
-that dies ends the cluster. Ctrl-C or SIGTERM stops the children in reverse order
+run directory. Any child that dies is reported with the tail of its log and restarted with
+backoff; Redis (append-only file in the run directory), the registry and the router come
+back on the same ports, so nothing else needs to change. Ctrl-C or SIGTERM stops the children in reverse order
 (router first, Redis last), in any state, start-up included.
 """
 
@@ -86,12 +86,14 @@ class Child:
     env: dict | None = None
     address: str = ""
     metrics: str = ""
-    #: Restartable children (registry, workers, router) are restarted when they die;
-    #: the others (Redis, whose data would be gone) take the cluster down.
+    #: Restartable children are restarted when they die; the others take the cluster down
+    #: (a Redis given with --redis-url is not a child at all).
     restartable: bool = False
     #: `service` children print a readiness line; a restart waits for it again.
     ready_timeout_s: float = 60.0
     started: float = 0.0
+    #: Set for the redis-server `up` started: readiness is its port answering.
+    redis_port: int = 0
 
 
 def redis_binary() -> str:
@@ -144,8 +146,8 @@ class Cluster:
             )
         child = Child(name, proc, log, argv, env, started=time.monotonic())
         if replace is not None:
-            if replace.restartable:
-                child.restartable, child.ready_timeout_s = True, replace.ready_timeout_s
+            child.restartable, child.ready_timeout_s = replace.restartable, replace.ready_timeout_s
+            child.redis_port = replace.redis_port
             self.children[self.children.index(replace)] = child
         else:
             self.children.append(child)
@@ -167,6 +169,13 @@ class Cluster:
     async def wait_ready(self, child: Child) -> None:
         """Read the child's stdout up to its readiness line, then keep copying it to the log."""
         assert child.proc.stdout is not None
+        if child.redis_port:
+            if not await self._redis_answers(child, child.ready_timeout_s):
+                raise UpError(f"shunter up: redis did not come back on port {child.redis_port}; "
+                              f"last lines of {child.log}:\n{log_tail(child.log)}")
+            child.address = f"{self.args.host}:{child.redis_port}"
+            asyncio.get_running_loop().create_task(self._drain_stdout(child))
+            return
         timeout_s = child.ready_timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
@@ -203,19 +212,28 @@ class Cluster:
                 # AOF in the run directory: a Redis restart keeps the catalogue and keys.
                 "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
             ])
-            for _ in range(100):
-                if child.proc.returncode is not None:
-                    break
-                with contextlib.suppress(OSError):
-                    _r, writer = await asyncio.open_connection(host, port)
-                    writer.close()
-                    return f"redis://{host}:{port}/0"
-                await asyncio.sleep(0.05)
+            child.redis_port = port
+            if await self._redis_answers(child):
+                # With its AOF it can be restarted on the same port without losing anything.
+                child.restartable = True
+                asyncio.get_running_loop().create_task(self._drain_stdout(child))
+                return f"redis://{host}:{port}/0"
             self.children.remove(child)
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()
             await child.proc.wait()
         raise UpError("shunter up: could not start redis-server")
+
+    async def _redis_answers(self, child: Child, timeout_s: float = 5.0) -> bool:
+        """Whether redis-server accepts connections on its port within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and child.proc.returncode is None:
+            with contextlib.suppress(OSError):
+                _r, writer = await asyncio.open_connection(self.args.host, child.redis_port)
+                writer.close()
+                return True
+            await asyncio.sleep(0.05)
+        return False
 
     async def stop(self) -> None:
         """SIGTERM in reverse start order, each child drained before the next."""
@@ -454,7 +472,7 @@ async def keep_running(cluster: Cluster, index: int, stop: asyncio.Event, fatal:
         print(f"# shunter up: {child.name} (pid {child.proc.pid}) exited with code {child.proc.returncode}; "
               f"last log lines ({child.log}):\n{log_tail(child.log)}", file=sys.stderr, flush=True)
         if not child.restartable:
-            print(f"# shunter up: {child.name} cannot be restarted (its data is gone); stopping the cluster",
+            print(f"# shunter up: {child.name} cannot be restarted; stopping the cluster",
                   file=sys.stderr, flush=True)
             fatal.set()
             return
@@ -474,12 +492,13 @@ async def keep_running(cluster: Cluster, index: int, stop: asyncio.Event, fatal:
         except UpError as exc:
             print(f"# {exc}", file=sys.stderr, flush=True)
             continue
-        print(f"# shunter up: {child.name} restarted (pid {child.proc.pid}) at {child.address} "
-              f"metrics http://{child.metrics}/metrics", file=sys.stderr, flush=True)
+        metrics = f" metrics http://{child.metrics}/metrics" if child.metrics else ""
+        print(f"# shunter up: {child.name} restarted (pid {child.proc.pid}) at {child.address}{metrics}",
+              file=sys.stderr, flush=True)
 
 
 async def supervise(cluster: Cluster, stop: asyncio.Event) -> int:
-    """Run until stopped, restarting children that die; Redis dying ends the cluster with status 1."""
+    """Run until stopped, restarting children that die; one that cannot be restarted ends it (status 1)."""
     cluster.supervising = True
     fatal = asyncio.Event()
     watchers = [asyncio.ensure_future(keep_running(cluster, i, stop, fatal)) for i in range(len(cluster.children))]

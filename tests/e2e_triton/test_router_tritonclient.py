@@ -195,7 +195,7 @@ def test_traffic_set_needs_no_force_for_versions_workers_serve(up):
     assert "sticky:    x-user-id" in done.stdout  # kept
 
 
-def test_dead_worker_reported_and_restarted_then_sigterm_stops_everything(up):
+def test_dead_children_reported_and_restarted_then_sigterm_stops_everything(up):
     children = psutil.Process(up.proc.pid).children()
     workers = [c for c in children if "worker" in c.cmdline()]
     assert len(workers) == 2 and len(children) == 5  # redis, registry, 2 workers, router
@@ -211,6 +211,18 @@ def test_dead_worker_reported_and_restarted_then_sigterm_stops_everything(up):
     assert any("restarting worker-" in line and "(restart 1)" in line for line in up.stderr)
     children = psutil.Process(up.proc.pid).children()
     assert len([c for c in children if "worker" in c.cmdline()]) == 2
+    # Redis too comes back, on its port, with its data (append-only file in the run dir).
+    redis = next(c for c in children if "redis-server" in c.name())
+    redis.kill()
+    while not any(line.startswith("# shunter up: redis restarted (pid ") for line in up.stderr):
+        assert time.monotonic() < deadline, "".join(up.stderr)
+        time.sleep(0.1)
+    listed = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "models", "list"], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, **{k: up.env[k] for k in ("SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY")}}, timeout=60,
+    )
+    assert listed.returncode == 0 and "calc" in listed.stdout, listed.stderr
+    children = psutil.Process(up.proc.pid).children()
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(60) == 0
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
