@@ -199,16 +199,17 @@ def version_config(path: Path, version: str) -> tuple[str, str]:
     """The config text to register, and its source(s).
 
     In a model repository (``<model>/config.yaml`` overlaid by ``<model>/<N>/config.yaml``)
-    either file gives the merged config of version N, as the worker would read it.
+    the model-level file gives the merged config of ``version`` (as the worker would read
+    it), and a version's file gives its own merge with the model-level one, whatever
+    ``version`` is being registered (so version 4 can be registered from ``3/config.yaml``).
     """
     from services.common.model_config import version_config_text
 
     path = path.expanduser().resolve()
-    for model_dir in (path.parent.parent, path.parent):
-        if path in (model_dir / "config.yaml", model_dir / version / "config.yaml") and (
-            model_dir / "config.yaml"
-        ).is_file():
-            return version_config_text(model_dir, version)
+    if path.name == "config.yaml" and path.parent.name.isdigit() and (path.parent.parent / "config.yaml").is_file():
+        return version_config_text(path.parent.parent, path.parent.name)
+    if path.name == "config.yaml" and path.is_file():
+        return version_config_text(path.parent, version)
     try:
         return path.read_text(), str(path)
     except OSError as exc:
