@@ -21,9 +21,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from services.common.errors import PermissionDenied, ShunterError, Unauthenticated
+from services.common.metrics_http import start_metrics_server
 from services.common.process_group import die_with_group
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class RunningService:
             self.app.bound_address = self.address
         await self.app.start()
         metrics_host = settings.metrics_host or settings.host
-        self._metrics_httpd, _ = start_http_server(settings.metrics_port, addr=metrics_host)
+        self._metrics_httpd = start_metrics_server(settings.metrics_port, addr=metrics_host)
         self.metrics_port = self._metrics_httpd.server_address[1]
         for name in ("", *self.app.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -204,8 +204,7 @@ def run(app: ServiceApp, settings: ServerSettings) -> int:
         return 2
     except (OSError, ShunterError) as exc:
         print(f"shunter {app.name}: {exc}", file=sys.stderr)
-        # Errors no retry can fix (a refused key) carry exit_code 2, as bad usage does.
-        return getattr(exc, "exit_code", 1)
+        return 1
     return 0
 
 

@@ -110,9 +110,7 @@ class ShaMismatch(artifacts.ArtifactError):
 
 
 class KeyRefused(Unauthenticated):
-    """The registry refused this worker's key at start-up; the worker exits (status 2)."""
-
-    exit_code = 2
+    """The registry refused this worker's key at start-up; the worker exits (status 2, server.run)."""
 
 
 class LoadTimeout(Exception):
