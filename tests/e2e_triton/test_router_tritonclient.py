@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import psutil
@@ -23,7 +26,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.router.cluster import write_repository
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, start_service
 
 
 class Up:
@@ -193,6 +196,94 @@ def test_traffic_set_needs_no_force_for_versions_workers_serve(up):
     done = shunter("calc", "3=100")
     assert done.returncode == 0, done.stderr
     assert "sticky:    x-user-id" in done.stdout  # kept
+
+
+def bench(up, *args: str) -> dict:
+    """`shunter bench` through the router, its key from $SHUNTER_API_KEY (not the command line)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "bench", "--model", "calc", "--concurrency", "2",
+         "--duration", "0.5", "--warmup", "0", "--processes", "1", "--json", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SHUNTER_API_KEY": up.env["SHUNTER_API_KEY"]},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["codes"] == {"OK": report["requests"]} and report["requests"] > 0, report
+    return report
+
+
+def router_counts(up, name: str, label: str) -> dict[str, float]:
+    """A router counter for model calc, summed per value of ``label``."""
+    url = next(line.split()[-1] for line in up.summary if "router   metrics" in line)
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_total{{") and 'model="calc"' in line:
+            value = re.search(rf'{label}="([^"]*)"', line).group(1)
+            counts[value] = counts.get(value, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_bench_random_inputs_get_past_the_cache_and_vary_header_splits_sticky_users(up, client):
+    target = ("--target", up.env["SHUNTER_ROUTER"])
+    env = {**os.environ, **{k: up.env[k] for k in ("SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY")}}
+    subprocess.run([sys.executable, "-m", "services.cli.main", "traffic", "set", "calc", "2=50", "3=50",
+                    "--sticky-header", "x-user-id", "--cache-ttl", "60"], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while not router_counts(up, "shunter_router_cache", "result").get("hit"):  # the policy has reached the router
+        assert time.monotonic() < deadline
+        client.infer("calc", [calc_input(np.ones((1, 4)))], headers=headers(up.env["SHUNTER_API_KEY"]))
+        time.sleep(0.1)
+    try:
+        before = router_counts(up, "shunter_router_cache", "result")
+        fixed = bench(up, *target, "-H", "x-user-id=one-user")
+        after_fixed = router_counts(up, "shunter_router_cache", "result")
+        # One request sent again and again: after the first, the cache answers.
+        assert after_fixed.get("hit", 0) - before.get("hit", 0) >= fixed["requests"] - 2
+        randomised = bench(up, *target, "--random-inputs", "--vary-header", "x-user-id")
+        after_random = router_counts(up, "shunter_router_cache", "result")
+        # Every call a fresh input: no hits but for the probe call, which is the fixed run's request.
+        assert after_random.get("hit", 0) - after_fixed.get("hit", 0) <= 1
+        assert after_random["miss"] - after_fixed.get("miss", 0) >= randomised["requests"]
+        assert randomised["requests_from"] == "fresh random inputs every call; x-user-id fresh every call"
+        # A fresh user per call: the sticky 50/50 split sends calls to both versions.
+        split_before = router_counts(up, "shunter_router_split_decisions", "version")
+        bench(up, *target, "--random-inputs", "--vary-header", "x-user-id")
+        split_after = router_counts(up, "shunter_router_split_decisions", "version")
+        assert all(split_after.get(v, 0) > split_before.get(v, 0) for v in ("2", "3")), (split_before, split_after)
+    finally:
+        subprocess.run([sys.executable, "-m", "services.cli.main", "traffic", "set", "calc", "3=100", "--replace"],
+                       cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
+
+
+def test_bench_over_tls_with_cacert(up, tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    redis_url = re.search(r"redis (redis://\S+)", "\n".join(up.summary)).group(1)
+    router = start_service(
+        ["router", "--registry", up.env["SHUNTER_REGISTRY"], "--redis-url", redis_url, "--port", "0",
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        env={"SHUNTER_ADMIN_KEY": up.env["SHUNTER_ADMIN_KEY"]},
+    )
+    try:
+        bench(up, "--target", router.address, "--cacert", str(cert))
+        plain = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "bench", "--target", router.address, "--model", "calc",
+             "--duration", "0.5"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "SHUNTER_API_KEY": up.env["SHUNTER_API_KEY"]},
+        )
+        assert plain.returncode == 2 and "a TLS server needs --tls or --cacert" in plain.stderr
+    finally:
+        router.terminate()
 
 
 def test_dead_children_reported_and_restarted_then_sigterm_stops_everything(up):
