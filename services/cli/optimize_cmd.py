@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +26,7 @@ EXIT_NO_WINNER = 3
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "optimize", help="quantise, prune, distil and compile a model version; measure; register the winner",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(__doc__ or "").replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--version", required=True, help="the version to optimise")
@@ -36,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     labels.add_argument("--label-column", metavar="NAME", help="the array / key in --eval holding the labels")
     p.add_argument("--try", dest="techniques", required=True, metavar="LIST",
                    help="comma-separated: quantize-dynamic, quantize-static[:calibrate=N], fp16, prune:A, "
-                        "prune-structured:A[,finetune=E], distill[:width=W,epochs=N,T=T,alpha=A,lr=LR], "
+                        "prune-structured:A[,finetune=E], "
+                        "distill[:width=W,depth=D,epochs=N,T=T,alpha=A,lr=LR|arch=NAME], "
                         "compile:onnx|torchscript|torch_export|tensorrt")
     p.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="D",
                    help="accept candidates whose accuracy (or agreement) falls by at most D (default 0.01)")
@@ -55,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="directory of student architectures for distill:arch=NAME (NAME.py defines student(config))")
     p.add_argument("--task", choices=("classify", "embed", "regress"), help="how to judge outputs (default: inferred)")
     p.add_argument("--workdir", type=Path, metavar="DIR",
-                   help="where candidates are built (default REPORT/candidates, else a temporary directory)")
+                   help="where candidates are built (default REPORT/candidates, else a temporary directory); with "
+                        "--register it must be where workers can read it, under the registry's --artifact-root")
     p.add_argument("--seconds-per-point", type=float, default=0.5, metavar="S",
                    help="timing budget per latency / batch-size measurement (default 0.5)")
     p.add_argument("--rounds", type=int, default=3, metavar="N",
@@ -112,6 +115,7 @@ def _load_original(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from services.common.errors import ShunterError
     from services.optimize import evalset, plan, report, runner
     from services.optimize.errors import OptimizeError
 
@@ -129,16 +133,25 @@ def _run(args: argparse.Namespace) -> int:
     transfer = None
     if args.transfer is not None:
         transfer = evalset.load_evalset(args.transfer, original.config, None, args.label_column)
+    scratch = args.workdir is None and args.report is None
     workdir = args.workdir or (args.report / "candidates" if args.report else Path(tempfile.mkdtemp("-optimize")))
 
     err = Console(stderr=True)
-    with _Bar(err) as bar:
-        outcome = runner.run(original, evals, techniques, workdir, args.max_accuracy_drop, args.task, transfer,
-                             args.seconds_per_point, args.seed, bar, max(args.rounds, 1), args.trusted_dir)
+    try:
+        with _Bar(err) as bar:
+            outcome = runner.run(original, evals, techniques, workdir, args.max_accuracy_drop, args.task, transfer,
+                                 args.seconds_per_point, args.seed, bar, max(args.rounds, 1), args.trusted_dir)
+    finally:
+        if scratch:  # nothing asked to keep the candidates
+            shutil.rmtree(workdir, ignore_errors=True)
     code = 0 if outcome.winner else EXIT_NO_WINNER
     registered = None
+    failure: ShunterError | None = None
     if args.register and outcome.winner:
-        registered = asyncio.run(_register(args, outcome))
+        try:
+            registered = asyncio.run(_register(args, outcome))
+        except ShunterError as exc:  # the report is still written, saying nothing was registered
+            outcome.registered_version, failure = None, exc
     if args.report is not None:
         written = report.write(outcome, args.report)
         err.print(f"report: {', '.join(str(p) for p in written)}")
@@ -151,6 +164,8 @@ def _run(args: argparse.Namespace) -> int:
                   f"sha256 {registered.sha256}")
     if args.register and not outcome.winner:
         err.print("nothing registered: no candidate is within the budget and faster or smaller")
+    if failure is not None:
+        raise failure
     return code
 
 

@@ -25,18 +25,29 @@ TORCH_BACKENDS = ("torchscript", "torch_export")
 
 def load_program(path: Path, backend: str, sample: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     """The artifact as an ExportedProgram (CPU, float32)."""
+    # The same checks as the worker's: loading an unchecked torch artifact can run its code.
+    from services.worker.engines import torch_archives
+
     if backend == "torch_export":
         from services.worker.engines.torch_export import _weights_only_loads
 
+        archive = torch_archives.read_export_archive(str(path))
         with _weights_only_loads():
-            return torch.export.load(str(path))
+            return torch.export.load(archive)
     if backend == "torchscript":
         from torch._export.converter import TS2EPConverter
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = torch.jit.load(str(path), map_location="cpu")
-            return TS2EPConverter(module, sample).convert()
+            module = torch.jit.load(torch_archives.read_torchscript_archive(str(path)), map_location="cpu")
+            torch_archives.check_torchscript_module(module, str(path))
+            try:
+                return TS2EPConverter(module, sample).convert()
+            except Exception as exc:
+                raise TechniqueNotApplicable(
+                    f"torch's TorchScript converter cannot turn {path.name} into an editable program ({exc}); "
+                    "register a torch_export version of the model to optimise it"
+                ) from exc
     raise TechniqueNotApplicable(f"backend {backend} is not a torch artifact ({' or '.join(TORCH_BACKENDS)})")
 
 

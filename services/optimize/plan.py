@@ -6,7 +6,7 @@ not start a known technique belongs to the item before it.
 
     quantize-dynamic | quantize-static[:calibrate=ROWS] | fp16
     prune:AMOUNT | prune-structured:AMOUNT[,finetune=EPOCHS]
-    distill[:width=W,epochs=N,T=TEMP,alpha=A,lr=LR] | distill:arch=NAME[,epochs=...]
+    distill[:width=W,depth=D,epochs=N,T=TEMP,alpha=A,lr=LR] | distill:arch=NAME[,epochs=...]
         (arch: the student built by NAME.py from --trusted-dir)
     compile:onnx | compile:torchscript | compile:torch_export | compile:tensorrt
 """
@@ -25,7 +25,7 @@ from services.optimize.techniques.base import Built, Context
 
 NAMES = ("quantize-dynamic", "quantize-static", "fp16", "prune-structured", "prune", "distill", "compile")
 COMPILE_TARGETS = ("onnx", "torchscript", "torch_export", "tensorrt")
-DISTILL_DEFAULTS: dict[str, float] = {"width": 0.5, "epochs": 30, "T": 4.0, "alpha": 0.7, "lr": 3e-3}
+DISTILL_DEFAULTS: dict[str, float] = {"width": 0.5, "depth": 0, "epochs": 30, "T": 4.0, "alpha": 0.7, "lr": 3e-3}
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def _builder(t: Technique, backend: str) -> Callable[[Context, Path], Built]:
 
         p = t.params
         return lambda ctx, out: distill(ctx, out, p["width"], int(p["epochs"]), p["T"], p["alpha"], p["lr"],
-                                        p["arch"])
+                                        p["arch"], int(p["depth"]))
     builders: dict[str, Callable[[Context, Path], Built]] = {
         "fp16": comp.fp16,
         "compile:onnx": comp.compile_onnx,

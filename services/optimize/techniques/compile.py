@@ -93,13 +93,20 @@ def fp16(ctx: Context, out_dir: Path) -> Built:
 
     if not torch.cuda.is_available():
         raise TechniqueSkipped("fp16: no CUDA device here (half precision only pays on a GPU); skipped")
+    return build_half(ctx, out_dir, "cuda")
+
+
+def build_half(ctx: Context, out_dir: Path, device: str) -> Built:
+    """The network in half precision on ``device``, taking and returning float32 like the
+    original. ``fp16`` calls it for CUDA; the tests call it for the CPU, where torch also
+    has half kernels, to check everything but the GPU itself."""
+    import torch
+
     if ctx.backend not in TORCH_BACKENDS:
         raise TechniqueSkipped(f"fp16 for backend {ctx.backend} is not built by this tool")
-    module = ctx.eager().cuda().half()
+    module = ctx.eager().to(device).half()
 
     class _Cast(torch.nn.Module):
-        """Takes and returns float32 like the original; runs the network in half precision."""
-
         def __init__(self, inner: torch.nn.Module):
             super().__init__()
             self.inner = inner
@@ -107,10 +114,10 @@ def fp16(ctx: Context, out_dir: Path) -> Built:
         def forward(self, *args: torch.Tensor) -> torch.Tensor:
             return self.inner(*(a.half() for a in args)).float()
 
-    sample = tuple(t.cuda() for t in ctx.sample())
+    sample = tuple(t.to(device) for t in ctx.sample())
     save_torchscript(_Cast(module), sample, out_dir)
-    return Built(candidate_config(ctx.original, backend="torchscript", device="cuda"),
-                 notes=["half-precision weights and activations on CUDA, float32 at the edges"])
+    return Built(candidate_config(ctx.original, backend="torchscript", device=device),
+                 notes=[f"half-precision weights and activations on {device}, float32 at the edges"])
 
 
 def copy_handler_files(ctx: Context, model_dir: Path) -> None:

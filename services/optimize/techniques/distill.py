@@ -1,7 +1,8 @@
 """Knowledge distillation into a narrower student, and the label fine-tuning pruning uses.
 
-The student is the teacher's graph with every hidden linear layer shrunk to ``width`` of
-its neurons (the strongest ones by L2 norm, as structured pruning picks them, which gives
+The student is the teacher's graph less ``depth`` of its square hidden layers (the
+last ones; see ``drop_square_layers``) and with every hidden linear layer shrunk to
+``width`` of its neurons (the strongest ones by L2 norm, as structured pruning picks them, which gives
 the student a warm start), or, with ``arch=NAME``, the module returned by ``student(config)``
 in ``NAME.py`` from the operator's ``--trusted-dir`` (operator code, imported like a
 handler, never from the eval data or the registry). It is then trained on the transfer set with the usual recipe
@@ -23,13 +24,13 @@ from torch.nn import functional as F
 
 from services.optimize.errors import TechniqueNotApplicable
 from services.optimize.techniques.base import Built, Context, parameter_count, save_torchscript, torch_config
-from services.optimize.techniques.torch_quant_prune import linear_pairs, shrink_pair
+from services.optimize.techniques.torch_quant_prune import drop_square_layers, linear_pairs, shrink_pair
 
 BATCH_ROWS = 64
 
 
 def distill(ctx: Context, out_dir: Path, width: float, epochs: int, temperature: float, alpha: float,
-            lr: float, arch: str | None = None) -> Built:
+            lr: float, arch: str | None = None, depth: int = 0) -> Built:
     teacher = ctx.eager()
     before = parameter_count(teacher)
     inputs = _tensors(ctx)
@@ -41,15 +42,21 @@ def distill(ctx: Context, out_dir: Path, width: float, epochs: int, temperature:
         student: nn.Module = _Answering(load_student(ctx, arch), softmax=is_probabilities(teacher_out))
         described = f"student: {arch} from {ctx.trusted_dir}"
     else:
-        if not 0 < width < 1:
-            raise TechniqueNotApplicable(f"distill: width must be in (0, 1), got {width}")
+        if not 0 < width <= 1:
+            raise TechniqueNotApplicable(f"distill: width must be in (0, 1], got {width}")
         student = ctx.eager()
+        dropped = drop_square_layers(student, depth) if depth else 0
+        if depth and not dropped:
+            raise TechniqueNotApplicable("distill: depth needs a hidden layer as wide in as out between two others")
         pairs = linear_pairs(student)
-        if not pairs:
+        if not pairs and width < 1:
             raise TechniqueNotApplicable("distill: no hidden linear layer to narrow (the width shrink needs an MLP)")
-        for producer, consumer in pairs:
-            shrink_pair(student, producer, consumer, 1 - width)
+        if width < 1:
+            for producer, consumer in pairs:
+                shrink_pair(student, producer, consumer, 1 - width)
         described = f"student: hidden layers at {width:.0%} width"
+        if dropped:
+            described += f", {dropped} hidden layer(s) fewer"
     labels = _labels(ctx)
     if labels is None:
         alpha = 1.0

@@ -43,7 +43,9 @@ def _preprocessed(ctx: Context, source: Path, out_dir: Path) -> Path:
     # (MiniLM's Min(512, tokens) broadcast) get the ONNX shape inference only.
     for skip_symbolic in (False, True):
         try:
-            with _quiet():
+            # ORT's symbolic shape inference saves a fallback copy of a large model
+            # (sym_shape_infer_temp.onnx plus external data) into the working directory.
+            with _quiet(), contextlib.chdir(out_dir):
                 quant_pre_process(str(source), str(path), skip_symbolic_shape=skip_symbolic)
             return path
         except Exception as exc:

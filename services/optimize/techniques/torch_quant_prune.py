@@ -126,6 +126,43 @@ def linear_pairs(module: fx.GraphModule) -> list[tuple[str, str]]:
     return pairs
 
 
+def drop_square_layers(module: fx.GraphModule, count: int) -> int:
+    """Remove up to ``count`` hidden layers whose input and output widths match (depth shrink).
+
+    A removable layer B sits in a chain A -> pointwise -> B -> pointwise -> C of linear
+    layers; B and the element-wise ops after it go, so C reads what B read. The last such
+    layers go first (DistilBERT-style, keeping the early layers' features). Returns how
+    many were removed.
+    """
+    removed = 0
+    while removed < count:
+        pairs = linear_pairs(module)
+        consumers = {producer: consumer for producer, consumer in pairs}
+        candidates = [b for a, b in pairs if b in consumers and _square(module, b)]
+        if not candidates:
+            break
+        target = candidates[-1]
+        node = next(n for n in module.graph.nodes if n.op == "call_module" and n.target == target)
+        source = node.args[0]
+        current = node
+        while True:
+            (user,) = current.users
+            if user.op == "call_module":
+                break
+            current = user
+        current.replace_all_uses_with(source)
+        module.graph.eliminate_dead_code()
+        module.delete_all_unused_submodules()
+        module.recompile()
+        removed += 1
+    return removed
+
+
+def _square(module: nn.Module, name: str) -> bool:
+    layer = module.get_submodule(name)
+    return isinstance(layer, nn.Linear) and layer.in_features == layer.out_features
+
+
 def shrink_pair(module: fx.GraphModule, producer: str, consumer: str, amount: float) -> int:
     """Drop the weakest ``amount`` of ``producer``'s outputs and ``consumer``'s matching inputs."""
     first: nn.Linear = module.get_submodule(producer)

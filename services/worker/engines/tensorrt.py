@@ -31,7 +31,7 @@ from services.worker.engines._support import (
     run_warmup,
     warmup_inputs,
 )
-from services.worker.engines.base import EngineLoadError, EngineSpec
+from services.worker.engines.base import EngineLoadError, EngineSpec, UnsafeArtifact
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +92,19 @@ class TensorRTEngine:
 
     def _build_plan(self, trt: Any, trt_logger: Any, onnx_path: Any) -> bytes:
         config = self.spec.config
+        model_bytes = onnx_path.read_bytes()
+        external = external_data_locations(model_bytes)
+        if external:
+            # The parser would resolve these itself, with no check that they stay in the model's
+            # directory (ONNX Runtime has one); a single-file model or a plan avoids the question.
+            raise UnsafeArtifact(
+                f"{onnx_path}: refusing ONNX external data ({', '.join(external[:3])}) for a TensorRT build; "
+                "save the model as one file or register a plan"
+            )
         builder = trt.Builder(trt_logger)
         network = builder.create_network(0)
         parser = trt.OnnxParser(network, trt_logger)
-        if not parser.parse(onnx_path.read_bytes()):
+        if not parser.parse(model_bytes):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise EngineLoadError(f"{onnx_path}: TensorRT cannot parse the ONNX model: {errors}")
         build_config = builder.create_builder_config()
@@ -157,6 +166,23 @@ class TensorRTEngine:
         if self._stager is not None:
             self._stager.clear()
         self._stager = None
+
+
+def external_data_locations(model_bytes: bytes) -> list[str]:
+    """The external-data file names an ONNX model refers to (empty for a self-contained one)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors  # every initializer, graph and attribute
+
+    try:
+        model = onnx.ModelProto.FromString(model_bytes)  # parsing only: reads no external file
+    except Exception as exc:
+        raise EngineLoadError(f"not an ONNX model: {exc}") from None
+    locations = []
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entry = {item.key: item.value for item in tensor.external_data}
+            locations.append(entry.get("location", "?"))
+    return locations
 
 
 def _torch_dtype(trt_dtype: Any) -> Any:

@@ -1,7 +1,7 @@
 """`shunter optimize` end to end: bad input refused with the problem named and nothing
 registered; a registry version whose artifact fails its sha256 refused; the winner
 registered as a staged version with its report, served by a real worker and reached
-through a real router with the unmodified tritonclient.
+through a real router.
 
 The command runs in-process through the CLI's own ``main`` (torch is imported once); the
 registry, Redis, worker and router are real processes.
@@ -13,6 +13,7 @@ import asyncio
 import json
 import secrets
 
+import grpc
 import numpy as np
 import pytest
 
@@ -20,6 +21,8 @@ from services.cli.main import main
 from services.common import artifacts
 from services.common.model_config import version_config_text
 from services.common.registry_client import RegistryClient
+from services.gen.inference import grpc_service_pb2 as pb
+from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from tests.integration.registry.conftest import AdminKey, start_registry
 from tests.support import digits_eval
@@ -48,7 +51,7 @@ def cluster(tmp_path_factory):
     path.write_text(key + "\n")
     admin = AdminKey(key, path)
     registry = start_registry(redis, admin)
-    registry.redis_url = redis.url
+    registry.redis = redis  # tests start a second registry on the same Redis
     yield registry, admin
     registry.terminate()
     redis.kill()
@@ -132,8 +135,6 @@ def test_no_candidate_within_budget_registers_nothing(cluster, examples, sets, t
 
 
 def test_winner_registered_served_and_routed(cluster, examples, sets, tmp_path, capsys):
-    import tritonclient.grpc as grpcclient
-
     registry, admin = cluster
     register_v1(registry, admin, examples, "digits")
     code = optimize("digits", "--version", "1", "--eval", str(sets[0]), "--label-column", "label",
@@ -160,15 +161,17 @@ def test_winner_registered_served_and_routed(cluster, examples, sets, tmp_path, 
     router = None
     try:
         _wait_ready(registry, admin, "digits", "2")
-        router = start_service(["router", "--registry", registry.address, "--redis-url", registry.redis_url,
+        router = start_service(["router", "--registry", registry.address, "--redis-url", registry.redis.url,
                                 "--port", "0"], env={"SHUNTER_ADMIN_KEY": admin.key})
         x = np.load(sets[0])["input__0"][:5]
-        client = grpcclient.InferenceServerClient(router.address)
-        request = grpcclient.InferInput("input__0", list(x.shape), "FP32")
-        request.set_data_from_numpy(x)
-        headers = {"authorization": f"Bearer {key}"}
-        answer = _retry(lambda: client.infer("digits", [request], model_version="2", headers=headers))
-        got = answer.as_numpy("output__0")
+        request = pb.ModelInferRequest(model_name="digits", model_version="2")
+        request.inputs.add(name="input__0", datatype="FP32", shape=list(x.shape))
+        request.raw_input_contents.append(np.ascontiguousarray(x, "<f4").tobytes())
+        headers = (("authorization", f"Bearer {key}"),)
+        with grpc.insecure_channel(router.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            answer = _retry(lambda: stub.ModelInfer(request, metadata=headers, timeout=30))
+        got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(tuple(answer.outputs[0].shape))
         expected = np.load(sets[0])
         assert got.shape == (5, 10)
         assert np.mean(got.argmax(1) == expected["label"][:5]) >= 0.8
@@ -193,11 +196,33 @@ def _wait_ready(registry, admin, model, version, timeout_s=120.0):
 def _retry(call, attempts=50):
     import time
 
-    from tritonclient.utils import InferenceServerException
-
     for _ in range(attempts - 1):
         try:
             return call()
-        except InferenceServerException:
+        except grpc.RpcError:
             time.sleep(0.2)  # the router's routing table catches up with the new key and worker
     return call()
+
+
+def test_registry_refusal_still_writes_the_report(cluster, examples, sets, tmp_path, capsys):
+    """A registry confined to another artifact root refuses the candidate: exit 1, the
+    refusal named, the report written without a registered version, nothing registered."""
+    registry, admin = cluster
+    root = tmp_path / "artifact-root"
+    root.mkdir()
+    confined = start_registry(registry.redis, admin, "--artifact-root", str(root))
+    try:
+        # The original lives outside the root too, so register it on the open registry's Redis
+        # first (both registries share one Redis), then optimise through the confined one.
+        register_v1(registry, admin, examples, "digits-confined")
+        code = optimize("digits-confined", "--version", "1", "--eval", str(sets[0]), "--label-column", "label",
+                        "--try", "compile:onnx", "--registry", confined.address, "--admin-key", admin.key,
+                        "--register", "--report", str(tmp_path / "report"))
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert "nothing registered" in err and "artifact" in err
+        text = (tmp_path / "report" / "report.md").read_text()
+        assert "winner: compile:onnx" in text and "registered as version" not in text
+        assert versions(registry, admin, "digits-confined") == ["1"]
+    finally:
+        confined.terminate()

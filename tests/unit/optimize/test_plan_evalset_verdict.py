@@ -37,7 +37,7 @@ def test_try_list_keeps_technique_options_together():
     ("prune", "prune needs an amount"),
     ("prune:1.5", "between 0 and 1"),
     ("compile:tflite", "compile needs one target"),
-    ("distill:depth=2", "unknown option 'depth=2'"),
+    ("distill:layers=2", "unknown option 'layers=2'"),
     ("prune:0.3,prune:0.3", "more than once"),
     ("", "names no technique"),
 ])

@@ -61,6 +61,7 @@ def test_every_candidate_loads_and_is_judged(run_v1):
     status = {r.name: r.status for r in outcome.results}
     assert status.pop("fp16") == "skipped" if not torch.cuda.is_available() else True
     assert status.pop("compile:tensorrt") == "skipped"
+    assert "TensorRT does not import here" in outcome.result("compile:tensorrt").reason
     assert status.pop("original v1") == "original"
     assert set(status.values()) <= {"accepted", "rejected"}, status  # built, loaded by the engine, measured
     for r in outcome.results[1:]:
@@ -190,3 +191,79 @@ def test_student_architecture_from_a_trusted_directory(sets, tmp_path):
     assert escaped.status == "rejected" and "outside the model directory" in escaped.reason
     with pytest.raises(plan.OptimizeError, match="arch must name a module"):
         plan.parse_try("distill:arch=../x", "torchscript")
+
+
+DEEP_CONFIG = """\
+backend: torchscript
+max_batch_size: 64
+inputs: [{name: input__0, datatype: FP32, shape: [64]}]
+outputs: [{name: output__0, datatype: FP32, shape: [10]}]
+dynamic_batching: {max_queue_delay_us: 100, preferred_batch_sizes: [16]}
+"""
+
+
+def test_depth_shrink_drops_a_square_hidden_layer(sets, tmp_path):
+    class Deep(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = torch.nn.Linear(64, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 10)
+
+        def forward(self, input__0: torch.Tensor) -> torch.Tensor:
+            hidden = torch.relu(self.b(torch.relu(self.a(input__0 / 16.0))))
+            return torch.softmax(self.c(hidden), dim=1)
+
+    repo = tmp_path / "repo"
+    (repo / "deep" / "1").mkdir(parents=True)
+    (repo / "deep" / "config.yaml").write_text(DEEP_CONFIG)
+    torch.manual_seed(0)
+    torch.jit.script(Deep()).save(str(repo / "deep" / "1" / "model.pt"))
+    original = source.from_repository(repo, "deep", "1")
+    evals = load_evalset(sets[0], original.config, label_column="label")
+    transfer = load_evalset(sets[1], original.config, label_column="label")
+    techniques = plan.parse_try("distill:width=1,depth=1,epochs=2,distill:width=0.5,depth=1,epochs=2", "torchscript")
+    outcome = runner.run(original, evals, techniques, tmp_path / "work", 1.0, transfer=transfer,
+                         seconds_per_point=0.01, rounds=1)
+    shallow = outcome.result("distill:width=1,depth=1,epochs=2")
+    assert [tuple(w.shape) for w in _linear_weights(shallow.directory / "model.pt")] == [(32, 64), (10, 32)]
+    assert "1 hidden layer(s) fewer" in shallow.notes[0]
+    both = outcome.result("distill:width=0.5,depth=1,epochs=2")
+    assert [tuple(w.shape) for w in _linear_weights(both.directory / "model.pt")] == [(16, 64), (10, 16)]
+    # digits has no square hidden layer: refused with the reason.
+    digits = source.from_repository(build_examples(), "digits", "1")
+    refused = runner.run(digits, evals, plan.parse_try("distill:depth=1,epochs=1", "torchscript"), tmp_path / "w2",
+                         1.0, seconds_per_point=0.01, rounds=1).result("distill:depth=1,epochs=1")
+    assert refused.status == "rejected" and "depth needs a hidden layer as wide in as out" in refused.reason
+
+
+def test_an_original_that_does_not_load_is_named(sets, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "deep" / "1").mkdir(parents=True)
+    (repo / "deep" / "config.yaml").write_text(DEEP_CONFIG)
+    (repo / "deep" / "1" / "model.pt").write_bytes(b"not a TorchScript archive")
+    original = source.from_repository(repo, "deep", "1")
+    evals = load_evalset(sets[0], original.config, label_column="label")
+    with pytest.raises(plan.OptimizeError, match="deep version 1 does not load or run as a worker would"):
+        runner.run(original, evals, plan.parse_try("compile:onnx", "torchscript"), tmp_path / "w", 0.01,
+                   seconds_per_point=0.01, rounds=1)
+
+
+def test_half_precision_build_on_the_cpu(sets, tmp_path):
+    """fp16 runs on CUDA only; the same build on the CPU checks all of it but the device."""
+    from services.optimize.measure import Loaded
+    from services.optimize.source import write_config
+    from services.optimize.techniques.compile import build_half
+
+    original = source.from_repository(build_examples(), "digits", "1")
+    evals = load_evalset(sets[0], original.config, label_column="label")
+    built = build_half(Context(original, evals, evals, True), tmp_path, "cpu")
+    loaded = Loaded("digits", "fp16", tmp_path, write_config(tmp_path, built.config), evals)
+    try:
+        reference = _torch_outputs(original.artifact_path, evals.inputs["input__0"])
+        assert loaded.outputs.dtype == np.float32
+        assert np.abs(loaded.outputs - reference).max() < 1e-2  # half precision, float32 at the edges
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            halves = [p for p in torch.jit.load(str(tmp_path / "model.pt")).parameters() if p.dtype == torch.float16]
+        assert len(halves) == 4
+    finally:
+        loaded.close()

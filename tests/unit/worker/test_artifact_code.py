@@ -243,3 +243,26 @@ def test_forbidden_operator_names() -> None:
     assert operator_forbidden("debugprims::load_tensor")
     assert not operator_forbidden("aten::add.Tensor")
     assert not operator_forbidden("aten::saved_thing")
+
+
+# -- ONNX for TensorRT -----------------------------------------------------------------------
+
+
+def test_external_data_of_an_onnx_model_is_found_for_the_tensorrt_build(digits: Path) -> None:
+    # TensorRT's parser resolves external data itself; the build refuses such models.
+    from onnx import TensorProto, helper
+
+    from services.worker.engines.tensorrt import external_data_locations
+
+    assert external_data_locations((digits / "2" / "model.onnx").read_bytes()) == []
+    weight = TensorProto(name="W", data_type=TensorProto.UINT8, dims=[16], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "/etc/shadow"), ("offset", "0"), ("length", "16")):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["W"], ["Y"])], "g", [],
+        [helper.make_tensor_value_info("Y", TensorProto.UINT8, [16])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert external_data_locations(model.SerializeToString()) == ["/etc/shadow"]
+    with pytest.raises(EngineLoadError, match="not an ONNX model"):
+        external_data_locations(b"\xff\xfe not protobuf")
