@@ -25,6 +25,8 @@ from grpc_reflection.v1alpha import reflection
 from services.common.errors import PermissionDenied, ShunterError, Unauthenticated
 from services.common.metrics_http import start_metrics_server
 from services.common.process_group import die_with_group
+from services.common.reflection_v1 import SERVICE_NAME as REFLECTION_V1
+from services.common.reflection_v1 import enable_reflection_v1
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +124,9 @@ class RunningService:
         self.app.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (*self.app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)
+        reflected = (*names, reflection.SERVICE_NAME, REFLECTION_V1)
+        reflection.enable_server_reflection(reflected, self.server)
+        enable_reflection_v1(reflected, self.server)
         bind = f"{settings.host}:{settings.port}"
         if settings.tls is not None:
             self.port = self.server.add_secure_port(bind, settings.tls.credentials())
