@@ -16,5 +16,6 @@ for config in "$repo"/*/config.yaml; do
     shunter models register "$model" --version "$version" --artifact "$model_dir/$version" \
       --config "$config" --state "$state" || echo "register $model/$version: skipped"
   done
-  shunter traffic set "$model" "$highest=100"
+  # --force: workers may still be starting; they load what is registered.
+  shunter traffic set "$model" "$highest=100" --force
 done

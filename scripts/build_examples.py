@@ -170,7 +170,12 @@ def build_digits(model_dir: Path) -> str:
         (model_dir / str(version)).mkdir()
         if backend is not None:
             # Top-level keys of a version's config.yaml replace the model's (model_config.py).
-            (model_dir / str(version) / "config.yaml").write_text(f"# same network as version 1\nbackend: {backend}\n")
+            text = f"# same network as version 1\nbackend: {backend}\n"
+            if backend == "torch_export":
+                # Its first batches are much slower than the others (the program is specialised
+                # on first use): run on a thread, so the event loop is never held for them.
+                text += "run_on_event_loop: false\n"
+            (model_dir / str(version) / "config.yaml").write_text(text)
     torch.jit.script(model).save(str(model_dir / "1" / "model.pt"))
     with warnings.catch_warnings():
         # The TorchScript-based exporter is deprecated, but the dynamo one needs onnxscript.

@@ -40,8 +40,9 @@ def main() -> int:
                 print(f"  cos({sentences[0]!r}, {sentences[i]!r}) = {float(emb[0] @ emb[i]):.3f}")
             stats = client.get_inference_statistics("digits", "1").model_stats[0]
             print(f"digits v1 statistics: {stats.inference_count} inferences in {stats.execution_count} executions")
-        print("try it yourself while it runs:")
-        print(f"  .venv/bin/grpcurl -plaintext {worker.address} list")
+        print("this worker stops when the demo moves on; to try one yourself, run in another shell:")
+        print("  .venv/bin/shunter worker --model-repository examples/models --port 8001")
+        print("  .venv/bin/grpcurl -plaintext 127.0.0.1:8001 list")
     finally:
         worker.terminate()
     return 0

@@ -1,9 +1,10 @@
 """The load loops: closed loop (fixed concurrency) and open loop (Poisson arrivals).
 
 Each client process runs one asyncio loop with its share of the connections (one
-grpc.aio channel each, callers or arrivals taken in turn) and sends the same
-pre-serialized ModelInferRequest bytes through a raw unary call (no serializer, no
-deserializer), so a call costs the client one gRPC round trip and nothing else. Several
+grpc.aio channel each, callers or arrivals taken in turn) and sends pre-serialized
+ModelInferRequest bytes through a raw unary call (no serializer, no deserializer), so a
+call costs the client one gRPC round trip and nothing else (unless ``--random-inputs``
+builds each request afresh; see requests.py). Several
 connections matter for a server that spreads whole connections over processes
 (SO_REUSEPORT): one connection reaches one of its processes.
 
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from services.bench.requests import RequestSource, RequestSpec
 from services.bench.schedule import PoissonArrivals
 from services.bench.stats import ProcessResult
 
@@ -69,6 +71,11 @@ class ProcessPlan:
     seed: int
     #: Connections (channels) this process opens.
     connections: int = 1
+    #: What calls send when it varies per call; None: ``payload`` and ``metadata`` every time.
+    requests: RequestSpec | None = None
+    #: TLS to the target, with these PEM roots (None: the system's).
+    tls: bool = False
+    root_certificates: bytes | None = None
 
 
 class _Recorder:
@@ -98,16 +105,27 @@ class _Recorder:
         )
 
 
-async def _one_call(call, plan: ProcessPlan) -> str:
-    """Send the payload once; return the final status code name."""
+def open_channel(target: str, options, *, tls: bool, root_certificates: bytes | None, aio: bool = True):
+    """A channel to ``target``: plaintext, or TLS with ``root_certificates`` (None: system roots)."""
+    module = grpc.aio if aio else grpc
+    if not tls:
+        return module.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return module.secure_channel(target, credentials, options=options)
+
+
+async def _one_call(call, source: RequestSource, plan: ProcessPlan) -> str:
+    """Send the next request once; return the final status code name."""
+    payload, metadata = source.next()
     try:
-        await call(plan.payload, metadata=plan.metadata or None, timeout=plan.timeout_s)
+        await call(payload, metadata=metadata, timeout=plan.timeout_s)
         return "OK"
     except grpc.aio.AioRpcError as exc:
         return exc.code().name
 
 
-async def _closed_loop(calls: list, plan: ProcessPlan, rec: _Recorder, measure_start: float, end: float) -> None:
+async def _closed_loop(calls: list, source: RequestSource, plan: ProcessPlan, rec: _Recorder,
+                       measure_start: float, end: float) -> None:
     monotonic = time.monotonic
 
     async def caller(call) -> None:
@@ -115,7 +133,7 @@ async def _closed_loop(calls: list, plan: ProcessPlan, rec: _Recorder, measure_s
             sent = monotonic()
             if sent >= end:
                 return
-            code = await _one_call(call, plan)
+            code = await _one_call(call, source, plan)
             done = monotonic()
             if sent >= measure_start:
                 rec.record(code, done - sent, done)
@@ -124,7 +142,8 @@ async def _closed_loop(calls: list, plan: ProcessPlan, rec: _Recorder, measure_s
 
 
 async def _open_loop(
-    calls: list, plan: ProcessPlan, rec: _Recorder, start_at: float, measure_start: float, end: float
+    calls: list, source: RequestSource, plan: ProcessPlan, rec: _Recorder, start_at: float, measure_start: float,
+    end: float,
 ) -> None:
     assert plan.rate is not None
     monotonic = time.monotonic
@@ -132,7 +151,7 @@ async def _open_loop(
 
     async def fire(due: float, call) -> None:
         sent = monotonic()
-        code = await _one_call(call, plan)
+        code = await _one_call(call, source, plan)
         done = monotonic()
         if due >= measure_start:
             rec.record(code, done - due, done)
@@ -161,7 +180,11 @@ async def _open_loop(
 async def drive(plan: ProcessPlan, wait_for_start: Callable[[], Awaitable[float]]) -> ProcessResult:
     """Connect, report ready through ``wait_for_start`` (which returns the shared start
     time), run the load, and return what was measured."""
-    channels = [grpc.aio.insecure_channel(plan.target, options=LOAD_CHANNEL_OPTIONS) for _ in range(plan.connections)]
+    channels = [
+        open_channel(plan.target, LOAD_CHANNEL_OPTIONS, tls=plan.tls, root_certificates=plan.root_certificates)
+        for _ in range(plan.connections)
+    ]
+    source = RequestSource(plan.requests or RequestSpec((plan.payload,), plan.metadata), plan.seed, str(plan.seed))
     try:
         await asyncio.wait_for(
             asyncio.gather(*(channel.channel_ready() for channel in channels)), plan.connect_timeout_s
@@ -178,9 +201,9 @@ async def drive(plan: ProcessPlan, wait_for_start: Callable[[], Awaitable[float]
             await asyncio.sleep(delay)
         rec = _Recorder()
         if plan.rate is None:
-            await _closed_loop(calls, plan, rec, measure_start, end)
+            await _closed_loop(calls, source, plan, rec, measure_start, end)
         else:
-            await _open_loop(calls, plan, rec, start_at, measure_start, end)
+            await _open_loop(calls, source, plan, rec, start_at, measure_start, end)
         return rec.result()
     finally:
         await asyncio.gather(*(channel.close() for channel in channels))

@@ -16,13 +16,15 @@ import os
 import queue
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from services.bench.loadgen import CHANNEL_OPTIONS, MODEL_INFER, ProcessPlan, drive
+from services.bench.loadgen import CHANNEL_OPTIONS, MODEL_INFER, ProcessPlan, drive, open_channel
 from services.bench.payload import build_request, make_inputs, plan_inputs
+from services.bench.requests import RequestError, RequestSpec, payloads_from_file
 from services.bench.schedule import split_evenly, split_rate
 from services.bench.stats import ProcessResult, merge, send_lag_summary_ms, summarize
 from services.gen.inference import grpc_service_pb2 as pb
@@ -73,6 +75,17 @@ class BenchOptions:
     #: Connections in total, spread over the processes (each opens at least one);
     #: None means one per process.
     connections: int | None = None
+    #: TLS to the target; ``cacert``: a PEM file of roots to trust (implies TLS).
+    tls: bool = False
+    cacert: str | None = None
+    #: Extra metadata on every call (``-H KEY=VALUE``).
+    headers: tuple[tuple[str, str], ...] = ()
+    #: A header given a fresh value on every call (sticky splits see a new user each time).
+    vary_header: str = ""
+    #: ``.npz`` file whose rows the requests are cut from, each call the next one.
+    input_file: str | None = None
+    #: Fresh random inputs on every call instead of one request sent again and again.
+    random_inputs: bool = False
 
     def validate(self) -> None:
         if self.duration_s <= 0:
@@ -89,10 +102,25 @@ class BenchOptions:
             raise BenchError(f"--max-inflight must be >= 1, got {self.max_inflight}")
         if self.connections is not None and self.connections < 1:
             raise BenchError(f"--connections must be >= 1, got {self.connections}")
+        if self.input_file and self.random_inputs:
+            raise BenchError("--input and --random-inputs exclude each other")
 
     @property
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+        auth = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+        return (*auth, *self.headers)
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or bool(self.cacert)
+
+    def root_certificates(self) -> bytes | None:
+        if not self.cacert:
+            return None
+        try:
+            return Path(self.cacert).read_bytes()
+        except OSError as exc:
+            raise BenchError(f"--cacert {self.cacert}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -100,16 +128,24 @@ class Prepared:
     payload: bytes
     #: Shapes actually sent, e.g. {"input__0": "FP32[1, 64]"}, for the report header.
     inputs: dict[str, str]
+    #: What each call sends, when it varies per call.
+    requests: RequestSpec | None = None
 
 
 def prepare(options: BenchOptions) -> Prepared:
     """Fetch metadata, build and serialize the request, and probe it once."""
     metadata = options.grpc_metadata or None
-    with grpc.insecure_channel(options.target, options=CHANNEL_OPTIONS) as channel:
+    roots = options.root_certificates()
+    with open_channel(options.target, CHANNEL_OPTIONS, tls=options.use_tls, root_certificates=roots,
+                      aio=False) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=options.connect_timeout_s)
         except grpc.FutureTimeoutError:
-            raise BenchError(f"cannot connect to {options.target} within {options.connect_timeout_s:g} s") from None
+            hint = (" over TLS (check --cacert and that the server speaks TLS)" if options.use_tls
+                    else " (a TLS server needs --tls or --cacert)")
+            raise BenchError(
+                f"cannot connect to {options.target} within {options.connect_timeout_s:g} s{hint}"
+            ) from None
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         try:
             meta = stub.ModelMetadata(
@@ -144,6 +180,24 @@ def prepare(options: BenchOptions) -> Prepared:
             raise BenchError(str(exc)) from None
         arrays = make_inputs(plans, np.random.default_rng(options.seed))
         payload = build_request(options.model, options.model_version, plans, arrays).SerializeToString()
+        requests = None
+        if options.input_file or options.random_inputs or options.vary_header:
+            payloads = (payload,)
+            if options.input_file:
+                # As plan_inputs decides it: ModelConfig's max_batch_size, else a leading -1 everywhere.
+                batched = (max_batch_size > 0 if max_batch_size is not None
+                           else all(t.shape and t.shape[0] == -1 for t in meta.inputs))
+                try:
+                    payloads = payloads_from_file(Path(options.input_file), options.model, options.model_version,
+                                                  plans, batched)
+                except RequestError as exc:
+                    raise BenchError(str(exc)) from None
+                payload = payloads[0]
+            requests = RequestSpec(
+                payloads=payloads, metadata=options.grpc_metadata, vary_header=options.vary_header,
+                random_inputs=options.random_inputs, model=options.model, model_version=options.model_version,
+                input_plans=tuple(plans),
+            )
         raw = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
         try:
             reply = raw(payload, metadata=metadata, timeout=options.timeout_s)
@@ -156,6 +210,7 @@ def prepare(options: BenchOptions) -> Prepared:
     return Prepared(
         payload=payload,
         inputs={p.name: f"{p.datatype}{list(p.shape)}" for p in plans},
+        requests=requests,
     )
 
 
@@ -165,7 +220,7 @@ def _describe(exc: grpc.RpcError) -> str:
     return f"{code.name if code else 'ERROR'}: {details}"
 
 
-def process_plans(options: BenchOptions, payload: bytes) -> list[ProcessPlan]:
+def process_plans(options: BenchOptions, payload: bytes, requests: RequestSpec | None = None) -> list[ProcessPlan]:
     """Split the load: callers (closed) or rate (open) and the in-flight cap."""
     processes = options.processes or default_processes()
     if options.rate is None:
@@ -190,6 +245,9 @@ def process_plans(options: BenchOptions, payload: bytes) -> list[ProcessPlan]:
         timeout_s=options.timeout_s,
         connect_timeout_s=options.connect_timeout_s,
         seed=options.seed,
+        requests=requests,
+        tls=options.use_tls,
+        root_certificates=options.root_certificates(),
     )
     return [
         replace(base, concurrency=c, rate=r, max_inflight=cap, seed=options.seed + 1 + i, connections=n)
@@ -201,7 +259,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run the whole benchmark and return the report (see stats.summarize)."""
     options.validate()
     prepared = prepare(options)
-    plans = process_plans(options, prepared.payload)
+    plans = process_plans(options, prepared.payload, prepared.requests)
     if len(plans) == 1:
         results, start_at = _run_inline(plans[0])
     else:
@@ -220,6 +278,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         "batch_rows": options.batch_rows,
         "warmup_s": options.warmup_s,
         "inputs": prepared.inputs,
+        "requests_from": _requests_from(prepared.requests),
         "unsent": merged.unsent,
     }
     if options.rate is not None:
@@ -231,6 +290,21 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         batch_rows=options.batch_rows,
         extra=extra,
     )
+
+
+def _requests_from(spec: RequestSpec | None) -> str:
+    """How the calls' requests were made, for the report: fixed, file (N requests) or random."""
+    if spec is None or (not spec.random_inputs and len(spec.payloads) == 1 and not spec.vary_header):
+        source = "one request, sent every call"
+    elif spec.random_inputs:
+        source = "fresh random inputs every call"
+    elif len(spec.payloads) > 1:
+        source = f"{len(spec.payloads)} requests from --input, in turn"
+    else:
+        source = "one request, sent every call"
+    if spec is not None and spec.vary_header:
+        source += f"; {spec.vary_header} fresh every call"
+    return source
 
 
 def _run_inline(plan: ProcessPlan) -> tuple[list[ProcessResult], float]:

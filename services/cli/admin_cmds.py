@@ -77,13 +77,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("state", metavar="STATE", choices=STATES, help=" | ".join(STATES))
 
     traffic = group("traffic", "set and show a model's traffic policy")
-    p = leaf(traffic, "set", traffic_set, "replace a model's traffic policy")
+    p = leaf(traffic, "set", traffic_set,
+             "change a model's traffic policy: what is given changes, the rest is kept")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("weights", metavar="VERSION=PERCENT", nargs="+", help="e.g. 1=90 2=10 (sum 100)")
-    p.add_argument("--sticky-header", default="", help="metadata key for sticky splits, e.g. x-user-id")
-    p.add_argument("--shadow", default="", metavar="VERSION", help="version mirrored, responses discarded")
-    p.add_argument("--fallback", default="", metavar="VERSION", help="version used when the chosen one has no worker")
-    p.add_argument("--cache-ttl", type=int, default=0, metavar="S", help="cache responses for S seconds (0: off)")
+    p.add_argument("weights", metavar="VERSION=PERCENT", nargs="*",
+                   help="e.g. 1=90 2=10 (sum 100); replaces all weights; none given: weights kept")
+    p.add_argument("--sticky-header", default=None, help="metadata key for sticky splits, e.g. x-user-id ('' clears)")
+    p.add_argument("--shadow", default=None, metavar="VERSION",
+                   help="version mirrored, responses discarded ('' clears)")
+    p.add_argument("--fallback", default=None, metavar="VERSION",
+                   help="version used when the chosen one has no worker ('' clears)")
+    p.add_argument("--cache-ttl", type=int, default=None, metavar="S", help="cache responses for S seconds (0: off)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace the whole policy: options not given are cleared")
+    p.add_argument("--force", action="store_true",
+                   help="allow weight on a version that no worker reports ready")
     p = leaf(traffic, "show", traffic_show, "show a model's traffic policy")
     p.add_argument("name", metavar="NAME")
 
@@ -191,16 +199,17 @@ def version_config(path: Path, version: str) -> tuple[str, str]:
     """The config text to register, and its source(s).
 
     In a model repository (``<model>/config.yaml`` overlaid by ``<model>/<N>/config.yaml``)
-    either file gives the merged config of version N, as the worker would read it.
+    the model-level file gives the merged config of ``version`` (as the worker would read
+    it), and a version's file gives its own merge with the model-level one, whatever
+    ``version`` is being registered (so version 4 can be registered from ``3/config.yaml``).
     """
     from services.common.model_config import version_config_text
 
     path = path.expanduser().resolve()
-    for model_dir in (path.parent.parent, path.parent):
-        if path in (model_dir / "config.yaml", model_dir / version / "config.yaml") and (
-            model_dir / "config.yaml"
-        ).is_file():
-            return version_config_text(model_dir, version)
+    if path.name == "config.yaml" and path.parent.name.isdigit() and (path.parent.parent / "config.yaml").is_file():
+        return version_config_text(path.parent.parent, path.parent.name)
+    if path.name == "config.yaml" and path.is_file():
+        return version_config_text(path.parent, version)
     try:
         return path.read_text(), str(path)
     except OSError as exc:
@@ -292,14 +301,64 @@ def parse_weights(items: Sequence[str]) -> dict[str, int]:
     return weights
 
 
+async def current_policy(client: Any, model: str) -> Any:
+    """The model's policy now, or an empty one when it has none yet."""
+    from services.common.errors import NotFound
+    from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+
+    try:
+        return await client.get_traffic_policy(model)
+    except NotFound:
+        return rpb.TrafficPolicy(model=model)
+
+
+async def versions_without_ready_worker(client: Any, model: str, versions: Sequence[str]) -> list[str]:
+    """Of ``versions``, those that no registered worker reports ready."""
+    ready = {
+        status.version
+        for worker in await client.list_workers()
+        for status in worker.versions
+        if status.model == model and status.ready
+    }
+    return [v for v in versions if v not in ready]
+
+
 async def traffic_set(client: Any, args: argparse.Namespace) -> int:
-    if args.cache_ttl < 0:
+    """Merge what is given into the current policy (or replace it with --replace), then write it.
+
+    The merge reads the policy and writes it back; two operators changing one model's
+    policy at the same moment can still overwrite each other's change.
+    """
+    from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+
+    if args.cache_ttl is not None and args.cache_ttl < 0:
         raise CommandError("--cache-ttl must be >= 0")
-    policy = await client.set_weights(
-        args.name, parse_weights(args.weights), sticky_header=args.sticky_header,
-        shadow_version=args.shadow, fallback_version=args.fallback,
-        cache_enabled=args.cache_ttl > 0, cache_ttl_s=args.cache_ttl,
-    )
+    weights = parse_weights(args.weights)
+    if args.replace:
+        if not weights:
+            raise CommandError("--replace needs the weights (VERSION=PERCENT ...)")
+        policy = rpb.TrafficPolicy(model=args.name)
+    else:
+        policy = await current_policy(client, args.name)
+        if not weights and all(getattr(args, f) is None for f in ("sticky_header", "shadow", "fallback", "cache_ttl")):
+            raise CommandError("nothing to change: give VERSION=PERCENT weights or an option (see --help)")
+    if weights:
+        policy.ClearField("weights")
+        policy.weights.update(weights)
+        if not args.force:
+            missing = await versions_without_ready_worker(client, args.name, [v for v, w in weights.items() if w])
+            if missing:
+                raise CommandError(
+                    f"no worker reports {args.name} version(s) {', '.join(missing)} ready; requests sent there "
+                    "would fail (start a worker that serves it, or --force)"
+                )
+    for field, value in (("sticky_header", args.sticky_header), ("shadow_version", args.shadow),
+                         ("fallback_version", args.fallback)):
+        if value is not None:
+            setattr(policy, field, value)
+    if args.cache_ttl is not None:
+        policy.cache_enabled, policy.cache_ttl_s = args.cache_ttl > 0, args.cache_ttl
+    policy = await client.set_traffic_policy(policy)
     if args.json:
         emit_json(policy)
     else:

@@ -6,20 +6,25 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
+from pathlib import Path
 
 EPILOG = """\
 Closed loop (default): --concurrency callers in total, each sending its next request as
 soon as the last one returns. Open loop (--rate R): Poisson arrivals at R req/s in total,
 each sent on schedule whether or not earlier calls have returned; latency counts from the
-scheduled time, so queueing on the server is not hidden. Every call sends the same
-request, built once from the model's metadata (random values; BYTES inputs get short
-sentences). Latency percentiles are over calls that returned OK; throughput counts every
-call, rows/s counts rows that came back OK.
+scheduled time, so queueing on the server is not hidden. By default every call sends the
+same request, built once from the model's metadata (random values; BYTES inputs get short
+sentences); --random-inputs builds a fresh one per call, --input cuts them from a file,
+--vary-header gives a header a fresh value per call. Latency percentiles are over calls
+that returned OK; throughput counts every call, rows/s counts rows that came back OK.
 
 examples:
   shunter bench --target 127.0.0.1:8001 --model digits --concurrency 64 --duration 10
   shunter bench --target 127.0.0.1:8001 --model minilm --rate 200 --duration 30 --json
+  SHUNTER_API_KEY=shk_... shunter bench --target router:8001 --cacert ca.pem --model digits \
+      --random-inputs --vary-header x-user-id -H x-request-source=bench
 """
 
 
@@ -49,7 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="R",
         help="open loop: Poisson arrivals per second in total (ignores --concurrency)",
     )
-    parser.add_argument("--api-key", default=None, metavar="K", help="sent as 'authorization: Bearer K'")
+    parser.add_argument("--api-key", default=None, metavar="K",
+                        help="sent as 'authorization: Bearer K' (default $SHUNTER_API_KEY; on the command "
+                        "line it shows in `ps`: prefer the variable or --api-key-file)")
+    parser.add_argument("--api-key-file", type=Path, default=None, metavar="F", help="read the API key from F")
+    parser.add_argument("--tls", action="store_true", help="connect over TLS (system roots unless --cacert)")
+    parser.add_argument("--cacert", default=None, metavar="PEM", help="trust these CA certificates (implies --tls)")
+    parser.add_argument("-H", "--metadata", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra gRPC metadata on every call (repeatable), e.g. -H x-tenant=a")
+    parser.add_argument("--vary-header", default="", metavar="NAME",
+                        help="give metadata NAME a fresh value on every call (a new user per call for sticky splits)")
+    parser.add_argument("--input", default=None, metavar="FILE.npz",
+                        help="cut requests from this file's rows (one array per input name), the next each call")
+    parser.add_argument("--random-inputs", action="store_true",
+                        help="fresh random inputs on every call (costs client CPU), e.g. to get past the cache")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
         "--processes",
@@ -104,8 +122,21 @@ def _json_safe(value):
 
 def run(args: argparse.Namespace) -> int:
     from services.bench import BenchError, BenchOptions, format_table, run_bench  # heavy: keep --help fast
+    from services.bench.requests import RequestError, parse_metadata
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    api_key = args.api_key or os.environ.get("SHUNTER_API_KEY") or None
+    if args.api_key_file is not None:
+        try:
+            api_key = args.api_key_file.read_text().strip()
+        except OSError as exc:
+            print(f"shunter bench: --api-key-file {args.api_key_file}: {exc.strerror}", file=sys.stderr)
+            return 2
+    try:
+        headers = parse_metadata(args.metadata)
+    except RequestError as exc:
+        print(f"shunter bench: {exc}", file=sys.stderr)
+        return 2
     options = BenchOptions(
         target=args.target,
         model=args.model,
@@ -113,7 +144,13 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         duration_s=args.duration,
         rate=args.rate,
-        api_key=args.api_key,
+        api_key=api_key,
+        tls=args.tls,
+        cacert=args.cacert,
+        headers=headers,
+        vary_header=args.vary_header.strip().lower(),
+        input_file=args.input,
+        random_inputs=args.random_inputs,
         processes=args.processes,
         connections=args.connections,
         batch_rows=args.batch_rows,
@@ -146,5 +183,5 @@ def _header(report: dict) -> str:
         f"shunter bench → {report['target']}  model {report['model']} version {version}\n"
         f"{load} over {report['processes']} process(es) and {report['connections']} connection(s), "
         f"warm-up {report['warmup_s']:g} s\n"
-        f"request: {inputs}"
+        f"request: {inputs} ({report['requests_from']})"
     )

@@ -3,10 +3,20 @@
 Starts Redis (unless ``--redis-url``), a registry, N cluster-mode workers and a router
 as child processes, registers every version of the model repository (the highest
 version of each model in production at 100 %), creates an admin key and a data key, and
-prints shell ``export`` lines followed by a summary whose lines start with ``#`` (so the
-whole output can be sourced). Children log to files in the run directory. Ctrl-C or
-SIGTERM stops them in reverse order (router first, Redis last); a child that dies is
-reported with the tail of its log, and if it was not a worker the cluster is stopped.
+prints shell ``export`` lines followed by a summary whose lines start with ``#``.
+
+Before it starts anything it checks the router port and every version in the model
+repository (config and artifact), and refuses with exit 2 naming each problem. While
+workers load it prints one progress line per version, and a version that fails to load
+ends start-up at once with the worker's error and its log path (exit 1).
+
+`up` stays in the foreground as the cluster's supervisor, so `eval "$(shunter up)"` would
+never return; instead the same exports are written to an env file (``--env-file``, by
+default ``<run dir>/env``) for another shell to ``source``. Children log to files in the
+run directory. Any child that dies is reported with the tail of its log and restarted with
+backoff; Redis (append-only file in the run directory), the registry and the router come
+back on the same ports, so nothing else needs to change. Ctrl-C or SIGTERM stops the children in reverse order
+(router first, Redis last), in any state, start-up included.
 """
 
 from __future__ import annotations
@@ -24,6 +34,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.cli.up_checks import VersionPlan
 
 READY_LINE = re.compile(r"^shunter (\w+) listening on (\S+):(\d+) metrics (\S+):(\d+)$")
 DEFAULT_REPOSITORY = Path("examples/models")
@@ -52,7 +66,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", type=Path, help="where logs and the admin key file go (default: a temp dir)")
     parser.add_argument("--ready-timeout-s", type=float, default=600.0,
                         help="how long to wait for every worker to load its models")
+    parser.add_argument("--env-file", type=Path,
+                        help="write the export lines here (mode 0600) for `source` (default <run dir>/env)")
     parser.set_defaults(func=run)
+
+
+#: Restart backoff: first delay, cap, and how long a child must live to reset it.
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 30.0
+RESTART_RESET_S = 60.0
 
 
 @dataclass
@@ -60,10 +82,18 @@ class Child:
     name: str
     proc: asyncio.subprocess.Process
     log: Path
+    argv: list[str]
+    env: dict | None = None
     address: str = ""
     metrics: str = ""
-    #: Core children (redis, registry, router) take the cluster down when they die.
-    core: bool = True
+    #: Restartable children are restarted when they die; the others take the cluster down
+    #: (a Redis given with --redis-url is not a child at all).
+    restartable: bool = False
+    #: `service` children print a readiness line; a restart waits for it again.
+    ready_timeout_s: float = 60.0
+    started: float = 0.0
+    #: Set for the redis-server `up` started: readiness is its port answering.
+    redis_port: int = 0
 
 
 def redis_binary() -> str:
@@ -98,8 +128,12 @@ class Cluster:
         #: True once every child is up and `supervise` watches them.
         self.supervising = False
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        #: Where the export lines were written, once the cluster is up.
+        self.env_file: Path | None = None
 
-    async def spawn(self, name: str, argv: list[str], *, core: bool = True, env: dict | None = None) -> Child:
+    async def spawn(self, name: str, argv: list[str], *, env: dict | None = None,
+                    replace: Child | None = None) -> Child:
+        """Start a child logging to ``<run dir>/<name>.log``; ``replace`` takes a dead child's place in stop order."""
         log = self.run_dir / f"{name}.log"
         with log.open("ab") as stderr:
             proc = await asyncio.create_subprocess_exec(
@@ -110,33 +144,57 @@ class Cluster:
                 # Own process group: Ctrl-C reaches `shunter up` only, which stops children in order.
                 start_new_session=True,
             )
-        child = Child(name, proc, log, core=core)
-        self.children.append(child)
+        child = Child(name, proc, log, argv, env, started=time.monotonic())
+        if replace is not None:
+            child.restartable, child.ready_timeout_s = replace.restartable, replace.ready_timeout_s
+            child.redis_port = replace.redis_port
+            self.children[self.children.index(replace)] = child
+        else:
+            self.children.append(child)
         return child
 
-    async def service(self, name: str, argv: list[str], *, timeout_s: float, core: bool = True,
-                      env: dict | None = None) -> Child:
-        """Start ``shunter ARGV`` and wait for its readiness line."""
-        child = await self.spawn(name, [sys.executable, "-m", "services.cli.main", *argv], core=core, env=env)
+    async def service(self, name: str, argv: list[str], *, timeout_s: float, env: dict | None = None,
+                      keep_port: bool = False) -> Child:
+        """Start ``shunter ARGV``, wait for its readiness line; it is restarted if it dies later.
+
+        ``keep_port``: a restart binds the port this start bound (others hold its address).
+        """
+        child = await self.spawn(name, [sys.executable, "-m", "services.cli.main", *argv], env=env)
+        child.restartable, child.ready_timeout_s = True, timeout_s
+        await self.wait_ready(child)
+        if keep_port and "--port" in child.argv:
+            child.argv[child.argv.index("--port") + 1] = child.address.rsplit(":", 1)[1]
+        return child
+
+    async def wait_ready(self, child: Child) -> None:
+        """Read the child's stdout up to its readiness line, then keep copying it to the log."""
         assert child.proc.stdout is not None
+        if child.redis_port:
+            if not await self._redis_answers(child, child.ready_timeout_s):
+                raise UpError(f"shunter up: redis did not come back on port {child.redis_port}; "
+                              f"last lines of {child.log}:\n{log_tail(child.log)}")
+            child.address = f"{self.args.host}:{child.redis_port}"
+            asyncio.get_running_loop().create_task(self._drain_stdout(child))
+            return
+        timeout_s = child.ready_timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             try:
                 line = await asyncio.wait_for(child.proc.stdout.readline(), max(remaining, 0.01))
             except TimeoutError:
-                raise UpError(f"shunter up: {name} not ready after {timeout_s:.0f}s; see {child.log}") from None
+                raise UpError(f"shunter up: {child.name} not ready after {timeout_s:.0f}s; "
+                              f"its log is {child.log}") from None
             if not line:
                 await child.proc.wait()
-                raise UpError(f"shunter up: {name} exited with {child.proc.returncode} before it was ready:\n"
-                                 f"{log_tail(child.log)}")
+                raise UpError(f"shunter up: {child.name} exited with {child.proc.returncode} before it was ready; "
+                              f"last lines of {child.log}:\n{log_tail(child.log)}")
             match = READY_LINE.match(line.decode(errors="replace").strip())
             if match:
                 child.address = f"{match.group(2)}:{match.group(3)}"
                 child.metrics = f"{match.group(4)}:{match.group(5)}"
                 break
         asyncio.get_running_loop().create_task(self._drain_stdout(child))
-        return child
 
     async def _drain_stdout(self, child: Child) -> None:
         assert child.proc.stdout is not None
@@ -154,19 +212,28 @@ class Cluster:
                 # AOF in the run directory: a Redis restart keeps the catalogue and keys.
                 "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
             ])
-            for _ in range(100):
-                if child.proc.returncode is not None:
-                    break
-                with contextlib.suppress(OSError):
-                    _r, writer = await asyncio.open_connection(host, port)
-                    writer.close()
-                    return f"redis://{host}:{port}/0"
-                await asyncio.sleep(0.05)
+            child.redis_port = port
+            if await self._redis_answers(child):
+                # With its AOF it can be restarted on the same port without losing anything.
+                child.restartable = True
+                asyncio.get_running_loop().create_task(self._drain_stdout(child))
+                return f"redis://{host}:{port}/0"
             self.children.remove(child)
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()
             await child.proc.wait()
         raise UpError("shunter up: could not start redis-server")
+
+    async def _redis_answers(self, child: Child, timeout_s: float = 5.0) -> bool:
+        """Whether redis-server accepts connections on its port within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and child.proc.returncode is None:
+            with contextlib.suppress(OSError):
+                _r, writer = await asyncio.open_connection(self.args.host, child.redis_port)
+                writer.close()
+                return True
+            await asyncio.sleep(0.05)
+        return False
 
     async def stop(self) -> None:
         """SIGTERM in reverse start order, each child drained before the next."""
@@ -195,37 +262,109 @@ def scan(repository: Path) -> dict[str, list[str]]:
 
 
 async def register_repository(client, repository: Path, models: dict[str, list[str]]) -> None:
+    """Check and register every version of ``scan(repository)``; a problem raises UpError naming it."""
+    from services.cli.up_checks import check_repository
+
+    plans, problems = check_repository(repository, models)
+    if problems:
+        raise UpError("shunter up: " + "; ".join(problems))
+    await register_plans(client, repository, plans)
+
+
+async def register_plans(client, repository: Path, plans: list[VersionPlan]) -> None:
+    """Register every version (the highest of each model production at 100 %, the rest staged)."""
     from services.common import artifacts
-    from services.common.model_config import parse_model_config, version_config_text
     from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 
-    for name, versions in models.items():
-        for version in versions:
-            text, source = version_config_text(repository / name, version)
-            parse_model_config(text, source)
-            artifact = repository / name / version
-            digest = await asyncio.to_thread(artifacts.sha256_of, artifact)
-            state = rpb.PRODUCTION if version == versions[-1] else rpb.STAGED
-            await client.register_model_version(name, version, artifacts.uri_for(artifact), digest, text, state)
-        await client.set_weights(name, {versions[-1]: 100})
+    newest: dict[str, str] = {}
+    for plan in plans:
+        if plan.model not in newest or int(plan.version) > int(newest[plan.model]):
+            newest[plan.model] = plan.version
+    for plan in plans:
+        artifact = repository / plan.model / plan.version
+        digest = await asyncio.to_thread(artifacts.sha256_of, artifact)
+        state = rpb.PRODUCTION if plan.version == newest[plan.model] else rpb.STAGED
+        await client.register_model_version(plan.model, plan.version, artifacts.uri_for(artifact), digest,
+                                            plan.text, state)
+    for model, version in newest.items():
+        await client.set_weights(model, {version: 100})
 
 
-async def wait_workers_ready(client, count: int, models: dict[str, list[str]], timeout_s: float) -> None:
-    wanted = {(m, v) for m, versions in models.items() for v in versions}
+def progress(text: str) -> None:
+    """A start-up progress line: on stderr, so stdout stays the export lines and the summary."""
+    print(f"# {text}", file=sys.stderr, flush=True)
+
+
+async def wait_workers_ready(client, workers: list[Child], per_worker: int, plans: list[VersionPlan],
+                             timeout_s: float) -> None:
+    """Wait until every worker process serves every version, printing each version as it becomes ready.
+
+    A version that a worker reports as failed ends the wait at once (workers retry a failed
+    load forever, so waiting longer would only hide the error).
+    """
+    wanted = {(p.model, p.version) for p in plans}
+    backends = {(p.model, p.version): p.config.backend for p in plans}
+    logs = " ".join(str(w.log) for w in workers)
+    started = min(w.started for w in workers)
     deadline = time.monotonic() + timeout_s
+    announced: set[tuple[str, str]] = set()
+    count = len(workers) * per_worker
     while True:
-        workers = await client.list_workers()
-        ready = [w for w in workers if wanted <= {(s.model, s.version) for s in w.versions if s.ready}]
+        listed = await client.list_workers()
+        for worker in listed:
+            for status in worker.versions:
+                key = (status.model, status.version)
+                if key in wanted and status.error and not status.ready:
+                    raise UpError(f"shunter up: {status.model} version {status.version} ({backends[key]}) "
+                                  f"failed to load on worker {worker.address}: {status.error}\n"
+                                  f"  worker logs: {logs}")
+        ready_counts = {k: 0 for k in wanted}
+        for worker in listed:
+            for status in worker.versions:
+                if status.ready and (status.model, status.version) in ready_counts:
+                    ready_counts[(status.model, status.version)] += 1
+        for key in sorted(wanted - announced):
+            if ready_counts[key] >= count:
+                announced.add(key)
+                progress(f"loading {key[0]} v{key[1]} ({backends[key]})… ready in "
+                         f"{time.monotonic() - started:.1f} s")
+        ready = [w for w in listed if wanted <= {(s.model, s.version) for s in w.versions if s.ready}]
         if len(ready) >= count:
             return
+        for child in workers:
+            if child.proc.returncode is not None:
+                raise UpError(f"shunter up: {child.name} exited with {child.proc.returncode} while loading models; "
+                              f"last lines of {child.log}:\n{log_tail(child.log)}")
         if time.monotonic() > deadline:
-            errors = "; ".join(f"{s.model}/{s.version}: {s.error}" for w in workers for s in w.versions if s.error)
-            raise UpError(f"shunter up: {len(ready)} of {count} workers ready after {timeout_s:.0f}s"
-                             + (f" ({errors})" if errors else ""))
+            waiting = ", ".join(f"{m} v{v}" for m, v in sorted(wanted - announced))
+            raise UpError(f"shunter up: {len(ready)} of {count} workers ready after {timeout_s:.0f}s "
+                          f"(still loading: {waiting}); worker logs: {logs}")
         await asyncio.sleep(0.2)
 
 
+async def first_failure(*coros) -> None:
+    """Run coroutines together; the first to raise cancels the rest and its error propagates."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        for done in asyncio.as_completed(tasks):
+            await done
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def write_env_file(path: Path, exports: list[str]) -> None:
+    """Write the export lines for `source`, readable by the owner only (they hold keys)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("".join(f"{line}\n" for line in exports))
+    path.chmod(0o600)
+
+
 async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
+    from services.cli.up_checks import check_repository, port_problem
     from services.common import api_keys
     from services.common.registry_client import RegistryClient
 
@@ -237,7 +376,20 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
               file=sys.stderr)
         return 2
     host = args.host
-    redis_url = args.redis_url or await cluster.start_redis()
+    problems = [p for p in [port_problem(host, args.port)] if p]
+    plans, model_problems = check_repository(repository, models)
+    problems += model_problems
+    if problems:
+        for problem in problems:
+            print(f"shunter up: {problem}", file=sys.stderr)
+        print("shunter up: nothing was started", file=sys.stderr)
+        return 2
+    progress(f"logs in {cluster.run_dir}")
+    if args.redis_url:
+        redis_url = args.redis_url
+    else:
+        redis_url = await cluster.start_redis()
+        progress(f"redis ready at {redis_url}")
     _key_id, admin_key = api_keys.new_key()
     key_file = cluster.run_dir / "admin.key"
     key_file.write_text(admin_key + "\n")
@@ -247,34 +399,51 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         "registry",
         ["registry", "--redis-url", redis_url, "--admin-key-file", str(key_file), "--port", "0",
          "--artifact-root", str(repository.resolve()), *common],
-        timeout_s=60,
+        timeout_s=60, keep_port=True,
     )
+    progress(f"registry ready at {registry.address}")
     key_env = {"SHUNTER_ADMIN_KEY": admin_key}
     async with RegistryClient(registry.address, admin_key) as client:
-        await register_repository(client, repository, models)
+        await register_plans(client, repository, plans)
         data_key = (await client.create_api_key("default")).secret
         serve = ",".join(models)
-        workers = await asyncio.gather(*(
-            cluster.service(
+        workers = [
+            await cluster.spawn(
                 f"worker-{i + 1}",
-                ["worker", "--registry", registry.address, "--serve", serve, "--trusted-repository",
-                 str(repository), "--artifact-root", str(repository.resolve()), "--port", "0",
+                [sys.executable, "-m", "services.cli.main", "worker", "--registry", registry.address,
+                 "--serve", serve, "--trusted-repository", str(repository),
+                 "--artifact-root", str(repository.resolve()), "--port", "0",
                  "--processes", str(args.worker_processes), *common],
-                timeout_s=args.ready_timeout_s, core=False, env=key_env,
+                env=key_env,
             )
             for i in range(args.workers)
-        ))
-        await wait_workers_ready(client, args.workers * args.worker_processes, models, args.ready_timeout_s)
+        ]
+        for worker in workers:
+            worker.restartable, worker.ready_timeout_s = True, args.ready_timeout_s
+        progress(f"{len(workers)} worker(s) started; loading "
+                 + ", ".join(f"{p.model} v{p.version}" for p in plans))
+        # A cluster worker prints its readiness line once it serves what it is assigned; the
+        # registry's view meanwhile gives per-version progress and load errors at once.
+        await first_failure(
+            wait_workers_ready(client, workers, args.worker_processes, plans, args.ready_timeout_s),
+            *(cluster.wait_ready(worker) for worker in workers),
+        )
     router = await cluster.service(
         "router",
         ["router", "--registry", registry.address, "--redis-url", redis_url, "--port", str(args.port),
          "--processes", str(args.router_processes), *common],
-        timeout_s=60, env=key_env,
+        timeout_s=60, env=key_env, keep_port=True,
     )
-    print(f"export SHUNTER_ROUTER={router.address}")
-    print(f"export SHUNTER_REGISTRY={registry.address}")
-    print(f"export SHUNTER_ADMIN_KEY={admin_key}")
-    print(f"export SHUNTER_API_KEY={data_key}")
+    exports = [
+        f"export SHUNTER_ROUTER={router.address}",
+        f"export SHUNTER_REGISTRY={registry.address}",
+        f"export SHUNTER_ADMIN_KEY={admin_key}",
+        f"export SHUNTER_API_KEY={data_key}",
+    ]
+    env_file = (args.env_file or cluster.run_dir / "env").expanduser().resolve()
+    write_env_file(env_file, exports)
+    cluster.env_file = env_file
+    print("\n".join(exports))
     print(f"# shunter cluster up: router {router.address}, registry {registry.address}, redis {redis_url}")
     for name, versions in models.items():
         print(f"#   model {name}: versions {', '.join(versions)} (version {versions[-1]} production at 100%)")
@@ -286,33 +455,59 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         print(f"#   {worker.name} {worker.address}{group} metrics http://{worker.metrics}/metrics")
     print(f"#   logs and admin key file in {cluster.run_dir}")
     print("#   SHUNTER_API_KEY is a data key; SHUNTER_ADMIN_KEY is for `shunter models|traffic|keys ...`")
+    print(f"#   in another shell: source {env_file}")
     print("# Ctrl-C stops the cluster.", flush=True)
     return await supervise(cluster, stop)
 
 
+async def keep_running(cluster: Cluster, index: int, stop: asyncio.Event, fatal: asyncio.Event) -> None:
+    """Watch one child; report its death, restart it with backoff, or end the cluster if it cannot be."""
+    child = cluster.children[index]
+    delay = RESTART_FIRST_S
+    restarts = 0
+    while True:
+        await child.proc.wait()
+        if stop.is_set():
+            return
+        print(f"# shunter up: {child.name} (pid {child.proc.pid}) exited with code {child.proc.returncode}; "
+              f"last log lines ({child.log}):\n{log_tail(child.log)}", file=sys.stderr, flush=True)
+        if not child.restartable:
+            print(f"# shunter up: {child.name} cannot be restarted; stopping the cluster",
+                  file=sys.stderr, flush=True)
+            fatal.set()
+            return
+        if time.monotonic() - child.started > RESTART_RESET_S:
+            delay = RESTART_FIRST_S
+        restarts += 1
+        print(f"# shunter up: restarting {child.name} in {delay:.0f} s (restart {restarts})",
+              file=sys.stderr, flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
+        delay = min(delay * 2, RESTART_MAX_S)
+        child = await cluster.spawn(child.name, child.argv, env=child.env, replace=child)
+        try:
+            await cluster.wait_ready(child)
+        except UpError as exc:
+            print(f"# {exc}", file=sys.stderr, flush=True)
+            continue
+        metrics = f" metrics http://{child.metrics}/metrics" if child.metrics else ""
+        print(f"# shunter up: {child.name} restarted (pid {child.proc.pid}) at {child.address}{metrics}",
+              file=sys.stderr, flush=True)
+
+
 async def supervise(cluster: Cluster, stop: asyncio.Event) -> int:
-    """Run until stopped; report any child that exits; a core child's death ends the cluster."""
+    """Run until stopped, restarting children that die; one that cannot be restarted ends it (status 1)."""
     cluster.supervising = True
-    waits = {asyncio.ensure_future(child.proc.wait()): child for child in cluster.children}
-    stopper = asyncio.ensure_future(stop.wait())
-    status = 0
-    while waits:
-        done, _ = await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
-        if stopper in done:
-            break
-        for fut in done:
-            child = waits.pop(fut)
-            print(f"# shunter up: {child.name} (pid {child.proc.pid}) exited with code {child.proc.returncode}; "
-                  f"last log lines ({child.log}):\n{log_tail(child.log)}", file=sys.stderr, flush=True)
-            if child.core:
-                status = 1
-        if status:
-            print("# shunter up: a core service died; stopping the cluster", file=sys.stderr, flush=True)
-            break
-    for fut in waits:
+    fatal = asyncio.Event()
+    watchers = [asyncio.ensure_future(keep_running(cluster, i, stop, fatal)) for i in range(len(cluster.children))]
+    ends = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(fatal.wait())]
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    for fut in [*watchers, *ends]:
         fut.cancel()
-    stopper.cancel()
-    return status
+    await asyncio.gather(*watchers, *ends, return_exceptions=True)
+    return 1 if fatal.is_set() and not stop.is_set() else 0
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -338,13 +533,16 @@ async def main(args: argparse.Namespace) -> int:
         return 130
     except (UpError, ShunterError, OSError) as exc:
         print(f"shunter up: {exc}" if not str(exc).startswith("shunter up") else exc, file=sys.stderr)
+        print(f"shunter up: logs in {run_dir}", file=sys.stderr)
         return 1
     finally:
-        print("# shunter up: stopping", file=sys.stderr, flush=True)
+        if cluster.children:
+            print("# shunter up: stopping", file=sys.stderr, flush=True)
         await cluster.stop()
         if args.run_dir is None:
-            with contextlib.suppress(OSError):
-                (run_dir / "admin.key").unlink()
+            for name in ("admin.key", "env"):
+                with contextlib.suppress(OSError):
+                    (run_dir / name).unlink()
 
 
 def run(args: argparse.Namespace) -> int:

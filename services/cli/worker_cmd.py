@@ -17,6 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model-repository", type=Path, help="directory of <model>/config.yaml and <model>/<N>/")
     parser.add_argument("--models", help="comma-separated subset of the repository's models to serve")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="standalone: stop if any version fails to load (default: serve the others, mark it UNAVAILABLE)",
+    )
     parser.add_argument("--registry", default=None, help="registry HOST:PORT: run in cluster mode")
     parser.add_argument("--serve", help="cluster mode: comma-separated model names to serve")
     parser.add_argument(
@@ -88,5 +93,5 @@ def run(args: argparse.Namespace) -> int:
             load_timeout_s=args.load_timeout_s,
         )
     only = {n.strip() for n in args.models.split(",") if n.strip()} if args.models else None
-    app = WorkerApp(repository=args.model_repository, only_models=only, cluster=cluster)
+    app = WorkerApp(repository=args.model_repository, only_models=only, cluster=cluster, strict=args.strict)
     return run_service(app, server_settings(args))

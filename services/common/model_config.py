@@ -99,9 +99,9 @@ class ModelConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value == "cpu" or value == "cuda" or (value.startswith("cuda:") and value[5:].isdigit()):
+        if value in ("cpu", "cuda", "auto") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {value!r}")
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto (a GPU if there is one), got {value!r}")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

@@ -9,6 +9,7 @@ health NOT_SERVING → the app rejects new work → in-flight calls finish → c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -20,10 +21,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from services.common.errors import PermissionDenied, ShunterError, Unauthenticated
+from services.common.metrics_http import start_metrics_server
 from services.common.process_group import die_with_group
+from services.common.reflection_v1 import SERVICE_NAME as REFLECTION_V1
+from services.common.reflection_v1 import enable_reflection_v1
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +124,9 @@ class RunningService:
         self.app.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (*self.app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)
+        reflected = (*names, reflection.SERVICE_NAME, REFLECTION_V1)
+        reflection.enable_server_reflection(reflected, self.server)
+        enable_reflection_v1(reflected, self.server)
         bind = f"{settings.host}:{settings.port}"
         if settings.tls is not None:
             self.port = self.server.add_secure_port(bind, settings.tls.credentials())
@@ -136,7 +141,7 @@ class RunningService:
             self.app.bound_address = self.address
         await self.app.start()
         metrics_host = settings.metrics_host or settings.host
-        self._metrics_httpd, _ = start_http_server(settings.metrics_port, addr=metrics_host)
+        self._metrics_httpd = start_metrics_server(settings.metrics_port, addr=metrics_host)
         self.metrics_port = self._metrics_httpd.server_address[1]
         for name in ("", *self.app.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -170,7 +175,19 @@ async def serve_until_signal(app: ServiceApp, settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.request_stop)
     die_with_group()  # a child of `--processes N`: drain when the group's supervisor dies
-    await service.start()
+    # Start-up may wait a long time (models loading, a registry not answering yet), so a
+    # signal during it abandons the start and drains what was started.
+    starting = asyncio.ensure_future(service.start())
+    stopping = asyncio.ensure_future(service._stopping.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        logger.info("%s: stopped while starting", app.name)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+    else:
+        stopping.cancel()
+        starting.result()  # a start-up error propagates
     await service.wait_stopped()
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from services.common.errors import ModelConfigError
 from services.common.grpc_errors import add_refusing_malformed
 from services.gen.inference import grpc_service_pb2 as pb
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
@@ -43,6 +44,7 @@ class WorkerApp:
         repository: Path | None = None,
         only_models: set[str] | None = None,
         cluster: ClusterSettings | None = None,
+        strict: bool = False,
     ) -> None:
         trusted = cluster.trusted_repositories if cluster is not None and repository is None else None
         self.models = ModelManager(trusted_roots=trusted)
@@ -50,6 +52,7 @@ class WorkerApp:
         self._repository = repository
         self._only = only_models
         self._cluster_settings = cluster
+        self._strict = strict
         self._cluster = None
         self.bound_address = ""
 
@@ -58,8 +61,7 @@ class WorkerApp:
 
     async def start(self) -> None:
         if self._repository is not None:
-            for entry in scan_repository(self._repository, self._only):
-                await self.models.load_version(entry.model, entry.version, entry.version_dir, entry.config)
+            await self._load_repository(self._repository)
         if self._cluster_settings is not None:
             from services.worker.cluster import ClusterMember
 
@@ -75,6 +77,40 @@ class WorkerApp:
                 load_timeout_s=settings.load_timeout_s,
             )
             await self._cluster.start()
+            # Health stays NOT_SERVING (and the readiness line unprinted) until the first
+            # routing table has been reconciled: every assigned version loaded or failed.
+            await self._cluster.synced.wait()
+
+    async def _load_repository(self, repository: Path) -> None:
+        """Load every version; unless strict, a version that fails is logged and left UNAVAILABLE.
+
+        Failed versions stay in the manager with their reason, so ModelReady answers false and
+        RepositoryIndex lists them as UNAVAILABLE with the error; the good ones are served.
+        Strict mode (``--strict``) keeps all-or-nothing: the first failure stops the worker.
+        """
+        skipped: list[str] = []
+
+        def bad_model(problem: str) -> None:
+            logger.error("not serving %s", problem)
+            skipped.append(problem)
+
+        entries = scan_repository(repository, self._only, None if self._strict else bad_model)
+        failed = 0
+        for entry in entries:
+            try:
+                await self.models.load_version(entry.model, entry.version, entry.version_dir, entry.config)
+            except Exception as exc:
+                if self._strict:
+                    raise ModelConfigError(
+                        f"{entry.model} version {entry.version}: {exc} (--strict: not serving any model)"
+                    ) from None
+                failed += 1  # ModelManager logged it and recorded the version as UNAVAILABLE
+        ready = sum(v.ready for versions in self.models.models().values() for v in versions.values())
+        if not ready:
+            raise ModelConfigError(f"{repository}: no model version could be loaded; see the errors above")
+        if failed or skipped:
+            logger.warning("serving %d version(s); %d failed to load and %d were skipped (see the errors above)",
+                           ready, failed, len(skipped))
 
     async def drain(self) -> None:
         self.servicer.draining = True

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 5.0
 #: Seconds before a load that failed for another reason than its sha256 is tried again.
 LOAD_RETRY_S = 30.0
+#: How long start-up waits for the first registration (to tell a refused key from a slow registry).
+FIRST_REGISTER_TIMEOUT_S = 10.0
 #: Seconds one version may take to load and warm up before it is given up for good.
 LOAD_TIMEOUT_S = 900.0
 
@@ -105,6 +107,10 @@ def prepare_version(
 
 class ShaMismatch(artifacts.ArtifactError):
     """The artifact is not the one registered: refused for good (until re-registered)."""
+
+
+class KeyRefused(Unauthenticated):
+    """The registry refused this worker's key at start-up; the worker exits (status 2, server.run)."""
 
 
 class LoadTimeout(Exception):
@@ -191,9 +197,28 @@ class ClusterMember:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start following the registry; returns at once (loads happen in the background)."""
+        """Check the key, then start following the registry; loads happen in the background.
+
+        A key the registry refuses raises KeyRefused (fatal: retrying cannot fix it); a
+        registry that cannot be reached yet is retried by the lease loop.
+        """
         logger.info("cluster mode: registry %s, serving %s, advertising %s",
                     ",".join(self.client.addresses), ",".join(sorted(self.serve)), self.advertise_address)
+        try:
+            lease = await asyncio.wait_for(
+                self.client.register_worker(self.advertise_address, self.statuses(), ttl_s=self.lease_ttl_s),
+                FIRST_REGISTER_TIMEOUT_S,
+            )
+            self.worker_id, self._registered = lease.worker_id, True
+            logger.info("registered as worker %s (lease %ss)", lease.worker_id, lease.ttl_s)
+        except (Unauthenticated, PermissionDenied) as exc:
+            raise KeyRefused(
+                f"the registry at {','.join(self.client.addresses)} refuses this worker's key ({exc}); "
+                "give the admin key with --admin-key or $SHUNTER_ADMIN_KEY"
+            ) from None
+        except (ShunterError, TimeoutError) as exc:
+            logger.warning("registry %s not reachable yet (%s); retrying, NOT_SERVING until it answers",
+                           ",".join(self.client.addresses), exc or "timed out")
         for name, coro in (("lease", self._lease_loop()), ("watch", self._watch_loop()),
                            ("reconcile", self._reconcile_loop())):
             self._tasks.append(asyncio.create_task(coro, name=f"cluster-{name}"))

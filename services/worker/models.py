@@ -21,6 +21,7 @@ from services.worker import metrics
 from services.worker.batching.batcher import Arrays, Batcher, BatchTiming, EngineInstance
 from services.worker.batching.policy import BatchPolicy
 from services.worker.daemon_executor import DaemonThreadExecutor
+from services.worker.devices import resolve_device
 from services.worker.engines import create_engine
 from services.worker.engines.base import Engine, EngineLoadError, EngineSpec
 from services.worker.engines.python_handler import untrusted_code
@@ -183,8 +184,19 @@ class ModelManager:
         existing = self._models.get(model, {}).get(version)
         if existing is not None and existing.state in (VersionState.READY, VersionState.LOADING):
             return
+        device_error = ""
+        try:
+            device = resolve_device(config.device, f"{model} version {version}")
+            if device != config.device:
+                config = config.model_copy(update={"device": device})
+        except EngineLoadError as exc:
+            device_error = str(exc)
         loaded = LoadedVersion(EngineSpec(model, version, version_dir, config))
         self._models.setdefault(model, {})[version] = loaded
+        if device_error:
+            loaded.state, loaded.error = VersionState.FAILED, device_error
+            logger.error("cannot load %s version %s: %s", model, version, device_error)
+            raise EngineLoadError(device_error)
         refusal = None if self._trusted_roots is None else untrusted_code(loaded.spec, self._trusted_roots)
         if refusal is not None:
             loaded.state = VersionState.FAILED

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import numpy as np
 import psutil
@@ -23,7 +26,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.router.cluster import write_repository
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, start_service
 
 
 class Up:
@@ -66,6 +69,7 @@ def up(tmp_path_factory):
         if line.startswith("# Ctrl-C"):
             break
     running = Up(proc, env, summary)
+    running.env_file = tmp / "run" / "env"
     yield running
     if proc.poll() is None:
         proc.kill()
@@ -92,6 +96,10 @@ def test_up_prints_exports_and_summary(up):
     assert set(up.env) == {"SHUNTER_ROUTER", "SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY", "SHUNTER_API_KEY"}
     assert up.env["SHUNTER_API_KEY"].startswith("shk_") and up.env["SHUNTER_ADMIN_KEY"].startswith("shk_")
     text = "\n".join(up.summary)
+    # The same exports, for `source` in another shell (`up` itself stays in the foreground).
+    assert f"#   in another shell: source {up.env_file}" in text
+    assert up.env_file.read_text().splitlines() == [f"export {k}={v}" for k, v in up.env.items()]
+    assert up.env_file.stat().st_mode & 0o777 == 0o600
     assert "model calc: versions 1, 2, 3 (version 3 production at 100%)" in text
     assert text.count("/metrics") == 4  # router, registry, two workers
 
@@ -175,7 +183,110 @@ def test_auth_matrix(up, client):
     assert "PERMISSION_DENIED" in str(info.value.status())
 
 
-def test_dead_worker_reported_then_sigterm_stops_everything(up):
+def test_traffic_set_needs_no_force_for_versions_workers_serve(up):
+    env = {**os.environ, **{k: up.env[k] for k in ("SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY")}}
+
+    def shunter(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services.cli.main", "traffic", "set", *args], cwd=ROOT,
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    done = shunter("calc", "2=10", "3=90", "--sticky-header", "x-user-id")
+    assert done.returncode == 0, done.stderr
+    assert "weights:   2=10 3=90" in done.stdout and "sticky:    x-user-id" in done.stdout
+    done = shunter("calc", "3=100")
+    assert done.returncode == 0, done.stderr
+    assert "sticky:    x-user-id" in done.stdout  # kept
+
+
+def bench(up, *args: str) -> dict:
+    """`shunter bench` through the router, its key from $SHUNTER_API_KEY (not the command line)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "bench", "--model", "calc", "--concurrency", "2",
+         "--duration", "0.5", "--warmup", "0", "--processes", "1", "--json", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SHUNTER_API_KEY": up.env["SHUNTER_API_KEY"]},
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["codes"] == {"OK": report["requests"]} and report["requests"] > 0, report
+    return report
+
+
+def router_counts(up, name: str, label: str) -> dict[str, float]:
+    """A router counter for model calc, summed per value of ``label``."""
+    url = next(line.split()[-1] for line in up.summary if "router   metrics" in line)
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_total{{") and 'model="calc"' in line:
+            value = re.search(rf'{label}="([^"]*)"', line).group(1)
+            counts[value] = counts.get(value, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_bench_random_inputs_get_past_the_cache_and_vary_header_splits_sticky_users(up, client):
+    target = ("--target", up.env["SHUNTER_ROUTER"])
+    env = {**os.environ, **{k: up.env[k] for k in ("SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY")}}
+    subprocess.run([sys.executable, "-m", "services.cli.main", "traffic", "set", "calc", "2=50", "3=50",
+                    "--sticky-header", "x-user-id", "--cache-ttl", "60"], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while not router_counts(up, "shunter_router_cache", "result").get("hit"):  # the policy has reached the router
+        assert time.monotonic() < deadline
+        client.infer("calc", [calc_input(np.ones((1, 4)))], headers=headers(up.env["SHUNTER_API_KEY"]))
+        time.sleep(0.1)
+    try:
+        before = router_counts(up, "shunter_router_cache", "result")
+        fixed = bench(up, *target, "-H", "x-user-id=one-user")
+        after_fixed = router_counts(up, "shunter_router_cache", "result")
+        # One request sent again and again: after the first, the cache answers.
+        assert after_fixed.get("hit", 0) - before.get("hit", 0) >= fixed["requests"] - 2
+        randomised = bench(up, *target, "--random-inputs", "--vary-header", "x-user-id")
+        after_random = router_counts(up, "shunter_router_cache", "result")
+        # Every call a fresh input: no hits but for the probe call, which is the fixed run's request.
+        assert after_random.get("hit", 0) - after_fixed.get("hit", 0) <= 1
+        assert after_random["miss"] - after_fixed.get("miss", 0) >= randomised["requests"]
+        assert randomised["requests_from"] == "fresh random inputs every call; x-user-id fresh every call"
+        # A fresh user per call: the sticky 50/50 split sends calls to both versions.
+        split_before = router_counts(up, "shunter_router_split_decisions", "version")
+        bench(up, *target, "--random-inputs", "--vary-header", "x-user-id")
+        split_after = router_counts(up, "shunter_router_split_decisions", "version")
+        assert all(split_after.get(v, 0) > split_before.get(v, 0) for v in ("2", "3")), (split_before, split_after)
+    finally:
+        subprocess.run([sys.executable, "-m", "services.cli.main", "traffic", "set", "calc", "3=100", "--replace"],
+                       cwd=ROOT, env=env, check=True, capture_output=True, timeout=60)
+
+
+def test_bench_over_tls_with_cacert(up, tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    redis_url = re.search(r"redis (redis://\S+)", "\n".join(up.summary)).group(1)
+    router = start_service(
+        ["router", "--registry", up.env["SHUNTER_REGISTRY"], "--redis-url", redis_url, "--port", "0",
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        env={"SHUNTER_ADMIN_KEY": up.env["SHUNTER_ADMIN_KEY"]},
+    )
+    try:
+        bench(up, "--target", router.address, "--cacert", str(cert))
+        plain = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "bench", "--target", router.address, "--model", "calc",
+             "--duration", "0.5"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "SHUNTER_API_KEY": up.env["SHUNTER_API_KEY"]},
+        )
+        assert plain.returncode == 2 and "a TLS server needs --tls or --cacert" in plain.stderr
+    finally:
+        router.terminate()
+
+
+def test_dead_children_reported_and_restarted_then_sigterm_stops_everything(up):
     children = psutil.Process(up.proc.pid).children()
     workers = [c for c in children if "worker" in c.cmdline()]
     assert len(workers) == 2 and len(children) == 5  # redis, registry, 2 workers, router
@@ -185,6 +296,24 @@ def test_dead_worker_reported_then_sigterm_stops_everything(up):
         assert time.monotonic() < deadline, "".join(up.stderr)
         time.sleep(0.1)
     assert up.proc.poll() is None  # a worker's death is reported; the cluster keeps running
+    while not any("worker-" in line and " restarted (pid " in line for line in up.stderr):
+        assert time.monotonic() < deadline, "".join(up.stderr)
+        time.sleep(0.1)
+    assert any("restarting worker-" in line and "(restart 1)" in line for line in up.stderr)
+    children = psutil.Process(up.proc.pid).children()
+    assert len([c for c in children if "worker" in c.cmdline()]) == 2
+    # Redis too comes back, on its port, with its data (append-only file in the run dir).
+    redis = next(c for c in children if "redis-server" in c.name())
+    redis.kill()
+    while not any(line.startswith("# shunter up: redis restarted (pid ") for line in up.stderr):
+        assert time.monotonic() < deadline, "".join(up.stderr)
+        time.sleep(0.1)
+    listed = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "models", "list"], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, **{k: up.env[k] for k in ("SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY")}}, timeout=60,
+    )
+    assert listed.returncode == 0 and "calc" in listed.stdout, listed.stderr
+    children = psutil.Process(up.proc.pid).children()
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(60) == 0
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)

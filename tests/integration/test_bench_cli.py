@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
 import pytest
 
@@ -173,3 +174,28 @@ def test_table_output_and_unknown_model(worker):
     missing = bench("--target", worker.address, "--model", "no-such-model", "--duration", "0.3")
     assert missing.returncode == 2
     assert "NOT_FOUND" in missing.stderr
+
+
+def test_input_file_rows_become_the_requests(worker, tmp_path):
+    with np.load(build_examples() / "digits" / "sample.npz", allow_pickle=False) as data:
+        images = data["images"][:10]
+    np.savez(tmp_path / "rows.npz", input__0=images)
+    common = ("--target", worker.address, "--model", "digits", "--concurrency", "2", "--duration", "0.5",
+              "--processes", "1", "--warmup", "0", "--batch-rows", "2")
+    done = bench(*common, "--input", str(tmp_path / "rows.npz"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    check_report(report)
+    assert report["requests_from"] == "5 requests from --input, in turn"
+    np.savez(tmp_path / "wrong.npz", pixels=images, other=images)
+    wrong = bench(*common, "--input", str(tmp_path / "wrong.npz"))
+    assert wrong.returncode == 2
+    assert "no array for input(s) input__0 (has: pixels, other)" in wrong.stderr
+    both = bench(*common, "--input", str(tmp_path / "rows.npz"), "--random-inputs")
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_bad_metadata_option_is_refused(worker):
+    done = bench("--target", worker.address, "--model", "digits", "-H", "no-separator")
+    assert done.returncode == 2 and "-H 'no-separator' is not KEY=VALUE" in done.stderr
+

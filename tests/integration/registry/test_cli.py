@@ -72,19 +72,35 @@ def test_models_and_versions(shunter, repo):
 
 
 def test_traffic(shunter, repo):
+    # No worker serves demo in this module, so weight on a version needs --force.
+    failed = shunter("traffic", "set", "demo", "1=90", "2=10", ok=False)
+    assert "no worker reports demo version(s) 1, 2 ready" in failed.stderr and "--force" in failed.stderr
     out = shunter("traffic", "set", "demo", "1=90", "2=10", "--sticky-header", "x-user-id",
-                  "--fallback", "1", "--cache-ttl", "60").stdout
+                  "--fallback", "1", "--cache-ttl", "60", "--force").stdout
     assert "weights:   1=90 2=10" in out and "cache:     on, ttl 60s" in out
     shown = json.loads(shunter("traffic", "show", "demo", "--json").stdout)
     assert shown["weights"] == {"1": 90, "2": 10}
     assert (shown["sticky_header"], shown["fallback_version"], shown["cache_ttl_s"]) == ("x-user-id", "1", 60)
-    failed = shunter("traffic", "set", "demo", "1=90", "2=20", ok=False)
+    failed = shunter("traffic", "set", "demo", "1=90", "2=20", "--force", ok=False)
     assert "weights must sum to 100, got 110" in failed.stderr
-    failed = shunter("traffic", "set", "demo", "1=100", "--shadow", "1", ok=False)
+    failed = shunter("traffic", "set", "demo", "1=100", "--shadow", "1", "--force", ok=False)
     assert "shadow version 1 also has weight 100" in failed.stderr
-    # Blue-green: one write flips all traffic.
-    shunter("traffic", "set", "demo", "1=0", "2=100")
+    # Blue-green: one write flips all traffic, and keeps the sticky header, fallback and cache.
+    shunter("traffic", "set", "demo", "1=0", "2=100", "--force")
+    shown = json.loads(shunter("traffic", "show", "demo", "--json").stdout)
+    assert shown["weights"] == {"1": 0, "2": 100} or shown["weights"] == {"2": 100}
+    assert (shown["sticky_header"], shown["fallback_version"], shown["cache_ttl_s"]) == ("x-user-id", "1", 60)
     assert "weights:   2=100" in shunter("traffic", "show", "demo").stdout
+    # An option alone changes only itself; '' clears it.
+    shunter("traffic", "set", "demo", "--sticky-header", "")
+    shown = json.loads(shunter("traffic", "show", "demo", "--json").stdout)
+    assert shown.get("sticky_header", "") == "" and shown["fallback_version"] == "1"
+    # --replace is the old behaviour: what is not given is cleared.
+    shunter("traffic", "set", "demo", "2=100", "--replace", "--force")
+    shown = json.loads(shunter("traffic", "show", "demo", "--json").stdout)
+    assert shown.get("fallback_version", "") == "" and shown.get("cache_ttl_s", 0) == 0
+    failed = shunter("traffic", "set", "demo", ok=False)
+    assert "nothing to change" in failed.stderr
 
 
 def test_keys(shunter, registry, admin):

@@ -139,3 +139,9 @@ def test_minilm_model_directory_is_self_contained(examples: Path, tmp_path: Path
     engine = load_engine(copy, "1")
     assert engine.infer(text_batch(["hello"]))["EMBEDDING"].shape == (1, 384)
     engine.close()
+
+
+def test_digits_v3_runs_on_a_thread_while_v1_runs_on_the_loop(examples: Path) -> None:
+    configs = {v: load_version_config(examples / "digits", v) for v in ("1", "2", "3")}
+    assert configs["3"].backend == "torch_export" and not configs["3"].run_on_event_loop
+    assert configs["1"].run_on_event_loop
