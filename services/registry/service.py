@@ -88,8 +88,13 @@ def admin_rpc(fn: Handler) -> Callable[..., Awaitable[Any]]:
             raise
         finally:
             IN_FLIGHT.labels("registry", method).dec()
-            label = model if isinstance(model, str) and validation.NAME_RE.match(model) else ""
-            REQUESTS.labels("registry", method, label, getattr(request, "version", ""), code).inc()
+            # Names from a caller the registry did not authenticate are not labels: anyone
+            # could otherwise mint series. Authenticated callers' names are validated ones.
+            trusted = code != "UNAUTHENTICATED"
+            label = model if trusted and isinstance(model, str) and validation.NAME_RE.match(model) else ""
+            version = getattr(request, "version", "")
+            version = version if trusted and isinstance(version, str) and validation.VERSION_RE.match(version) else ""
+            REQUESTS.labels("registry", method, label, version, code).inc()
             REQUEST_LATENCY.labels("registry", method, label).observe(time.monotonic() - started)
 
     return instrumented

@@ -40,10 +40,14 @@ STATISTICS_TIMEOUT_S = 5.0
 
 
 class RouterServicer:
+    def _versions_of(self, model: str) -> dict[str, object] | None:
+        entry = self.router.snapshot.models.get(model)
+        return None if entry is None else entry.versions
+
     def __init__(self, router: Router) -> None:
         self.router = router
         self.draining = False
-        self._observer = common_metrics.RpcObserver("router")
+        self._observer = common_metrics.RpcObserver("router", common_metrics.known_labels(self._versions_of))
         self._in_flight_infer = common_metrics.IN_FLIGHT.labels("router", "ModelInfer")
         self._in_flight_stream = common_metrics.IN_FLIGHT.labels("router", "ModelStreamInfer")
 

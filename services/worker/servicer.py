@@ -36,7 +36,9 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.draining = False
         #: Reader tasks of the open ModelStreamInfer calls (ended on drain).
         self._streams: set[asyncio.Task] = set()
-        self._observer = common_metrics.RpcObserver("worker")
+        self._observer = common_metrics.RpcObserver(
+            "worker", common_metrics.known_labels(lambda model: models.models().get(model))
+        )
         self._in_flight = {
             method: common_metrics.IN_FLIGHT.labels("worker", method) for method in ("ModelInfer", "ModelStreamInfer")
         }

@@ -13,6 +13,8 @@ randomness).
 from __future__ import annotations
 
 import os
+import re
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -21,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from services.gen.inference import grpc_service_pb2 as pb
+from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from tests.integration.router.cluster import Cluster, start_cluster
 from tests.support import fuzz_requests as fz
 
@@ -134,3 +137,34 @@ def test_an_unparseable_message_is_invalid_argument_and_logged_once(cluster: Clu
     log = cluster.workers[0].logs()
     assert log.count("refused an undecodable message") <= 2, log
     assert "Exception deserializing" not in log and "Traceback" not in log, log
+
+
+def _model_labels(url: str, metric: str = "shunter_requests_total") -> set[str]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return set(re.findall(rf'^{metric}{{[^}}]*model="([^"]*)"', text, flags=re.M))
+
+
+def test_made_up_model_names_do_not_become_metric_series(cluster: Cluster) -> None:
+    """Names a client invents share one label: /metrics stays bounded by the catalogue."""
+    names = [f"probe-{i}" for i in range(40)]
+    for service, key in ((cluster.workers[0], cluster.admin_key), (cluster.routers[0], cluster.keys["data"])):
+        with grpc.insecure_channel(service.address) as channel:
+            for name in names:
+                request = pb.ModelInferRequest(model_name=name, model_version="7")
+                request.inputs.add(name="IN", datatype="FP32", shape=[1, 4])
+                request.raw_input_contents.append(bytes(16))
+                with pytest.raises(grpc.RpcError):
+                    channel.unary_unary(METHOD)(
+                        request.SerializeToString(), metadata=(("authorization", f"Bearer {key}"),), timeout=30
+                    )
+        labels = _model_labels(service.metrics_url)
+        assert not labels & set(names), labels
+        assert "_unknown" in labels
+    # The registry labels only what an authenticated caller named.
+    with grpc.insecure_channel(cluster.registry.address) as channel:
+        get_model = channel.unary_unary("/shunter.registry.v1.Registry/GetModel")
+        for name in names:
+            with pytest.raises(grpc.RpcError) as caught:
+                get_model(rpb.GetModelRequest(name=name).SerializeToString(), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert not _model_labels(cluster.registry.metrics_url) & set(names)
