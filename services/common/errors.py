@@ -1,6 +1,6 @@
 """Typed exceptions for everything Shunter rejects, each carrying its gRPC status.
 
-Domain code raises these; the gRPC edge (`grpc_errors.abort_with`) maps them to a status
+Domain code raises these; the gRPC edge (`services.common.edge`) maps them to a status
 in exactly one place. Anything else that escapes a handler is INTERNAL with a generic
 message for the client and the stack trace in the log.
 """
@@ -14,6 +14,8 @@ class ShunterError(Exception):
     """Base class: a message safe to show the client, and the status code to send."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    #: Sent with the status (e.g. a rate limit's retry-after hint).
+    trailing_metadata: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -37,6 +37,15 @@ def failed_stream_response(
     return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
 
 
+def failed_stream_response_bytes(raw: bytes, code: grpc.StatusCode, message: str) -> bytes:
+    """failed_stream_response for a request still in its wire form (no id when it does not parse)."""
+    try:
+        request = pb.ModelInferRequest.FromString(raw)
+    except Exception:
+        request = pb.ModelInferRequest()
+    return failed_stream_response(request, message, code).SerializeToString()
+
+
 def status_of_failed(infer_response: bytes) -> grpc.StatusCode:
     """The code on a failed stream response's infer_response; UNKNOWN when it names none."""
     try:

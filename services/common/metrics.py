@@ -6,7 +6,6 @@ their own modules. Names start with ``shunter_`` and carry their unit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
 from typing import Any
 
 import grpc
@@ -34,42 +33,15 @@ IN_FLIGHT = Gauge(
     ["service", "method"],
 )
 
-#: The label of a model or version the service does not know (a typo, or a client probing).
-UNKNOWN_LABEL = "_unknown"
-
-
-def known_labels(versions_of: Callable[[str], Container[str] | None]) -> Callable[[str, str], tuple[str, str]]:
-    """Labels that keep a request's model and version only where the service knows them.
-
-    ``versions_of(model)`` gives the versions the service holds for a model, or None for a
-    model it does not know. The label set is then bounded by the catalogue, not by clients.
-    """
-
-    def labels(model: str, version: str) -> tuple[str, str]:
-        versions = versions_of(model)
-        if versions is None:
-            return UNKNOWN_LABEL, ""
-        if version and version not in versions:
-            return model, UNKNOWN_LABEL
-        return model, version
-
-    return labels
-
-
 class RpcObserver:
     """Records one service's RPCs, caching labelled children (labels() is the slow part)."""
 
-    def __init__(self, service: str, labels: Callable[[str, str], tuple[str, str]] | None = None) -> None:
+    def __init__(self, service: str) -> None:
         self._service = service
-        #: Maps a request's (model, version) to the labels it is recorded under; names a
-        #: client made up must not become series of their own.
-        self._labels = labels
         self._counters: dict[tuple[str, str, str, str], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
 
     def observe(self, method: str, model: str, version: str, code: grpc.StatusCode, seconds: float) -> None:
-        if self._labels is not None:
-            model, version = self._labels(model, version)
         key = (method, model, version, code.name)
         counter = self._counters.get(key)
         if counter is None:

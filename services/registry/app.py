@@ -11,7 +11,6 @@ import grpc
 from services.common import api_keys
 from services.common.errors import Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
-from services.gen.shunter.registry.v1 import registry_pb2_grpc
 from services.registry import validation
 from services.registry.catalogue import Catalogue
 from services.registry.service import RegistryService
@@ -78,7 +77,7 @@ class RegistryApp:
         )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        registry_pb2_grpc.add_RegistryServicer_to_server(self.service, server)
+        server.add_generic_rpc_handlers((self.service.handler(),))
 
     async def start(self) -> None:
         logger.info("registry: Redis at %s, key prefix %r", self.store.where, self.settings.key_prefix)

@@ -14,7 +14,6 @@ import functools
 import logging
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,17 @@ from typing import Any
 import grpc
 from redis.exceptions import RedisError
 
-from services.common import api_keys
+from services.common import api_keys, edge
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    ShunterError,
     Unauthenticated,
     Unavailable,
 )
-from services.common.grpc_errors import grpc_method
-from services.common.metrics import IN_FLIGHT, REQUEST_LATENCY, REQUESTS
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
-from services.gen.shunter.registry.v1 import registry_pb2_grpc
 from services.registry import metrics, validation
 from services.registry.store import RedisStore, now_ms
 
@@ -47,60 +42,28 @@ _KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext, rpb.ApiKey], Awaitable[Any]]
 
 
-def _code_name(context: grpc.aio.ServicerContext) -> str:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    for status in grpc.StatusCode:
-        if status.value[0] == code:
-            return status.name
-    return "UNKNOWN"
-
-
 def admin_rpc(fn: Handler) -> Callable[..., Awaitable[Any]]:
-    """Authorise the caller as an admin, map errors to statuses, and record metrics."""
-    method = fn.__name__
+    """Authorise the caller as an admin, then label the call by its model (statuses and
+    metrics are the edge's, services.common.edge). Labels come after authentication, so
+    an unauthenticated caller's strings never become metric labels."""
 
+    @functools.wraps(fn)
     async def authorised(self: RegistryService, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.draining:
             raise Unavailable("the registry is shutting down; try another replica")
         caller = await self.authorise(context)
-        return await fn(self, request, context, caller)
-
-    authorised.__name__ = authorised.__qualname__ = method
-    handler = grpc_method(authorised)
-
-    @functools.wraps(fn)
-    async def instrumented(self: RegistryService, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = getattr(request, "model", "") or getattr(request, "name", "")
         if not model and isinstance(request, rpb.SetTrafficPolicyRequest):
             model = request.policy.model
-        code = "OK"
-        started = time.monotonic()
-        IN_FLIGHT.labels("registry", method).inc()
-        try:
-            return await handler(self, request, context)
-        except grpc.aio.AbortError:
-            code = _code_name(context)
-            raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        finally:
-            IN_FLIGHT.labels("registry", method).dec()
-            # Names from a caller the registry did not authenticate are not labels: anyone
-            # could otherwise mint series. Authenticated callers' names are validated ones.
-            trusted = code != "UNAUTHENTICATED"
-            label = model if trusted and isinstance(model, str) and validation.NAME_RE.match(model) else ""
+        if isinstance(model, str) and validation.NAME_RE.match(model):
             version = getattr(request, "version", "")
-            version = version if trusted and isinstance(version, str) and validation.VERSION_RE.match(version) else ""
-            REQUESTS.labels("registry", method, label, version, code).inc()
-            REQUEST_LATENCY.labels("registry", method, label).observe(time.monotonic() - started)
+            edge.label(model, version if isinstance(version, str) and version.isdigit() else "")
+        return await fn(self, request, context, caller)
 
-    return instrumented
+    return authorised
 
 
-class RegistryService(registry_pb2_grpc.RegistryServicer):
+class RegistryService:
     def __init__(
         self, store: RedisStore, *, default_ttl_s: int, bootstrap: rpb.ApiKey | None,
         artifact_roots: tuple[Path, ...] = (),
@@ -112,6 +75,11 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
         self.bootstrap = bootstrap
         self.draining = False
         self._drained = asyncio.Event()
+        self.edge = edge.Edge("registry")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        service = rpb.DESCRIPTOR.services_by_name["Registry"]
+        return self.edge.handler(service.full_name, edge.generated_methods(service, self))
 
     def drain(self) -> None:
         self.draining = True
@@ -367,12 +335,9 @@ class RegistryService(registry_pb2_grpc.RegistryServicer):
     # ---- the watch stream ------------------------------------------------------------
 
     async def WatchRoutingTable(self, request, context):
-        try:
-            if self.draining:
-                raise Unavailable("the registry is shutting down; try another replica")
-            await self.authorise(context)
-        except ShunterError as exc:
-            await context.abort(exc.code, exc.message)
+        if self.draining:
+            raise Unavailable("the registry is shutting down; try another replica")
+        await self.authorise(context)
         metrics.WATCHERS.inc()
         drained = asyncio.ensure_future(self._drained.wait())
         sent = None

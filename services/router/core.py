@@ -18,11 +18,11 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from services.common import inference_parameters
+from services.common import edge, inference_parameters
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.tensors import decode_request
 from services.gen.inference import grpc_service_pb2 as pb
-from services.router import metrics, wire
+from services.router import describe, metrics, wire
 from services.router.auth import authenticate, authorize
 from services.router.balancer import Balancer
 from services.router.cache import ResponseCache, canonical_digest, strip_id
@@ -30,19 +30,26 @@ from services.router.limiter import RateLimiter
 from services.router.redis_link import RedisLink
 from services.router.settings import RouterSettings
 from services.router.shadow import ShadowMirror
-from services.router.table import ModelEntry, RoutingSnapshot, VersionEntry
+from services.router.table import KeyEntry, ModelEntry, RoutingSnapshot, VersionEntry
 from services.router.upstream import WorkerTransport, forward_infer
 
 logger = logging.getLogger(__name__)
 
 #: Invocation metadata forwarded to workers: W3C trace context.
 TRACE_HEADERS = ("traceparent", "tracestate")
+#: Trailing metadata on RESOURCE_EXHAUSTED from a rate limit.
+RETRY_AFTER_TRAILER = "retry-after-ms"
+#: Time allowed for each worker's answer when summing statistics.
+STATISTICS_TIMEOUT_S = 5.0
 
 
 class RateLimited(ResourceExhausted):
+    """A key's rate limit: RESOURCE_EXHAUSTED with a retry-after hint in the trailers."""
+
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.trailing_metadata = ((RETRY_AFTER_TRAILER, str(max(1, round(retry_after_s * 1000)))),)
 
 
 @dataclass(slots=True)
@@ -92,6 +99,12 @@ class Router:
     def ready(self) -> bool:
         return self.snapshot.revision > 0
 
+    def deadline(self, remaining_s: float | None) -> float:
+        """The request's deadline on the monotonic clock: the caller's, or the default timeout."""
+        if remaining_s is None:
+            remaining_s = self.settings.request_timeout_s
+        return time.monotonic() + remaining_s
+
     # -- the request path -----------------------------------------------------------
 
     async def infer(self, raw: bytes, headers: Mapping[str, str], deadline: float) -> InferResult:
@@ -115,15 +128,18 @@ class Router:
                 )
         model = snapshot.models.get(name)
         if model is None:
+            edge.label(edge.UNKNOWN_MODEL)
             raise NotFound(f"unknown model '{name}'" if name else "the request names no model")
         if request.model_version:
             entry = model.versions.get(request.model_version)
             if entry is None:
+                edge.label(name)
                 raise NotFound(f"unknown version '{request.model_version}' of model '{name}'")
             forward_raw = raw
         else:
             entry = self.choose_version(model, headers)
             forward_raw = wire.with_model_version(raw, entry.version)
+        edge.label(name, entry.version)
         decoded = decode_request(request, entry.signature, materialize=False)
         if entry.signature.batched and decoded.batch_size == 0:
             raise InvalidArgument("batch size 0: send at least one row")
@@ -192,6 +208,42 @@ class Router:
             return await forward_infer(self.balancer, entry.workers, shadow_raw, deadline, trace, caller_id, timeout_us)
 
         self.shadow.mirror(model.name, version, primary, send)
+
+    # -- statistics -----------------------------------------------------------------
+
+    async def statistics(self, request: pb.ModelStatisticsRequest, key: KeyEntry) -> pb.ModelStatisticsResponse:
+        """The statistics of every worker serving the named model (or all ``key`` may see), summed."""
+        snapshot = self.snapshot
+        if request.name:
+            describe.find(snapshot, request.name, request.version)
+            names = [request.name]
+        else:
+            names = [n for n in snapshot.models if not key.models or n in key.models]
+        addresses = sorted({
+            address
+            for name in names
+            for entry in snapshot.models[name].versions.values()
+            if not request.version or entry.version == request.version
+            for address in entry.workers
+        })
+        replicas = [self.balancer.replica(address) for address in addresses]
+        results = await asyncio.gather(
+            *(r.transport.statistics(request, timeout=STATISTICS_TIMEOUT_S) for r in replicas),
+            return_exceptions=True,
+        )
+        responses = []
+        for replica, result in zip(replicas, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning("statistics from %s failed: %s", replica.address, result)
+            else:
+                responses.append(result)
+        merged = describe.merge_statistics(responses)
+        if not request.name:
+            allowed = set(names)
+            kept = [s for s in merged.model_stats if s.name in allowed]
+            del merged.model_stats[:]
+            merged.model_stats.extend(kept)
+        return merged
 
     async def close(self) -> None:
         await self.shadow.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from services.common import edge
 from services.common.errors import NotFound
 from services.common.model_config import TRITON_PLATFORMS
 from services.gen.inference import grpc_service_pb2 as pb
@@ -21,12 +22,16 @@ def config_datatype(datatype: str) -> int:
 
 
 def find(snapshot: RoutingSnapshot, name: str, version: str) -> tuple[ModelEntry, VersionEntry]:
+    """The model and version a request names (its default version when it names none); labels the call."""
     model = snapshot.models.get(name)
     if model is None:
+        edge.label(edge.UNKNOWN_MODEL)
         raise NotFound(f"unknown model '{name}'")
     entry = model.versions.get(version or model.default_version)
     if entry is None:
+        edge.label(name)
         raise NotFound(f"unknown version '{version}' of model '{name}'")
+    edge.label(name, entry.version)
     return model, entry
 
 

@@ -9,9 +9,7 @@ from pathlib import Path
 import grpc
 
 from services.common.errors import ModelConfigError
-from services.common.grpc_errors import add_refusing_malformed
 from services.gen.inference import grpc_service_pb2 as pb
-from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from services.worker.models import ModelManager
 from services.worker.repository import scan_repository
 from services.worker.servicer import WorkerServicer
@@ -57,7 +55,7 @@ class WorkerApp:
         self.bound_address = ""
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        add_refusing_malformed(pb_grpc.add_GRPCInferenceServiceServicer_to_server, self.servicer, server)
+        server.add_generic_rpc_handlers((self.servicer.handler(),))
 
     async def start(self) -> None:
         if self._repository is not None:

@@ -1,28 +1,28 @@
-"""inference.GRPCInferenceService on the worker: convert, call the models, convert back."""
+"""inference.GRPCInferenceService on the worker: convert, call the models, convert back.
+
+Built on the common gRPC edge (``services.common.edge``): statuses, RPC metrics and
+interceptors come from there. Requests are parsed by the edge, so an unparseable message
+is INVALID_ARGUMENT; ModelStreamInfer serves each message on its own.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator
 
 import grpc
 
-from services.common import inference_parameters
-from services.common import metrics as common_metrics
+from services.common import edge, inference_parameters
 from services.common.datatypes import DATATYPES
 from services.common.errors import InvalidArgument, ShunterError, Unavailable
-from services.common.grpc_errors import grpc_method, status_of
 from services.common.model_config import TRITON_PLATFORMS
 from services.common.tensors import decode_request, fill_outputs
 from services.gen.inference import grpc_service_pb2 as pb
-from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from services.worker.models import LoadedVersion, ModelManager
 from services.worker.statistics import Duration, VersionStatistics
 
 logger = logging.getLogger(__name__)
 
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVER_NAME = "shunter"
 SERVER_VERSION = "0.1.0"
 
@@ -30,18 +30,28 @@ SERVER_VERSION = "0.1.0"
 _TYPE_ENUM = {name: pb.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}") for name in DATATYPES}
 
 
-class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
+class WorkerServicer:
     def __init__(self, models: ModelManager) -> None:
         self._models = models
         self.draining = False
-        #: Reader tasks of the open ModelStreamInfer calls (ended on drain).
-        self._streams: set[asyncio.Task] = set()
-        self._observer = common_metrics.RpcObserver(
-            "worker", common_metrics.known_labels(lambda model: models.models().get(model))
+        self.edge = edge.Edge("worker")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods = edge.generated_methods(SERVICE, self)
+        methods["ModelStreamInfer"] = edge.BidiStream(
+            self.stream_message, inference_parameters.failed_stream_response_bytes
         )
-        self._in_flight = {
-            method: common_metrics.IN_FLIGHT.labels("worker", method) for method in ("ModelInfer", "ModelStreamInfer")
-        }
+        return self.edge.handler(SERVICE.full_name, methods)
+
+    def _lookup(self, name: str, version: str = "") -> LoadedVersion:
+        """The version a request names; labels the call by it (or as an unknown model)."""
+        try:
+            loaded = self._models.get(name, version)
+        except ShunterError:
+            edge.label(name if name in self._models.models() else edge.UNKNOWN_MODEL)
+            raise
+        edge.label(loaded.model, loaded.version)
+        return loaded
 
     # -- health-style RPCs -------------------------------------------------------------
     async def ServerLive(self, request, context):
@@ -50,10 +60,9 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=not self.draining)
 
-    @grpc_method
     async def ModelReady(self, request, context):
         try:
-            loaded = self._models.get(request.name, request.version)
+            loaded = self._lookup(request.name, request.version)
         except ShunterError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=loaded.ready and not self.draining)
@@ -61,9 +70,8 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["statistics"])
 
-    @grpc_method
     async def ModelMetadata(self, request, context):
-        loaded = self._models.get(request.name, request.version)
+        loaded = self._lookup(request.name, request.version)
         versions = sorted(self._models.models().get(request.name, {}), key=int)
         response = pb.ModelMetadataResponse(
             name=loaded.model, versions=versions, platform=TRITON_PLATFORMS[loaded.config.backend]
@@ -74,9 +82,8 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
                 target.add(name=tensor.name, datatype=tensor.datatype, shape=[*batch, *tensor.shape])
         return response
 
-    @grpc_method
     async def ModelConfig(self, request, context):
-        loaded = self._models.get(request.name, request.version)
+        loaded = self._lookup(request.name, request.version)
         config = loaded.config
         message = pb.ModelConfig(
             name=loaded.model,
@@ -97,14 +104,13 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
             message.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
         return pb.ModelConfigResponse(config=message)
 
-    @grpc_method
     async def ModelStatistics(self, request, context):
         response = pb.ModelStatisticsResponse()
         if request.name:
             if request.version:
-                selected = [self._models.get(request.name, request.version)]
+                selected = [self._lookup(request.name, request.version)]
             else:
-                self._models.get(request.name)  # NOT_FOUND for an unknown model
+                self._lookup(request.name)  # NOT_FOUND for an unknown model
                 selected = list(self._models.models().get(request.name, {}).values())
         else:
             selected = [v for versions in self._models.models().values() for v in versions.values()]
@@ -122,106 +128,46 @@ class WorkerServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     # -- inference ---------------------------------------------------------------------
-    async def _infer(self, request: pb.ModelInferRequest, timeout_s: float | None) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, timeout_s: float | None, response: pb.ModelInferResponse
+    ) -> None:
+        """Serve ``request`` into ``response`` (an empty message, or a stream response's part)."""
         if self.draining:
             raise Unavailable("worker is shutting down")
-        loaded: LoadedVersion = self._models.get(request.model_name, request.model_version)
+        loaded = self._lookup(request.model_name, request.model_version)
         decoded = decode_request(request, loaded.signature)
         if loaded.signature.batched and decoded.batch_size == 0:
             raise InvalidArgument("batch size 0: send at least one row")
         outputs = await loaded.infer(decoded.inputs, decoded.batch_size, timeout_s)
-        response = pb.ModelInferResponse(model_name=loaded.model, model_version=loaded.version, id=request.id)
+        response.model_name = loaded.model
+        response.model_version = loaded.version
+        response.id = request.id
         fill_outputs(response, outputs, decoded.outputs or loaded.output_names, loaded.output_datatypes)
-        return response
-
-    async def _observed_infer(
-        self, method: str, request: pb.ModelInferRequest, timeout_s: float | None
-    ) -> pb.ModelInferResponse:
-        """_infer with the RPC metrics: count by the version that served, latency, in-flight."""
-        start = time.perf_counter()
-        version = request.model_version
-        code = grpc.StatusCode.OK
-        in_flight = self._in_flight[method]
-        in_flight.inc()
-        try:
-            response = await self._infer(request, timeout_s)
-            version = response.model_version
-            return response
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code, _ = status_of(exc)
-            raise
-        finally:
-            in_flight.dec()
-            self._observer.observe(method, request.model_name, version, code, time.perf_counter() - start)
 
     async def ModelInfer(self, request, context):
-        try:
-            return await self._observed_infer("ModelInfer", request, _time_limit(request, context))
-        except ShunterError as exc:
-            await context.abort(exc.code, exc.message)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("ModelInfer failed")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
+        response = pb.ModelInferResponse()
+        await self._infer(request, _time_limit(request, context), response)
+        return response
 
-    async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request is served as it arrives; responses carry the request's id.
+    async def stream_message(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """One ModelStreamInfer message; its response carries the request's id.
 
         A failed request's response carries, besides ``error_message``, an
         ``infer_response`` with the request's id and the gRPC status code in
-        ``parameters["shunter_status_code"]``: a router multiplexing requests over the
-        stream passes on the same status a ModelInfer call would have had. When the worker
-        drains, the stream stops reading, answers what it took, and ends (OK); the
-        requests it never read are the caller's to retry elsewhere.
+        ``parameters["shunter_status_code"]`` (``inference_parameters``): a router
+        multiplexing requests over the stream passes on the same status a ModelInfer call
+        would have had. When the worker drains, the stream stops reading, answers what it
+        took, and ends (OK); the requests it never read are the caller's to retry elsewhere.
+        The response is built in place inside its stream wrapper, so it is serialised once.
         """
-        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        tasks: set[asyncio.Task] = set()
-
-        async def serve_one(request: pb.ModelInferRequest) -> None:
-            try:
-                result = await self._observed_infer("ModelStreamInfer", request, _time_limit(request, context))
-                responses.put_nowait(pb.ModelStreamInferResponse(infer_response=result))
-            except Exception as exc:
-                code, message = status_of(exc)
-                if not isinstance(exc, ShunterError):
-                    logger.exception("stream request failed")
-                responses.put_nowait(inference_parameters.failed_stream_response(request, message, code))
-
-        async def read_all() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(serve_one(request))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            finally:
-                while tasks:
-                    await asyncio.wait(set(tasks))
-                responses.put_nowait(None)
-
-        reader = asyncio.create_task(read_all())
-        self._streams.add(reader)
-        try:
-            while True:
-                item = await responses.get()
-                if item is None:
-                    break
-                yield item
-        finally:
-            self._streams.discard(reader)
-            reader.cancel()
-            for task in tasks:
-                task.cancel()
+        request = edge.parse(pb.ModelInferRequest, raw)
+        message = pb.ModelStreamInferResponse()
+        await self._infer(request, _time_limit(request, context), message.infer_response)
+        return message.SerializeToString()
 
     def end_streams(self) -> None:
         """Stop reading every open stream; each ends once its requests are answered."""
-        for reader in self._streams:
-            reader.cancel()
+        self.edge.end_streams()
 
 
 def _time_limit(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> float | None:

@@ -281,3 +281,61 @@ async def test_a_stream_kept_alive_by_pings_survives_idle_time(worker):
         assert second.infer_response.id == "after" and not second.error_message
         await call.done_writing()
         assert await call.code() == grpc.StatusCode.OK
+
+
+def _series(metrics_text: str, name: str) -> list[str]:
+    return [line for line in metrics_text.splitlines() if line.startswith(name + "{")]
+
+
+async def test_client_strings_never_become_metric_labels(worker, stub):
+    """Unknown model names and versions are one label, so /metrics stays bounded (issue 11.10)."""
+    rng = np.random.default_rng(7)
+    names = [f"m{rng.integers(1 << 40):x}" for _ in range(60)]
+    calls = []
+    for name in names:
+        calls.append(stub.ModelInfer(pb.ModelInferRequest(model_name=name, model_version=name)))
+        calls.append(stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=name)))
+        calls.append(stub.ModelReady(pb.ModelReadyRequest(name=name)))
+    calls.append(stub.ModelInfer(digits_request(version=names[0])))  # a known model, an unknown version
+    await asyncio.gather(*calls, return_exceptions=True)
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(worker.metrics_url, timeout=5).read().decode())
+    requests = _series(text, "shunter_requests_total")
+    assert requests and not [line for line in requests if any(name in line for name in names)]
+    assert 'model="_unknown"' in text
+    models = {line.split('model="')[1].split('"')[0] for line in requests}
+    assert models <= {"", "_unknown", "digits", "minilm"}, models
+
+
+async def test_an_unparseable_message_is_invalid_argument_and_logged_rate_limited(worker):
+    """Garbage bytes: INVALID_ARGUMENT naming the message type, never UNKNOWN with internals
+    (issue 11.12); the worker logs one warning for the burst, no ERROR per message."""
+    garbage = b"\xff\xff\xff\xff\x0f not a protobuf"
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        unary = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        codes = []
+        for _ in range(30):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await unary(garbage)
+            codes.append(info.value.code())
+            assert info.value.details() == "the request is not a valid ModelInferRequest"
+        assert set(codes) == {grpc.StatusCode.INVALID_ARGUMENT}
+        metadata = channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await metadata(garbage)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )()
+        await stream.write(garbage)
+        answer = await stream.read()
+        assert answer.error_message == "the request is not a valid ModelInferRequest"
+        code = answer.infer_response.parameters["shunter_status_code"].int64_param
+        assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        await stream.done_writing()
+        assert await stream.code() == grpc.StatusCode.OK
+        assert (await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(digits_request())).outputs
+    await asyncio.sleep(0.2)
+    logs = worker.logs()
+    assert logs.count("is not a valid ModelInferRequest") <= 2, logs[-3000:]
+    assert " ERROR " not in logs and "Traceback" not in logs, logs[-3000:]
