@@ -296,6 +296,7 @@ def test_dead_children_reported_and_restarted_then_sigterm_stops_everything(up):
         assert time.monotonic() < deadline, "".join(up.stderr)
         time.sleep(0.1)
     assert up.proc.poll() is None  # a worker's death is reported; the cluster keeps running
+    deadline = time.monotonic() + 120  # backoff, then the new worker loads its models
     while not any("worker-" in line and " restarted (pid " in line for line in up.stderr):
         assert time.monotonic() < deadline, "".join(up.stderr)
         time.sleep(0.1)
@@ -305,6 +306,7 @@ def test_dead_children_reported_and_restarted_then_sigterm_stops_everything(up):
     # Redis too comes back, on its port, with its data (append-only file in the run dir).
     redis = next(c for c in children if "redis-server" in c.name())
     redis.kill()
+    deadline = time.monotonic() + 60
     while not any(line.startswith("# shunter up: redis restarted (pid ") for line in up.stderr):
         assert time.monotonic() < deadline, "".join(up.stderr)
         time.sleep(0.1)
