@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -254,3 +257,19 @@ async def test_no_secret_in_redis_or_logs(client, registry, redis_server, admin)
 def _read_tree(root: Path) -> bytes:
     """Every byte Redis wrote to disk (AOF and all)."""
     return b"".join(p.read_bytes() for p in Path(root).rglob("*") if p.is_file())
+
+
+async def test_unauthenticated_callers_never_name_metric_labels(registry, admin):
+    """The registry labels a call by its model only after authenticating it (issue 11.10)."""
+    names = [f"probe{secrets.token_hex(6)}" for _ in range(40)]
+    async with RegistryClient(registry.address, "shk_0123456789ab_notarealsecretnotarealsecret") as anonymous:
+        for name in names:
+            with pytest.raises(errors.Unauthenticated):
+                await anonymous.get_model(name)
+    async with RegistryClient(registry.address, admin.key) as client:
+        with pytest.raises(errors.NotFound):
+            await client.get_model("labelled-after-auth")
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(registry.metrics_url, timeout=5).read().decode())
+    series = [line for line in text.splitlines() if line.startswith("shunter_requests_total{")]
+    assert not [line for line in series if any(name in line for name in names)]
+    assert any('model="labelled-after-auth"' in line and 'code="NOT_FOUND"' in line for line in series), series
