@@ -145,20 +145,25 @@ class Cluster:
         self.wait_routers(revision)
         return response.secret
 
-    def ready_workers(self) -> int:
+    def ready_worker_addresses(self) -> set[str]:
+        """Addresses of the workers the registry lists with every version of the repository ready."""
         wanted = {(m, v) for m, versions in scan(self.repository).items() for v in versions}
         workers, _ = self.admin(lambda c: c.list_workers())
-        return sum(wanted <= {(s.model, s.version) for s in w.versions if s.ready} for w in workers)
+        return {w.address for w in workers if wanted <= {(s.model, s.version) for s in w.versions if s.ready}}
+
+    def ready_workers(self) -> int:
+        return len(self.ready_worker_addresses())
 
     def add_worker(self) -> ServiceProcess:
-        before = self.ready_workers()
         worker = start_service(
             ["worker", "--registry", self.registry.address, "--serve", "calc,echo", "--trusted-repository",
              str(self.repository), "--port", "0", "--lease-ttl-s", "5"],
             env={"SHUNTER_ADMIN_KEY": self.admin_key},
         )
         self.workers.append(worker)
-        wait_for(lambda: self.ready_workers() > before, 120, "worker ready in the registry")
+        # By address, not by count: a worker killed just before may still hold its lease (and
+        # its grace) and leave the count unchanged while the new one joins.
+        wait_for(lambda: worker.address in self.ready_worker_addresses(), 120, "worker ready in the registry")
         return worker
 
     def add_router(self, *extra: str) -> ServiceProcess:
