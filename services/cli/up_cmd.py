@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import re
 import shutil
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from services.cli.up_checks import VersionPlan
 
 READY_LINE = re.compile(r"^shunter (\w+) listening on (\S+):(\d+) metrics (\S+):(\d+)$")
@@ -120,6 +124,29 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGTERM a child when `shunter up` dies.
+
+    Children run in their own session (Ctrl-C must not reach them directly), so without this a
+    `shunter up` killed with SIGKILL, or by an OOM killer, leaves Redis, the registry, workers and
+    routers running with nobody to stop them. Linux only; elsewhere children outlive a killed parent.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os._exit(1)
+
+    return preexec
+
+
 class Cluster:
     def __init__(self, args: argparse.Namespace, run_dir: Path) -> None:
         self.args = args
@@ -130,6 +157,8 @@ class Cluster:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         #: Where the export lines were written, once the cluster is up.
         self.env_file: Path | None = None
+        #: Run in each child before exec: it gets SIGTERM if `shunter up` dies, even by SIGKILL.
+        self.preexec = _die_with_parent()
 
     async def spawn(self, name: str, argv: list[str], *, env: dict | None = None,
                     replace: Child | None = None) -> Child:
@@ -143,6 +172,7 @@ class Cluster:
                 env={**self.env, **(env or {})},
                 # Own process group: Ctrl-C reaches `shunter up` only, which stops children in order.
                 start_new_session=True,
+                preexec_fn=self.preexec,
             )
         child = Child(name, proc, log, argv, env, started=time.monotonic())
         if replace is not None:

@@ -6,11 +6,16 @@ output; none needs the cluster to come up.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from tests.integration.router.cluster import write_repository
 from tests.support.processes import ROOT
@@ -58,3 +63,59 @@ def test_a_model_that_fails_to_load_ends_start_up_with_its_error_and_log_path(tm
     assert "weights are corrupt" in done.stderr
     assert str(tmp_path / "run" / "worker-1.log") in done.stderr
     assert "export SHUNTER_ROUTER" not in done.stdout
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children of children too), from /proc."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    if int(child) not in found:
+                        found.add(int(child))
+                        todo.append(int(child))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_children_stop_when_up_is_killed_outright(tmp_path):
+    """SIGKILL gives `shunter up` no chance to stop its children; the kernel must do it for it."""
+    repository = write_repository(tmp_path / "models")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "up", "--model-repository", str(repository),
+         "--workers", "1", "--port", "0", "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    children: set[int] = set()
+    try:
+        for line in iter(up.stdout.readline, ""):
+            if line.startswith("# Ctrl-C"):
+                break
+        assert up.poll() is None, "shunter up did not come up"
+        children = _descendants(up.pid)
+        assert len(children) >= 4  # redis, registry, worker, router
+        up.kill()
+        up.wait()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.2)
+        assert not [pid for pid in children if _alive(pid)], "children outlived a killed shunter up"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
