@@ -53,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--request-timeout-s", type=float, default=60.0, help="deadline for requests whose caller sets none"
     )
+    parser.add_argument(
+        "--version-stats-interval-s", type=float,
+        default=float(os.environ.get("SHUNTER_ROUTER_VERSION_STATS_INTERVAL_S", "1.0")),
+        help="how often per-version statistics (rollout gates, reports) go to Redis (0: never; default 1)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
@@ -92,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout_s,
         worker_link=args.worker_link,
         max_message_bytes=args.max_message_bytes,
+        version_stats_interval_s=args.version_stats_interval_s,
     )
     return run_service(RouterApp(settings), server_settings(args, tls=tls))

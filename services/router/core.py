@@ -32,6 +32,7 @@ from services.router.settings import RouterSettings
 from services.router.shadow import ShadowMirror
 from services.router.table import KeyEntry, ModelEntry, RoutingSnapshot, VersionEntry
 from services.router.upstream import WorkerTransport, forward_infer
+from services.router.version_stats import VersionStats
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ class Router:
         self.limiter = RateLimiter(self.redis, settings.key_prefix)
         self.cache = ResponseCache(self.redis, settings.key_prefix, settings.near_cache_bytes)
         self.shadow = ShadowMirror(pb.ModelInferResponse, settings.shadow_max_in_flight)
+        #: Per-version counts for rollout gates (an edge interceptor, flushed to Redis).
+        self.version_stats = VersionStats(
+            self.redis, settings.key_prefix, interval_s=settings.version_stats_interval_s
+        )
         self._closing: set[asyncio.Task] = set()
         #: Labelled split counters by (model, version): labels() costs more than inc().
         self._split_counters: dict[tuple[str, str], Any] = {}
@@ -246,6 +251,7 @@ class Router:
         return merged
 
     async def close(self) -> None:
+        await self.version_stats.close()
         await self.shadow.close()
         transports = [r.transport for r in self.balancer.retain(()) if r.transport is not None]
         await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)

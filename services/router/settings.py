@@ -44,10 +44,14 @@ class RouterSettings:
     max_message_bytes: int = 64 * 1024 * 1024
     #: How requests travel to workers: "stream" (multiplexed ModelStreamInfer) or "unary".
     worker_link: str = "stream"
+    #: How often per-version statistics go to Redis for rollout gates and reports (0: never).
+    version_stats_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.worker_link not in WORKER_LINKS:
             raise ValueError(f"worker_link must be one of {', '.join(WORKER_LINKS)}, got {self.worker_link!r}")
+        if self.version_stats_interval_s < 0:
+            raise ValueError(f"version_stats_interval_s must be 0 or more, got {self.version_stats_interval_s}")
         if self.near_cache_bytes < 0:
             raise ValueError(f"near_cache_bytes must be 0 or more, got {self.near_cache_bytes}")
         for name in ("request_timeout_s", "redis_timeout_s", "shadow_timeout_s", "eject_cooloff_s"):

@@ -1,0 +1,187 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from services.gen.shunter.registry.v1 import registry_pb2 as _registry_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_STATE_UNSPECIFIED: _ClassVar[RolloutState]
+    RUNNING: _ClassVar[RolloutState]
+    PAUSED: _ClassVar[RolloutState]
+    PROMOTED: _ClassVar[RolloutState]
+    ROLLED_BACK: _ClassVar[RolloutState]
+    ABORTED: _ClassVar[RolloutState]
+ROLLOUT_STATE_UNSPECIFIED: RolloutState
+RUNNING: RolloutState
+PAUSED: RolloutState
+PROMOTED: RolloutState
+ROLLED_BACK: RolloutState
+ABORTED: RolloutState
+
+class Gates(_message.Message):
+    __slots__ = ("max_error_rate_increase", "max_p99_ratio", "max_drift", "min_requests", "failure_limit", "consecutive_failure_limit", "max_inconclusive")
+    MAX_ERROR_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    MAX_P99_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_DRIFT_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_INCONCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    max_error_rate_increase: float
+    max_p99_ratio: float
+    max_drift: float
+    min_requests: int
+    failure_limit: int
+    consecutive_failure_limit: int
+    max_inconclusive: int
+    def __init__(self, max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., max_drift: _Optional[float] = ..., min_requests: _Optional[int] = ..., failure_limit: _Optional[int] = ..., consecutive_failure_limit: _Optional[int] = ..., max_inconclusive: _Optional[int] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("model", "version", "baseline", "steps", "step", "interval_s", "gates", "state", "failures", "consecutive_failures", "inconclusive", "revision", "fence", "started_by", "started_at_ms", "updated_at_ms", "window_start_ms", "next_judgement_at_ms", "reason", "finished_at_ms", "retire_baseline_at_ms", "baseline_retired")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    INCONCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_BY_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_MS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_JUDGEMENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    RETIRE_BASELINE_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_RETIRED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    baseline: str
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    step: int
+    interval_s: float
+    gates: Gates
+    state: RolloutState
+    failures: int
+    consecutive_failures: int
+    inconclusive: int
+    revision: int
+    fence: int
+    started_by: str
+    started_at_ms: int
+    updated_at_ms: int
+    window_start_ms: int
+    next_judgement_at_ms: int
+    reason: str
+    finished_at_ms: int
+    retire_baseline_at_ms: int
+    baseline_retired: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., baseline: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., interval_s: _Optional[float] = ..., gates: _Optional[_Union[Gates, _Mapping]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., failures: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., inconclusive: _Optional[int] = ..., revision: _Optional[int] = ..., fence: _Optional[int] = ..., started_by: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., window_start_ms: _Optional[int] = ..., next_judgement_at_ms: _Optional[int] = ..., reason: _Optional[str] = ..., finished_at_ms: _Optional[int] = ..., retire_baseline_at_ms: _Optional[int] = ..., baseline_retired: _Optional[bool] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("model", "version", "baseline", "at_ms", "step", "weight", "verdict", "outcome", "reasons", "window_start_ms", "window_end_ms", "evidence", "gates", "rollout_revision", "fence", "actor")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_MS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_MS_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    baseline: str
+    at_ms: int
+    step: int
+    weight: int
+    verdict: str
+    outcome: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    window_start_ms: int
+    window_end_ms: int
+    evidence: _struct_pb2.Struct
+    gates: Gates
+    rollout_revision: int
+    fence: int
+    actor: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., baseline: _Optional[str] = ..., at_ms: _Optional[int] = ..., step: _Optional[int] = ..., weight: _Optional[int] = ..., verdict: _Optional[str] = ..., outcome: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., window_start_ms: _Optional[int] = ..., window_end_ms: _Optional[int] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., gates: _Optional[_Union[Gates, _Mapping]] = ..., rollout_revision: _Optional[int] = ..., fence: _Optional[int] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class PolicyChange(_message.Message):
+    __slots__ = ("model", "at_ms", "who", "action", "before", "after", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    at_ms: int
+    who: str
+    action: str
+    before: _registry_pb2.TrafficPolicy
+    after: _registry_pb2.TrafficPolicy
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., at_ms: _Optional[int] = ..., who: _Optional[str] = ..., action: _Optional[str] = ..., before: _Optional[_Union[_registry_pb2.TrafficPolicy, _Mapping]] = ..., after: _Optional[_Union[_registry_pb2.TrafficPolicy, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("model", "version", "baseline", "steps", "interval_s", "gates")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    baseline: str
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    interval_s: float
+    gates: Gates
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., baseline: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., interval_s: _Optional[float] = ..., gates: _Optional[_Union[Gates, _Mapping]] = ...) -> None: ...
+
+class RolloutHistoryResponse(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+
+class SwitchTrafficRequest(_message.Message):
+    __slots__ = ("model", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class TrafficHistoryResponse(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[PolicyChange]
+    def __init__(self, changes: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ...) -> None: ...
