@@ -36,6 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lease-ttl-s", type=int, default=10,
                         help="worker lease TTL when a worker asks for none (default 10)")
     parser.add_argument("--refresh-interval-s", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--rollout-lease-ttl-s", type=float,
+                        default=float(os.environ.get("SHUNTER_REGISTRY_ROLLOUT_LEASE_TTL_S", "5")),
+                        help="rollout controller lease: a dead controller's successor acts within it (default 5)")
+    parser.add_argument("--rollout-keep-baseline-s", type=float,
+                        default=float(os.environ.get("SHUNTER_REGISTRY_ROLLOUT_KEEP_BASELINE_S", "600")),
+                        help="after a promotion, how long the old version stays loaded at weight 0 before it "
+                        "is archived (default 600)")
+    parser.add_argument("--rollout-max-inconclusive", type=int, default=3,
+                        help="inconclusive windows in a row that pause a rollout (default 3)")
     parser.add_argument(
         "--artifact-root", type=Path, action="append", default=[], metavar="DIR",
         help="directory registered artifacts must lie in (repeatable); none: any local path",
@@ -73,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
             lease_ttl_s=args.lease_ttl_s,
             refresh_interval_s=args.refresh_interval_s,
             artifact_roots=tuple(p.expanduser().resolve() for p in args.artifact_root),
+            rollout_lease_ttl_s=args.rollout_lease_ttl_s,
+            rollout_keep_baseline_s=args.rollout_keep_baseline_s,
+            rollout_max_inconclusive=args.rollout_max_inconclusive,
         )
         app = RegistryApp(settings)
     except ValueError as exc:

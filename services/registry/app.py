@@ -11,14 +11,18 @@ import grpc
 from services.common import api_keys
 from services.common.errors import Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.gen.shunter.rollout.v1 import rollout_pb2 as opb
 from services.registry import validation
 from services.registry.catalogue import Catalogue
+from services.registry.rollout.controller import ControllerSettings, RolloutController
+from services.registry.rollout.service import RolloutService
 from services.registry.service import RegistryService
 from services.registry.store import RedisStore, now_ms
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registry"].full_name
+ROLLOUT_SERVICE_NAME = opb.DESCRIPTOR.services_by_name["Rollouts"].full_name
 MIN_BOOTSTRAP_KEY_LEN = 16
 
 
@@ -35,8 +39,20 @@ class RegistrySettings:
     refresh_interval_s: float = 1.0
     #: Directories registered artifacts must lie in (resolved); empty: any local path (warned).
     artifact_roots: tuple[Path, ...] = ()
+    #: Rollout controller lease; a killed controller's successor acts within it.
+    rollout_lease_ttl_s: float = 5.0
+    #: After a promotion, how long the old version stays loaded at weight 0.
+    rollout_keep_baseline_s: float = 600.0
+    #: Inconclusive rollout windows in a row that pause a rollout.
+    rollout_max_inconclusive: int = 3
 
     def __post_init__(self) -> None:
+        if self.rollout_lease_ttl_s < 1:
+            raise ValueError(f"rollout lease TTL must be at least 1 s, got {self.rollout_lease_ttl_s}")
+        if self.rollout_keep_baseline_s < 0:
+            raise ValueError(f"rollout keep-baseline time must be 0 or more, got {self.rollout_keep_baseline_s}")
+        if self.rollout_max_inconclusive < 1:
+            raise ValueError(f"rollout max inconclusive must be at least 1, got {self.rollout_max_inconclusive}")
         if not 1 <= self.lease_ttl_s <= validation.MAX_TTL_S:
             raise ValueError(f"lease TTL must be between 1 and {validation.MAX_TTL_S} s, got {self.lease_ttl_s}")
         if self.refresh_interval_s <= 0:
@@ -61,7 +77,7 @@ def bootstrap_key(path: Path) -> rpb.ApiKey:
 
 class RegistryApp:
     name = "registry"
-    service_names = (SERVICE_NAME,)
+    service_names = (SERVICE_NAME, ROLLOUT_SERVICE_NAME)
 
     def __init__(self, settings: RegistrySettings) -> None:
         self.settings = settings
@@ -75,9 +91,16 @@ class RegistryApp:
             self.store, default_ttl_s=settings.lease_ttl_s, bootstrap=self.bootstrap,
             artifact_roots=settings.artifact_roots,
         )
+        controller_settings = ControllerSettings(
+            stats_prefix=settings.key_prefix, lease_ttl_s=settings.rollout_lease_ttl_s,
+            tick_s=min(0.5, settings.rollout_lease_ttl_s / 4), keep_baseline_s=settings.rollout_keep_baseline_s,
+            max_inconclusive=settings.rollout_max_inconclusive,
+        )
+        self.rollouts = RolloutService(self.service, controller_settings)
+        self.controller = RolloutController(self.store, controller_settings)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((self.service.handler(),))
+        server.add_generic_rpc_handlers((self.service.handler(), self.rollouts.handler()))
 
     async def start(self) -> None:
         logger.info("registry: Redis at %s, key prefix %r", self.store.where, self.settings.key_prefix)
@@ -86,6 +109,7 @@ class RegistryApp:
         else:
             logger.warning("registry: no --artifact-root given; any local path may be registered as an artifact")
         await self.store.start()
+        self.controller.start()
         if self.store.catalogue is None:
             logger.warning("registry: starting without Redis; serving nothing until it answers")
         if self.bootstrap is None:
@@ -95,6 +119,7 @@ class RegistryApp:
         self.service.drain()
 
     async def close(self) -> None:
+        await self.controller.close()
         await self.store.close()
 
     async def _ensure_bootstrap(self, catalogue: Catalogue) -> None:
