@@ -33,10 +33,10 @@ class UsageError(Exception):
     """A malformed command line (exit 2), found before calling the registry."""
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, flag: str = "--interval") -> float:
     match = _DURATION_RE.match(text.strip())
     if not match:
-        raise UsageError(f"--interval {text!r} is not a duration (e.g. 30s, 2m, 1500ms)")
+        raise UsageError(f"{flag} {text!r} is not a duration (e.g. 30s, 2m, 1500ms)")
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
@@ -103,6 +103,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     leaf("abort", rollout_abort, "abort: the baseline back to 100%% in one write")
     leaf("history", rollout_history, "every decision of a model's rollouts, with its evidence")
 
+    help_text = "A/B reports: per variant and against the control, with significance tests"
+    parser = subparsers.add_parser("experiment", help=help_text, description=help_text)
+    sub_ex = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub_ex.required = True
+    text = "per variant: requests, error rate, p50/p95/p99; each metric tested against the control"
+    p = sub_ex.add_parser("report", parents=[common], help=text, description=text)
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--since", default="1h", help="the window: the last 30m, 1h, 6h, ... (default 1h, at most 24h)")
+    p.set_defaults(func=lambda args: run(experiment_report, args))
+
 
 def add_traffic_commands(traffic: argparse._SubParsersAction) -> None:
     """`traffic switch|rollback|history`, added to the `traffic` group of admin_cmds."""
@@ -129,6 +139,8 @@ def run(handler: Callable[[Any, argparse.Namespace], Awaitable[int]], args: argp
         if not args.admin_key:
             raise UsageError("no admin key: pass --admin-key or set SHUNTER_ADMIN_KEY")
         request = prepare_start(args) if handler is rollout_start else None
+        if handler is experiment_report:
+            args.since_s = parse_duration(args.since, "--since")
     except UsageError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
@@ -289,4 +301,28 @@ async def traffic_history(client: Any, args: argparse.Namespace) -> int:
     rows = [(when(c.at_ms), c.who, c.action, policy_summary(c.before) if c.HasField("before") else "-",
              policy_summary(c.after), c.reason) for c in changes]
     table(("WHEN", "WHO", "ACTION", "BEFORE", "AFTER", "WHY"), rows)
+    return 0
+
+
+# ---- reports -----------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    return "-" if value != value else f"{value:.1f}"  # NaN: no successful request
+
+
+async def experiment_report(client: Any, args: argparse.Namespace) -> int:
+    report = await client.experiment_report(args.model, args.since_s)
+    if args.json:
+        emit_json(report)
+        return 0
+    print(f"model {report.model}, {when(report.window_start_ms)} to {when(report.window_end_ms)}, "
+          f"control version {report.control or '-'}")
+    table(("VERSION", "WEIGHT", "REQUESTS", "ERRORS", "ERROR RATE", "P50 MS", "P95 MS", "P99 MS"), [
+        (v.version, f"{v.weight}%", v.requests, v.errors, "-" if v.error_rate != v.error_rate else
+         f"{v.error_rate:.2%}", _ms(v.p50_ms), _ms(v.p95_ms), _ms(v.p99_ms))
+        for v in report.variants
+    ])
+    for c in report.comparisons:
+        print(f"{c.variant} vs {c.against}, {c.metric.replace('_', ' ')} ({c.test}): {c.statement}")
     return 0

@@ -68,3 +68,6 @@ class RolloutClient(RegistryClient):
 
     async def traffic_history(self, model: str) -> list[opb.PolicyChange]:
         return list((await self._rollout_call("TrafficHistory", opb.ModelRequest(model=model))).changes)
+
+    async def experiment_report(self, model: str, since_s: float = 0.0) -> opb.ExperimentReportResponse:
+        return await self._rollout_call("ExperimentReport", opb.ExperimentReportRequest(model=model, since_s=since_s))

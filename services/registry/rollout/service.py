@@ -32,6 +32,8 @@ SERVICE_NAME = opb.DESCRIPTOR.services_by_name["Rollouts"].full_name
 DEFAULT_STEPS = (5, 25, 50, 100)
 DEFAULT_INTERVAL_S = 30.0
 MIN_INTERVAL_S = 1.0
+#: The longest window a report reads (the per-minute statistics live 25 h).
+MAX_REPORT_WINDOW_S = 24 * 3600
 DEFAULT_GATES = {
     "max_error_rate_increase": 0.01, "max_p99_ratio": 1.5, "max_drift": 0.2, "min_requests": 200,
     "failure_limit": 1, "consecutive_failure_limit": 1,
@@ -337,3 +339,35 @@ class RolloutService:
         model = validation.check_name(request.model)
         raw = await self._list(self.rkeys.audit(model))
         return opb.TrafficHistoryResponse(changes=[opb.PolicyChange.FromString(r) for r in raw])
+
+    # ---- reports -----------------------------------------------------------------------
+
+    @admin_rpc
+    async def ExperimentReport(self, request, context, caller):
+        from services.registry.rollout import experiment
+        from services.registry.rollout.window import read_window
+
+        model = validation.check_name(request.model)
+        since_s = request.since_s or 3600.0
+        if not math.isfinite(since_s) or not 1 <= since_s <= MAX_REPORT_WINDOW_S:
+            raise InvalidArgument(f"--since {since_s:g} s must be between 1 s and {MAX_REPORT_WINDOW_S // 3600} h")
+        catalogue = await self.store.current()
+        found = catalogue.model(model, include_archived=False)
+        if found is None:
+            raise NotFound(f"model {model!r} is not registered")
+        weights = dict(found.policy.weights)
+        versions = sorted({v.version for v in found.versions} | set(weights))
+        end = now_ms()
+        start = end - int(since_s * 1000)
+        try:
+            windows = await read_window(self.store.redis, self.settings.stats_prefix, model, versions, start, end)
+        except RedisError as exc:
+            raise self.store.unavailable(exc) from None
+        windows = {v: w for v, w in windows.items() if w.requests or weights.get(v)}
+        control = records.leading_version(found.policy)
+        variants, comparisons = experiment.report(windows, weights, control)
+        return opb.ExperimentReportResponse(
+            model=model, window_start_ms=start, window_end_ms=end, control=control,
+            variants=[opb.VariantStats(**vars(v)) for v in variants],
+            comparisons=[opb.Comparison(**vars(c)) for c in comparisons],
+        )

@@ -161,6 +161,16 @@ async def test_switch_and_rollback_under_steady_load_fail_nothing(rollout_cluste
     assert changes[-2]["before"]["weights"] == {"1": 100} and changes[-2]["after"]["weights"] == {"2": 100}
     assert (await states(cluster, "bluegreen")) == {"1": rpb.PRODUCTION, "2": rpb.STAGED}
 
+    # The router's statistics count every request once, per version that served it.
+    async with await cluster.client() as client:
+        report = await eventually(
+            lambda: client.experiment_report("bluegreen", 600),
+            lambda r: {v.version: v.requests for v in r.variants} == dict(result.versions),
+            timeout_s=15, what="the experiment report counting every request")
+    assert report.control == "1" and all(v.errors == 0 for v in report.variants)
+    text = await asyncio.to_thread(shunter, cluster, "experiment", "report", "bluegreen", "--since", "10m")
+    assert text.returncode == 0 and "2 vs 1, error rate" in text.stdout and "2 vs 1, latency" in text.stdout
+
 
 async def test_bad_input_is_refused_and_changes_nothing(rollout_cluster: RolloutCluster) -> None:
     cluster = rollout_cluster

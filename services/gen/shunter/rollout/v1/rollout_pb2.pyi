@@ -185,3 +185,69 @@ class TrafficHistoryResponse(_message.Message):
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     changes: _containers.RepeatedCompositeFieldContainer[PolicyChange]
     def __init__(self, changes: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ...) -> None: ...
+
+class ExperimentReportRequest(_message.Message):
+    __slots__ = ("model", "since_s")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_S_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    since_s: float
+    def __init__(self, model: _Optional[str] = ..., since_s: _Optional[float] = ...) -> None: ...
+
+class VariantStats(_message.Message):
+    __slots__ = ("version", "weight", "requests", "errors", "error_rate", "p50_ms", "p95_ms", "p99_ms")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    weight: int
+    requests: int
+    errors: int
+    error_rate: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    def __init__(self, version: _Optional[str] = ..., weight: _Optional[int] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_rate: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
+
+class Comparison(_message.Message):
+    __slots__ = ("metric", "variant", "against", "test", "statistic", "pvalue", "significant", "statement", "more_requests_needed")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    AGAINST_FIELD_NUMBER: _ClassVar[int]
+    TEST_FIELD_NUMBER: _ClassVar[int]
+    STATISTIC_FIELD_NUMBER: _ClassVar[int]
+    PVALUE_FIELD_NUMBER: _ClassVar[int]
+    SIGNIFICANT_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_FIELD_NUMBER: _ClassVar[int]
+    MORE_REQUESTS_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    variant: str
+    against: str
+    test: str
+    statistic: float
+    pvalue: float
+    significant: bool
+    statement: str
+    more_requests_needed: int
+    def __init__(self, metric: _Optional[str] = ..., variant: _Optional[str] = ..., against: _Optional[str] = ..., test: _Optional[str] = ..., statistic: _Optional[float] = ..., pvalue: _Optional[float] = ..., significant: _Optional[bool] = ..., statement: _Optional[str] = ..., more_requests_needed: _Optional[int] = ...) -> None: ...
+
+class ExperimentReportResponse(_message.Message):
+    __slots__ = ("model", "window_start_ms", "window_end_ms", "control", "variants", "comparisons")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_MS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    window_start_ms: int
+    window_end_ms: int
+    control: str
+    variants: _containers.RepeatedCompositeFieldContainer[VariantStats]
+    comparisons: _containers.RepeatedCompositeFieldContainer[Comparison]
+    def __init__(self, model: _Optional[str] = ..., window_start_ms: _Optional[int] = ..., window_end_ms: _Optional[int] = ..., control: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[VariantStats, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ...) -> None: ...

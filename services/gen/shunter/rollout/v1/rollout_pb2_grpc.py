@@ -80,6 +80,11 @@ class RolloutsStub:
                 request_serializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ModelRequest.SerializeToString,
                 response_deserializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.TrafficHistoryResponse.FromString,
                 _registered_method=True)
+        self.ExperimentReport = channel.unary_unary(
+                '/shunter.rollout.v1.Rollouts/ExperimentReport',
+                request_serializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportResponse.FromString,
+                _registered_method=True)
 
 
 class RolloutsServicer:
@@ -145,6 +150,13 @@ class RolloutsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExperimentReport(self, request, context):
+        """A/B report over a recent window: per variant, and each variant against the control.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +204,11 @@ def add_RolloutsServicer_to_server(servicer, server):
                     servicer.TrafficHistory,
                     request_deserializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ModelRequest.FromString,
                     response_serializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.TrafficHistoryResponse.SerializeToString,
+            ),
+            'ExperimentReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExperimentReport,
+                    request_deserializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportRequest.FromString,
+                    response_serializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -437,6 +454,33 @@ class Rollouts:
             '/shunter.rollout.v1.Rollouts/TrafficHistory',
             services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ModelRequest.SerializeToString,
             services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.TrafficHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExperimentReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shunter.rollout.v1.Rollouts/ExperimentReport',
+            services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportRequest.SerializeToString,
+            services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
