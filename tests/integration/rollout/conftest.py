@@ -4,8 +4,8 @@ router as processes, with python-handler models whose versions are good, failing
 Every model has version 1 (good, the baseline at 100 %) and version 2, whose behaviour
 the model's name says: ``good`` (as good as 1), ``flaky`` (fails about 20 % of
 requests), ``slow`` (5× slower or worse: sleeps 25 ms), plus ``quiet`` and ``bluegreen``
-(both good, for the low-traffic and blue-green tests) and ``held`` (for the controller
-kill test).
+(both good, for the low-traffic and blue-green tests), ``bad`` (refused commands),
+``restart`` (Redis restarted mid-rollout) and ``held`` (the controller kill test).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def infer(inputs):
     time.sleep(0.025)
     return {"OUT": (inputs["IN"] * 2).astype(np.float32)}
 """
-MODELS = {"good": GOOD, "flaky": FLAKY, "slow": SLOW, "quiet": GOOD, "bluegreen": GOOD, "bad": GOOD, "held": GOOD}
+MODELS = {"good": GOOD, "flaky": FLAKY, "slow": SLOW, "quiet": GOOD, "bluegreen": GOOD, "bad": GOOD,
+          "restart": GOOD, "held": GOOD}
 
 
 def write_repository(root: Path) -> Path:
@@ -163,7 +164,7 @@ async def eventually(fn: Callable[[], Awaitable[Any]], predicate: Callable[[Any]
 def rollout_cluster(tmp_path_factory) -> RolloutCluster:
     tmp = tmp_path_factory.mktemp("rollout-cluster")
     repository = write_repository(tmp / "models")
-    redis = start_redis()
+    redis = start_redis(appendonly=True)  # a restart keeps the data, as in production
     _, admin_key = api_keys.new_key()
     key_file = tmp / "admin.key"
     key_file.write_text(admin_key)

@@ -223,6 +223,29 @@ async def test_bad_input_is_refused_and_changes_nothing(rollout_cluster: Rollout
         assert dict((await client.get_traffic_policy("bad")).weights) == {"1": 100}
 
 
+async def test_a_rollout_resumes_after_redis_restarts(rollout_cluster: RolloutCluster) -> None:
+    cluster = rollout_cluster
+    stop = asyncio.Event()
+    load = asyncio.create_task(run_load(cluster.router.address, cluster.data_key, "restart", stop))
+    try:
+        async with await cluster.client() as client:
+            await client.start_rollout("restart", "2", steps=[10, 20, 30, 40, 100], interval_s=1.0,
+                                       gates=opb.Gates(min_requests=10, max_p99_ratio=50))
+            await eventually(lambda: client.get_rollout("restart"), lambda r: r.step >= 1, timeout_s=60,
+                             what="step 1")
+        await asyncio.to_thread(cluster.redis.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(cluster.redis.start)
+        rollout = await finished(cluster, "restart", timeout_s=90)
+        async with await cluster.client() as client:
+            history = await client.rollout_history("restart")
+    finally:
+        stop.set()
+        await load
+    assert rollout.state == opb.PROMOTED, rollout
+    assert Counter(d.step for d in history if d.verdict == "advance") == Counter(range(3))
+
+
 @pytest.mark.slow
 async def test_killing_the_acting_controller_mid_rollout_takes_no_step_twice(
     rollout_cluster: RolloutCluster,
