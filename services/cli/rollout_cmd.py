@@ -113,6 +113,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--since", default="1h", help="the window: the last 30m, 1h, 6h, ... (default 1h, at most 24h)")
     p.set_defaults(func=lambda args: run(experiment_report, args))
 
+    help_text = "shadow reports: how a mirrored version's outputs compare with the primary's"
+    parser = subparsers.add_parser("shadow", help=help_text, description=help_text)
+    sub_sh = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub_sh.required = True
+    text = "compared count, agreement, label flips, largest differences, latency, sampled disagreements"
+    p = sub_sh.add_parser("report", parents=[common], help=text, description=text)
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--since", default="1h", help="the window: the last 30m, 1h, 6h, ... (default 1h, at most 24h)")
+    p.add_argument("--samples", type=int, default=3, help="disagreements to print (default 3; --json has all kept)")
+    p.set_defaults(func=lambda args: run(shadow_report, args))
+
 
 def add_traffic_commands(traffic: argparse._SubParsersAction) -> None:
     """`traffic switch|rollback|history`, added to the `traffic` group of admin_cmds."""
@@ -139,7 +150,7 @@ def run(handler: Callable[[Any, argparse.Namespace], Awaitable[int]], args: argp
         if not args.admin_key:
             raise UsageError("no admin key: pass --admin-key or set SHUNTER_ADMIN_KEY")
         request = prepare_start(args) if handler is rollout_start else None
-        if handler is experiment_report:
+        if handler in (experiment_report, shadow_report):
             args.since_s = parse_duration(args.since, "--since")
     except UsageError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
@@ -325,4 +336,34 @@ async def experiment_report(client: Any, args: argparse.Namespace) -> int:
     ])
     for c in report.comparisons:
         print(f"{c.variant} vs {c.against}, {c.metric.replace('_', ' ')} ({c.test}): {c.statement}")
+    return 0
+
+
+def _rate(value: float) -> str:
+    return "-" if value != value else f"{value:.2%}"
+
+
+async def shadow_report(client: Any, args: argparse.Namespace) -> int:
+    report = await client.shadow_report(args.model, args.since_s)
+    if args.json:
+        emit_json(report)
+        return 0
+    print(f"model {report.model}, {when(report.window_start_ms)} to {when(report.window_end_ms)}, "
+          f"shadow version {report.shadow_version or '- (none now)'}")
+    if not report.versions:
+        print("(no mirrored requests in this window)")
+    for v in report.versions:
+        print(f"version {v.version}: {v.compared} compared, {v.errors} failed, agreement {_rate(v.agreement)} "
+              f"(95% {_rate(v.agreement_low)}–{_rate(v.agreement_high)})")
+        if v.argmax_rows:
+            print(f"  label flips: {v.argmax_flips} of {v.argmax_rows} rows ({_rate(v.flip_rate)}, "
+                  f"at most {_rate(v.flip_rate_high)} at 95%)")
+        diffs = ", ".join(f"≤{b.upper:g}: {b.count}" for b in v.max_abs_diff)
+        print(f"  largest |difference| per request: {diffs or '-'}")
+        print(f"  latency p50/p99: shadow {_ms(v.shadow_p50_ms)}/{_ms(v.shadow_p99_ms)} ms, "
+              f"primary {_ms(v.primary_p50_ms)}/{_ms(v.primary_p99_ms)} ms")
+        from google.protobuf.json_format import MessageToDict
+
+        for sample in list(v.samples)[: max(0, args.samples)]:
+            print(f"  disagreement: {json.dumps(MessageToDict(sample), sort_keys=True)[:300]}")
     return 0

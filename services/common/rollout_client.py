@@ -71,3 +71,6 @@ class RolloutClient(RegistryClient):
 
     async def experiment_report(self, model: str, since_s: float = 0.0) -> opb.ExperimentReportResponse:
         return await self._rollout_call("ExperimentReport", opb.ExperimentReportRequest(model=model, since_s=since_s))
+
+    async def shadow_report(self, model: str, since_s: float = 0.0) -> opb.ShadowReportResponse:
+        return await self._rollout_call("ShadowReport", opb.ExperimentReportRequest(model=model, since_s=since_s))

@@ -97,3 +97,65 @@ class WindowStats:
 
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 3)
+
+
+# ---- shadow comparisons ---------------------------------------------------------------------
+#
+# Per shadow model × version × slot (same resolutions), routers add: ``n`` compared
+# mirrors, ``agree`` (every output within rtol/atol), ``error`` (the shadow failed),
+# ``am_rows`` / ``am_flips`` (classifier rows compared by argmax, and those whose label
+# differs), ``d:<i>`` (mirrors whose largest absolute difference fell in ``DIFF_BOUNDS``
+# bucket i), ``sl:<i>`` / ``pl:<i>`` (shadow and primary latency, latency buckets). Up to
+# ``MAX_SHADOW_SAMPLES`` disagreements are kept per version (a list, newest first, with a TTL).
+
+#: Upper bounds of the largest-absolute-difference buckets: 0, then 1e-9 … 1e3, then more.
+DIFF_BOUNDS: tuple[float, ...] = (0.0, *(10.0**k for k in range(-9, 4)))
+DIFF_BUCKETS = len(DIFF_BOUNDS) + 1
+MAX_SHADOW_SAMPLES = 20
+SHADOW_SAMPLE_TTL_S = 24 * 3600
+#: Values kept per tensor in a sample (inputs and outputs are truncated to this).
+SAMPLE_VALUES = 8
+
+
+def diff_bucket(value: float) -> int:
+    if math.isnan(value):
+        return DIFF_BUCKETS - 1
+    return bisect.bisect_left(DIFF_BOUNDS, value)
+
+
+def shadow_key(prefix: str, resolution: str, model: str, version: str, slot: int) -> str:
+    return f"{prefix}sstats:{resolution}:{model}:{version}:{slot}"
+
+
+def shadow_samples_key(prefix: str, model: str, version: str) -> str:
+    return f"{prefix}shadow_samples:{model}:{version}"
+
+
+@dataclass
+class ShadowStats:
+    """One shadow version's comparisons over a window."""
+
+    compared: int = 0
+    agree: int = 0
+    errors: int = 0
+    argmax_rows: int = 0
+    argmax_flips: int = 0
+    diffs: list[int] = field(default_factory=lambda: [0] * DIFF_BUCKETS)
+    shadow_latency: WindowStats = field(default_factory=WindowStats)
+    primary_latency: WindowStats = field(default_factory=WindowStats)
+
+    def add_hash(self, fields: dict[bytes | str, bytes | str | int]) -> None:
+        simple = {"n": "compared", "agree": "agree", "error": "errors", "am_rows": "argmax_rows",
+                  "am_flips": "argmax_flips"}
+        for raw_name, raw_value in fields.items():
+            name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+            value = int(raw_value)
+            prefix, _, index = name.partition(":")
+            if name in simple:
+                setattr(self, simple[name], getattr(self, simple[name]) + value)
+            elif prefix == "d" and 0 <= int(index) < DIFF_BUCKETS:
+                self.diffs[int(index)] += value
+            elif prefix in ("sl", "pl") and 0 <= int(index) < BUCKETS:
+                target = self.shadow_latency if prefix == "sl" else self.primary_latency
+                target.buckets[int(index)] += value
+                target.requests += value

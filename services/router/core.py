@@ -83,6 +83,7 @@ class Router:
         self.version_stats = VersionStats(
             self.redis, settings.key_prefix, interval_s=settings.version_stats_interval_s
         )
+        self.shadow.on_outcome = self.version_stats.shadow_result
         self._closing: set[asyncio.Task] = set()
         #: Labelled split counters by (model, version): labels() costs more than inc().
         self._split_counters: dict[tuple[str, str], Any] = {}
@@ -162,15 +163,17 @@ class Router:
 
         trace = tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None
         timeout_us = inference_parameters.timeout_us(request)
+        started = time.perf_counter()
         response = await forward_infer(
             self.balancer, entry.workers, forward_raw, deadline, trace, request.id, timeout_us
         )
+        primary_s = time.perf_counter() - started
 
         if cache_key is not None:
             await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
         shadow_version = policy.shadow_version
         if shadow_version and shadow_version != entry.version:
-            self._mirror(model, shadow_version, raw, response, trace, request.id, timeout_us)
+            self._mirror(model, shadow_version, raw, response, trace, request.id, timeout_us, primary_s)
         return InferResult(response, name, entry.version)
 
     def choose_version(self, model: ModelEntry, headers: Mapping[str, str]) -> VersionEntry:
@@ -200,6 +203,7 @@ class Router:
         trace: tuple[tuple[str, str], ...] | None,
         caller_id: str,
         timeout_us: int | None,
+        primary_s: float = 0.0,
     ) -> None:
         entry = model.versions.get(version)
         if entry is None or not entry.workers:
@@ -212,7 +216,7 @@ class Router:
             deadline = time.monotonic() + timeout_s
             return await forward_infer(self.balancer, entry.workers, shadow_raw, deadline, trace, caller_id, timeout_us)
 
-        self.shadow.mirror(model.name, version, primary, send)
+        self.shadow.mirror(model.name, version, primary, send, primary_s, raw)
 
     # -- statistics -----------------------------------------------------------------
 

@@ -11,14 +11,20 @@ pipelined (non-transactional) write: ``HINCRBY`` into the time-bucketed hashes o
 sum any window across all routers. A router that cannot reach Redis keeps serving: the
 counts of that flush are dropped and counted (``shunter_router_version_stats_dropped``),
 and the link is marked down like any other Redis failure (``RedisLink.failed``).
+
+Shadow comparisons (``shadow_result``, fed by ``ShadowMirror``) ride the same flush: counts
+into their own time-bucketed hashes, and up to ``MAX_SHADOW_SAMPLES`` truncated samples of
+disagreements per version into a capped list with a TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from prometheus_client import Counter
@@ -26,6 +32,7 @@ from prometheus_client import Counter
 from services.common import version_windows as vw
 from services.common.edge import Interceptor, RpcCall
 from services.router.redis_link import OUTAGE_ERRORS, RedisLink
+from services.router.shadow import ShadowOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,20 @@ class _Cell:
         self.buckets = [0] * vw.BUCKETS
 
 
+class _ShadowCell:
+    """One shadow model × version's comparisons since the last flush."""
+
+    __slots__ = ("agree", "argmax_flips", "argmax_rows", "compared", "diffs", "errors", "primary", "samples",
+                 "shadow")
+
+    def __init__(self) -> None:
+        self.compared = self.agree = self.errors = self.argmax_rows = self.argmax_flips = 0
+        self.diffs = [0] * vw.DIFF_BUCKETS
+        self.shadow = [0] * vw.BUCKETS
+        self.primary = [0] * vw.BUCKETS
+        self.samples: list[str] = []
+
+
 class VersionStats(Interceptor):
     """Counts per model × version in memory; ``run`` flushes them to Redis every interval."""
 
@@ -70,6 +91,7 @@ class VersionStats(Interceptor):
         #: Wall clock: slots must line up across routers (and the registry reading them).
         self._clock = clock
         self._cells: dict[tuple[str, str], _Cell] = {}
+        self._shadow: dict[tuple[str, str], _ShadowCell] = {}
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
@@ -94,6 +116,26 @@ class VersionStats(Interceptor):
             name = code.name
             cell.errors[name] = cell.errors.get(name, 0) + 1
 
+    def shadow_result(self, model: str, version: str, outcome: ShadowOutcome) -> None:
+        """A mirrored request's comparison (``ShadowMirror.on_outcome``)."""
+        key = (model, version)
+        cell = self._shadow.get(key)
+        if cell is None:
+            cell = self._shadow[key] = _ShadowCell()
+        cell.compared += 1
+        if outcome.failed:
+            cell.errors += 1
+            return
+        cell.agree += outcome.agree
+        cell.argmax_rows += outcome.argmax_rows
+        cell.argmax_flips += outcome.argmax_flips
+        cell.diffs[vw.diff_bucket(outcome.max_abs_diff)] += 1
+        cell.shadow[vw.bucket_of(outcome.shadow_s * 1000.0)] += 1
+        cell.primary[vw.bucket_of(outcome.primary_s * 1000.0)] += 1
+        if outcome.sample is not None and len(cell.samples) < vw.MAX_SHADOW_SAMPLES:
+            sample = {"at_ms": int(self._clock() * 1000), **outcome.sample}
+            cell.samples.append(json.dumps(sample, default=str)[:4096])
+
     # -- flushing ---------------------------------------------------------------------
 
     def start(self) -> None:
@@ -111,8 +153,9 @@ class VersionStats(Interceptor):
     async def flush(self) -> int:
         """Write the counts gathered since the last flush; -> requests written (0 if dropped)."""
         cells, self._cells = self._cells, {}
+        shadows, self._shadow = self._shadow, {}
         total = sum(cell.requests for cell in cells.values())
-        if not cells or not self.enabled:
+        if (not cells and not shadows) or not self.enabled:
             return 0
         if not self._redis.available():
             self._drop(total)
@@ -132,6 +175,8 @@ class VersionStats(Interceptor):
                             if count:
                                 pipe.hincrby(key, f"b:{index}", count)
                         pipe.expire(key, ttl)
+                for (model, version), cell in shadows.items():
+                    self._queue_shadow(pipe, model, version, cell, now)
                 await pipe.execute()
         except OUTAGE_ERRORS as exc:
             self._redis.failed(exc)
@@ -140,6 +185,23 @@ class VersionStats(Interceptor):
         self._redis.succeeded()
         FLUSHED.inc(total)
         return total
+
+    def _queue_shadow(self, pipe: Any, model: str, version: str, cell: _ShadowCell, now: float) -> None:
+        counts = {"n": cell.compared, "agree": cell.agree, "error": cell.errors, "am_rows": cell.argmax_rows,
+                  "am_flips": cell.argmax_flips}
+        for prefix, buckets in (("d", cell.diffs), ("sl", cell.shadow), ("pl", cell.primary)):
+            counts.update({f"{prefix}:{i}": n for i, n in enumerate(buckets) if n})
+        for resolution, width, ttl in vw.RESOLUTIONS:
+            key = vw.shadow_key(self._prefix, resolution, model, version, int(now // width))
+            for name, count in counts.items():
+                if count:
+                    pipe.hincrby(key, name, count)
+            pipe.expire(key, ttl)
+        if cell.samples:
+            key = vw.shadow_samples_key(self._prefix, model, version)
+            pipe.lpush(key, *cell.samples)
+            pipe.ltrim(key, 0, vw.MAX_SHADOW_SAMPLES - 1)
+            pipe.expire(key, vw.SHADOW_SAMPLE_TTL_S)
 
     def _drop(self, requests: int) -> None:
         self.dropped += requests

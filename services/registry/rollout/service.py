@@ -371,3 +371,37 @@ class RolloutService:
             variants=[opb.VariantStats(**vars(v)) for v in variants],
             comparisons=[opb.Comparison(**vars(c)) for c in comparisons],
         )
+
+    @admin_rpc
+    async def ShadowReport(self, request, context, caller):
+        from services.registry.rollout.shadow_report import summarise
+        from services.registry.rollout.window import read_shadow_window
+
+        model = validation.check_name(request.model)
+        since_s = request.since_s or 3600.0
+        if not math.isfinite(since_s) or not 1 <= since_s <= MAX_REPORT_WINDOW_S:
+            raise InvalidArgument(f"--since {since_s:g} s must be between 1 s and {MAX_REPORT_WINDOW_S // 3600} h")
+        catalogue = await self.store.current()
+        found = catalogue.model(model, include_archived=False)
+        if found is None:
+            raise NotFound(f"model {model!r} is not registered")
+        versions = sorted({v.version for v in found.versions})
+        end = now_ms()
+        start = end - int(since_s * 1000)
+        try:
+            stats, samples = await read_shadow_window(self.store.redis, self.settings.stats_prefix, model, versions,
+                                                      start, end)
+        except RedisError as exc:
+            raise self.store.unavailable(exc) from None
+        shadow = found.policy.shadow_version
+        shown = [v for v in versions if stats[v].compared or v == shadow]
+        response = opb.ShadowReportResponse(model=model, window_start_ms=start, window_end_ms=end,
+                                            shadow_version=shadow)
+        for version in shown:
+            fields = summarise(version, stats[version], samples[version])
+            entry = response.versions.add(**{k: v for k, v in fields.items() if k not in ("max_abs_diff", "samples")})
+            for bucket in fields["max_abs_diff"]:
+                entry.max_abs_diff.add(**bucket)
+            for sample in fields["samples"]:
+                entry.samples.append(records.evidence_struct(sample))
+        return response

@@ -35,3 +35,29 @@ async def read_window(
                 stats.add_hash(reply)
         out[version] = stats
     return out
+
+
+async def read_shadow_window(
+    redis: Any, prefix: str, model: str, versions: list[str], start_ms: int, end_ms: int
+) -> tuple[dict[str, vw.ShadowStats], dict[str, list[bytes]]]:
+    """Each shadow version's comparisons over [start_ms, end_ms], and its kept samples."""
+    start_s, end_s = start_ms // 1000, end_ms // 1000
+    resolution, width, _ttl = vw.SECOND if end_s - start_s <= MAX_SECOND_SLOTS else vw.MINUTE
+    slots = range(start_s // width, end_s // width + 1)
+    async with redis.pipeline(transaction=False) as pipe:
+        for version in versions:
+            for slot in slots:
+                pipe.hgetall(vw.shadow_key(prefix, resolution, model, version, slot))
+            pipe.lrange(vw.shadow_samples_key(prefix, model, version), 0, vw.MAX_SHADOW_SAMPLES - 1)
+        replies = await pipe.execute()
+    stats, samples = {}, {}
+    per = len(slots) + 1
+    for i, version in enumerate(versions):
+        found = vw.ShadowStats()
+        chunk = replies[i * per:(i + 1) * per]
+        for reply in chunk[:-1]:
+            if reply:
+                found.add_hash(reply)
+        stats[version] = found
+        samples[version] = [s for s in chunk[-1] if s]
+    return stats, samples

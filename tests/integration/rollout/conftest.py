@@ -5,7 +5,8 @@ Every model has version 1 (good, the baseline at 100 %) and version 2, whose beh
 the model's name says: ``good`` (as good as 1), ``flaky`` (fails about 20 % of
 requests), ``slow`` (5× slower or worse: sleeps 25 ms), plus ``quiet`` and ``bluegreen``
 (both good, for the low-traffic and blue-green tests), ``bad`` (refused commands),
-``restart`` (Redis restarted mid-rollout) and ``held`` (the controller kill test).
+``restart`` (Redis restarted mid-rollout), ``mirror`` (version 2 ranks the classes
+differently: a shadow that always disagrees) and ``held`` (the controller kill test).
 """
 
 from __future__ import annotations
@@ -63,8 +64,15 @@ def infer(inputs):
     time.sleep(0.025)
     return {"OUT": (inputs["IN"] * 2).astype(np.float32)}
 """
+RANKED = """
+import numpy as np
+
+
+def infer(inputs):
+    return {"OUT": (inputs["IN"] * np.arange(1, 5)).astype(np.float32)}
+"""
 MODELS = {"good": GOOD, "flaky": FLAKY, "slow": SLOW, "quiet": GOOD, "bluegreen": GOOD, "bad": GOOD,
-          "restart": GOOD, "held": GOOD}
+          "restart": GOOD, "mirror": RANKED, "held": GOOD}
 
 
 def write_repository(root: Path) -> Path:

@@ -172,6 +172,36 @@ async def test_switch_and_rollback_under_steady_load_fail_nothing(rollout_cluste
     assert text.returncode == 0 and "2 vs 1, error rate" in text.stdout and "2 vs 1, latency" in text.stdout
 
 
+async def test_shadow_report_compares_every_mirrored_request(rollout_cluster: RolloutCluster) -> None:
+    cluster = rollout_cluster
+    async with await cluster.client() as client:
+        await client.set_weights("mirror", {"1": 100}, shadow_version="2")
+        await asyncio.sleep(1.0)  # the router takes the new table
+        stop = asyncio.Event()
+        load = asyncio.create_task(run_load(cluster.router.address, cluster.data_key, "mirror", stop))
+        await asyncio.sleep(2.0)
+        stop.set()
+        result = await load
+        report = await eventually(lambda: client.shadow_report("mirror", 600),
+                                  lambda r: r.versions and r.versions[0].compared >= result.codes["OK"] * 0.9,
+                                  timeout_s=15, what="the mirrors compared")
+    assert set(result.codes) == {"OK"} and result.versions == {"1": result.codes["OK"]}
+    shadow = report.versions[0]
+    assert report.shadow_version == "2" and shadow.version == "2" and shadow.errors == 0
+    # ×[1,2,3,4] against ×2: never within tolerance, and the argmax moves from class 0 to 3.
+    assert shadow.agree == 0 and shadow.agreement == 0 and shadow.agreement_high < 0.05
+    assert shadow.argmax_rows == shadow.compared and shadow.argmax_flips == shadow.compared
+    assert sum(b.count for b in shadow.max_abs_diff) == shadow.compared
+    assert [b.upper for b in shadow.max_abs_diff] == [10.0]  # |8 - 2| = 6
+    assert shadow.shadow_p50_ms > 0 and shadow.primary_p50_ms > 0
+    assert 0 < len(shadow.samples) <= 20
+    sample = shadow.samples[0]
+    assert list(sample["inputs"]["IN"]) == [1.0, 1.0, 1.0, 1.0]
+    assert list(sample["shadow"]["OUT"]) == [1.0, 2.0, 3.0, 4.0] and list(sample["primary"]["OUT"]) == [2.0] * 4
+    text = await asyncio.to_thread(shunter, cluster, "shadow", "report", "mirror", "--since", "10m")
+    assert text.returncode == 0 and "label flips" in text.stdout and "disagreement:" in text.stdout
+
+
 async def test_bad_input_is_refused_and_changes_nothing(rollout_cluster: RolloutCluster) -> None:
     cluster = rollout_cluster
     async with await cluster.client() as client:

@@ -251,3 +251,63 @@ class ExperimentReportResponse(_message.Message):
     variants: _containers.RepeatedCompositeFieldContainer[VariantStats]
     comparisons: _containers.RepeatedCompositeFieldContainer[Comparison]
     def __init__(self, model: _Optional[str] = ..., window_start_ms: _Optional[int] = ..., window_end_ms: _Optional[int] = ..., control: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[VariantStats, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ...) -> None: ...
+
+class DiffBucket(_message.Message):
+    __slots__ = ("upper", "count")
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    upper: float
+    count: int
+    def __init__(self, upper: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ShadowVersionReport(_message.Message):
+    __slots__ = ("version", "compared", "agree", "errors", "agreement", "agreement_low", "agreement_high", "argmax_rows", "argmax_flips", "flip_rate", "flip_rate_high", "max_abs_diff", "shadow_p50_ms", "shadow_p99_ms", "primary_p50_ms", "primary_p99_ms", "samples")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    AGREE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_LOW_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_HIGH_FIELD_NUMBER: _ClassVar[int]
+    ARGMAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ARGMAX_FLIPS_FIELD_NUMBER: _ClassVar[int]
+    FLIP_RATE_FIELD_NUMBER: _ClassVar[int]
+    FLIP_RATE_HIGH_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    compared: int
+    agree: int
+    errors: int
+    agreement: float
+    agreement_low: float
+    agreement_high: float
+    argmax_rows: int
+    argmax_flips: int
+    flip_rate: float
+    flip_rate_high: float
+    max_abs_diff: _containers.RepeatedCompositeFieldContainer[DiffBucket]
+    shadow_p50_ms: float
+    shadow_p99_ms: float
+    primary_p50_ms: float
+    primary_p99_ms: float
+    samples: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    def __init__(self, version: _Optional[str] = ..., compared: _Optional[int] = ..., agree: _Optional[int] = ..., errors: _Optional[int] = ..., agreement: _Optional[float] = ..., agreement_low: _Optional[float] = ..., agreement_high: _Optional[float] = ..., argmax_rows: _Optional[int] = ..., argmax_flips: _Optional[int] = ..., flip_rate: _Optional[float] = ..., flip_rate_high: _Optional[float] = ..., max_abs_diff: _Optional[_Iterable[_Union[DiffBucket, _Mapping]]] = ..., shadow_p50_ms: _Optional[float] = ..., shadow_p99_ms: _Optional[float] = ..., primary_p50_ms: _Optional[float] = ..., primary_p99_ms: _Optional[float] = ..., samples: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
+
+class ShadowReportResponse(_message.Message):
+    __slots__ = ("model", "window_start_ms", "window_end_ms", "shadow_version", "versions")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_MS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_MS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    window_start_ms: int
+    window_end_ms: int
+    shadow_version: str
+    versions: _containers.RepeatedCompositeFieldContainer[ShadowVersionReport]
+    def __init__(self, model: _Optional[str] = ..., window_start_ms: _Optional[int] = ..., window_end_ms: _Optional[int] = ..., shadow_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ShadowVersionReport, _Mapping]]] = ...) -> None: ...

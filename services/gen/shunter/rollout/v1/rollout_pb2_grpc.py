@@ -85,6 +85,11 @@ class RolloutsStub:
                 request_serializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportRequest.SerializeToString,
                 response_deserializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportResponse.FromString,
                 _registered_method=True)
+        self.ShadowReport = channel.unary_unary(
+                '/shunter.rollout.v1.Rollouts/ShadowReport',
+                request_serializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportRequest.SerializeToString,
+                response_deserializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ShadowReportResponse.FromString,
+                _registered_method=True)
 
 
 class RolloutsServicer:
@@ -157,6 +162,13 @@ class RolloutsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShadowReport(self, request, context):
+        """Shadow report over a recent window: agreement of mirrored outputs with the primary's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +221,11 @@ def add_RolloutsServicer_to_server(servicer, server):
                     servicer.ExperimentReport,
                     request_deserializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportRequest.FromString,
                     response_serializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportResponse.SerializeToString,
+            ),
+            'ShadowReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShadowReport,
+                    request_deserializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportRequest.FromString,
+                    response_serializer=services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ShadowReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +498,33 @@ class Rollouts:
             '/shunter.rollout.v1.Rollouts/ExperimentReport',
             services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportRequest.SerializeToString,
             services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShadowReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shunter.rollout.v1.Rollouts/ShadowReport',
+            services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ExperimentReportRequest.SerializeToString,
+            services_dot_gen_dot_shunter_dot_rollout_dot_v1_dot_rollout__pb2.ShadowReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
