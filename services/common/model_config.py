@@ -153,14 +153,6 @@ def parse_model_config(text: str, source: str) -> ModelConfig:
         raise ModelConfigError(f"{source}: " + "; ".join(problems)) from None
 
 
-def load_model_config(path: Path) -> ModelConfig:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ModelConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_model_config(text, str(path))
-
-
 def version_config_text(model_dir: Path, version: str) -> tuple[str, str]:
     """The config.yaml text that applies to one version, and where it came from.
 
