@@ -23,16 +23,6 @@ DEFAULT_ARTIFACT: dict[str, str] = {
     "python": "model.py",
 }
 
-#: Triton's platform names for our backends (what tritonclient users expect to see).
-TRITON_PLATFORMS: dict[str, str] = {
-    "torchscript": "pytorch_libtorch",
-    "torch_export": "pytorch_torch_export",
-    "onnx": "onnxruntime_onnx",
-    "tensorrt": "tensorrt_plan",
-    "python": "python",
-}
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
