@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.errors import PermissionDenied, ShunterError, Unauthenticated
 from services.common.metrics_http import start_metrics_server
 from services.common.process_group import die_with_group
+from services.common.ready_line import format_ready_line
 from services.common.reflection_v1 import SERVICE_NAME as REFLECTION_V1
 from services.common.reflection_v1 import enable_reflection_v1
 
@@ -146,7 +147,7 @@ class RunningService:
         for name in ("", *self.app.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         print(
-            f"shunter {self.app.name} listening on {self.address} metrics {metrics_host}:{self.metrics_port}",
+            format_ready_line(self.app.name, self.address, f"{metrics_host}:{self.metrics_port}"),
             flush=True,
         )
 
