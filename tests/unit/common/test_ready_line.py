@@ -1,6 +1,6 @@
 """The readiness line: what every server prints and every launcher parses."""
 
-from services.common.ready_line import format_ready_line, free_port, parse_ready_line
+from services.common.ready_line import format_ready_line, parse_ready_line
 
 
 def test_a_formatted_line_parses_back():
@@ -16,6 +16,3 @@ def test_other_lines_are_not_announcements():
     assert parse_ready_line("shunter worker listening on 127.0.0.1:x metrics 127.0.0.1:2") is None
     assert parse_ready_line("") is None
 
-
-def test_free_port_is_a_port_number():
-    assert 0 < free_port() < 65536
