@@ -30,6 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--key-prefix", default="shunter:", help="prefix of every Redis key (default shunter:)")
     parser.add_argument(
+        "--redis-wait-replicas", type=int, default=os.environ.get("SHUNTER_REGISTRY_REDIS_WAIT_REPLICAS", "0"),
+        metavar="N", help="acknowledge a catalogue write only once N Redis replicas hold it (WAIT; default 0)",
+    )
+    parser.add_argument(
+        "--redis-wait-timeout-ms", type=int,
+        default=os.environ.get("SHUNTER_REGISTRY_REDIS_WAIT_TIMEOUT_MS", "1000"),
+        metavar="MS", help="how long a write waits for those replicas before UNAVAILABLE (default 1000)",
+    )
+    parser.add_argument(
         "--admin-key-file", type=Path, default=None,
         help="file holding the first admin key; only its sha256 is stored",
     )
@@ -73,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             lease_ttl_s=args.lease_ttl_s,
             refresh_interval_s=args.refresh_interval_s,
             artifact_roots=tuple(p.expanduser().resolve() for p in args.artifact_root),
+            redis_wait_replicas=args.redis_wait_replicas,
+            redis_wait_timeout_ms=args.redis_wait_timeout_ms,
         )
         app = RegistryApp(settings)
     except ValueError as exc:
@@ -100,7 +111,11 @@ async def _backup(action: str, path: Path, redis_url: str, prefix: str) -> int:
     from services.registry import backup
     from services.registry.store import RedisStore
 
-    store = RedisStore(redis_url, prefix)
+    try:
+        store = RedisStore(redis_url, prefix)
+    except ValueError as exc:
+        print(f"shunter registry {action}: {exc}", file=sys.stderr)
+        return 2
     try:
         if action == "export":
             catalogue = await store.read()

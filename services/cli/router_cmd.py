@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
@@ -77,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("shunter router: --tls-cert and --tls-key go together")
         return 2
+    if args.redis_url:
+        from services.common.redis_connect import RedisUrlError, parse_url
+
+        try:
+            parse_url(args.redis_url)
+        except RedisUrlError as exc:
+            print(f"shunter router: --redis-url: {exc}", file=sys.stderr)
+            return 2
     if args.processes < 1:
         print("shunter router: --processes must be at least 1")
         return 2

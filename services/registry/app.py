@@ -35,8 +35,15 @@ class RegistrySettings:
     refresh_interval_s: float = 1.0
     #: Directories registered artifacts must lie in (resolved); empty: any local path (warned).
     artifact_roots: tuple[Path, ...] = ()
+    #: A catalogue write is acknowledged only once this many Redis replicas hold it (``WAIT``);
+    #: 0: once the primary has it. See docs/operations.md for what each mode then survives.
+    redis_wait_replicas: int = 0
+    #: How long a write waits for those replicas before it is answered UNAVAILABLE.
+    redis_wait_timeout_ms: int = 1000
 
     def __post_init__(self) -> None:
+        if self.redis_wait_replicas < 0 or self.redis_wait_timeout_ms < 1:
+            raise ValueError("--redis-wait-replicas must be >= 0 and --redis-wait-timeout-ms >= 1")
         if not 1 <= self.lease_ttl_s <= validation.MAX_TTL_S:
             raise ValueError(f"lease TTL must be between 1 and {validation.MAX_TTL_S} s, got {self.lease_ttl_s}")
         if self.refresh_interval_s <= 0:
@@ -68,7 +75,8 @@ class RegistryApp:
         self.bootstrap = bootstrap_key(settings.admin_key_file) if settings.admin_key_file else None
         self.store = RedisStore(
             settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s,
-            lease_grace_s=settings.lease_ttl_s,
+            lease_grace_s=settings.lease_ttl_s, wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         self.store.on_snapshot = self._ensure_bootstrap
         self.service = RegistryService(
