@@ -271,6 +271,21 @@ def connect(url: str, *, slot_key: str | None = None, **options: Any) -> Any:
     return aioredis.Redis.from_pool(pool)
 
 
+async def rediscover(client: Any) -> None:
+    """Drop ``client``'s idle connections so the next ones ask where the primary is now.
+
+    For when a reply suggests the topology moved without the connection failing (e.g. an
+    old master, not yet demoted, that lost its replicas: ``WAIT`` falls short). Sentinel
+    pools ask the sentinels again on connect; a slot-pinned pool asks the cluster.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SlotOwnerPool):
+        pool.locator.stale()
+        await ConnectionPool.disconnect(pool, inuse_connections=False)
+    elif pool is not None:
+        await pool.disconnect(inuse_connections=False)
+
+
 def hash_tagged(prefix: str) -> str:
     """``prefix`` as one Redis Cluster hash tag: ``shunter:registry:`` → ``{shunter:registry}:``.
 
@@ -368,6 +383,17 @@ class SlotOwnerPool(ConnectionPool):
 
 
 __all__ = [
-    "CLUSTER", "OUTAGE_ERRORS", "SENTINEL", "SINGLE", "RedisTarget", "RedisUrlError", "connect", "hash_tagged",
-    "is_cluster", "parse_url", "redacted", "with_user",
+    "CLUSTER",
+    "OUTAGE_ERRORS",
+    "SENTINEL",
+    "SINGLE",
+    "RedisTarget",
+    "RedisUrlError",
+    "connect",
+    "hash_tagged",
+    "is_cluster",
+    "parse_url",
+    "redacted",
+    "rediscover",
+    "with_user",
 ]

@@ -413,6 +413,8 @@ class RedisStore:
             raise self.unavailable(exc) from None
         metrics.WAIT_REPLICAS.observe(int(confirmed))
         if int(confirmed) < self._wait_replicas:
+            # Maybe a primary that was failed over and not yet demoted: look again.
+            await redis_connect.rediscover(self._redis)
             raise Unavailable(
                 f"the write was applied on Redis's primary, but only {confirmed} of {self._wait_replicas} "
                 f"replica(s) confirmed it within {self._wait_timeout_ms} ms; it may be lost if the "

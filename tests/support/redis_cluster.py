@@ -115,7 +115,7 @@ def _server_args(port: int, data_dir: Path, *extra: str) -> list[str]:
     return [
         redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
         "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
-        "--logfile", "", *extra,
+        "--logfile", "", "--repl-diskless-sync-delay", "0", *extra,
     ]
 
 
@@ -250,7 +250,7 @@ def start_cluster(primaries: int = 3, node_timeout_ms: int = 1000) -> RedisClust
 
 @dataclass
 class SentinelProcesses:
-    """A primary, one replica and three sentinels watching them under ``master_name``."""
+    """A primary, its replicas and three sentinels watching them under ``master_name``."""
 
     root: Path
     master_name: str
@@ -293,10 +293,15 @@ class SentinelProcesses:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_sentinel(master_name: str = "shunter", down_after_ms: int = 1000,
+def start_sentinel(master_name: str = "shunter", down_after_ms: int = 1000, replicas: int = 1,
                    quorum_ready: bool = True) -> SentinelProcesses:
-    """Start the pair and the sentinels; ``quorum_ready``: also wait until the sentinels know
-    each other (a few seconds of hello messages; a manual ``SENTINEL FAILOVER`` needs no quorum)."""
+    """Start a primary, ``replicas`` replicas and three sentinels.
+
+    ``quorum_ready``: also wait until the sentinels know each other (a few seconds of hello
+    messages; a manual ``SENTINEL FAILOVER`` needs no quorum). With two replicas the one not
+    promoted is re-pointed at the new master as part of the failover, so the new master has a
+    replica at once (the old master is re-attached only later).
+    """
     root = Path(tempfile.mkdtemp(prefix="shunter-redis-sentinel-"))
     deploy = SentinelProcesses(root=root, master_name=master_name)
     try:
@@ -304,16 +309,18 @@ def start_sentinel(master_name: str = "shunter", down_after_ms: int = 1000,
         primary = Node(primary_port, root / "primary", _server_args(primary_port, root / "primary"))
         primary.start()
         deploy.servers.append(primary)
-        replica_port = free_port()
-        replica = Node(replica_port, root / "replica", _server_args(
-            replica_port, root / "replica", "--replicaof", "127.0.0.1", str(primary_port)))
-        replica.start()
-        deploy.servers.append(replica)
+        for index in range(replicas):
+            port = free_port()
+            data = root / f"replica-{index}"
+            replica = Node(port, data, _server_args(port, data, "--replicaof", "127.0.0.1", str(primary_port)))
+            replica.start()
+            deploy.servers.append(replica)
         deadline = time.monotonic() + 30
-        while "master_link_status:up" not in cli(replica_port, "info", "replication"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("replica did not sync")
-            time.sleep(0.05)
+        for replica in deploy.servers[1:]:
+            while "master_link_status:up" not in cli(replica.port, "info", "replication"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("replica did not sync")
+                time.sleep(0.05)
         for index in range(3):
             port = free_port()
             data = root / f"sentinel-{index}"
@@ -324,20 +331,20 @@ def start_sentinel(master_name: str = "shunter", down_after_ms: int = 1000,
                 f"sentinel monitor {master_name} 127.0.0.1 {primary_port} 2\n"
                 f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
                 f"sentinel failover-timeout {master_name} 5000\n"
-                f"sentinel parallel-syncs {master_name} 1\n"
+                f"sentinel parallel-syncs {master_name} {replicas}\n"
             )
             node = Node(port, data, [redis_server_binary(), str(conf), "--sentinel"])
             node.start()
             deploy.sentinels.append(node)
-        # Every sentinel has found the replica and the others before a test relies on them.
+        # Every sentinel has found the replicas (and the others) before a test relies on them.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             infos = [cli(s.port, "sentinel", "master", master_name) for s in deploy.sentinels]
-            if all(_field(i, "num-slaves") == "1"
+            if all(_field(i, "num-slaves") == str(replicas)
                    and (not quorum_ready or _field(i, "num-other-sentinels") == "2") for i in infos):
                 return deploy
             time.sleep(0.1)
-        raise TimeoutError("sentinels did not discover each other and the replica")
+        raise TimeoutError("sentinels did not discover each other and the replicas")
     except BaseException:
         deploy.stop()
         raise
