@@ -4,12 +4,22 @@ and the check that no acknowledged write was lost."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import pytest
 
 from services.common.errors import ShunterError
 from services.common.registry_client import RegistryClient
 from tests.support.processes import ServiceProcess, start_service
+
+#: For the failovers that kill a primary (marked `slow` too): scripts/reliability runs them
+#: (SHUNTER_REDIS_FAILOVER=1), scripts/test skips them.
+failover_only = pytest.mark.skipif(
+    not os.environ.get("SHUNTER_REDIS_FAILOVER"),
+    reason="a primary-kill failover; scripts/reliability runs it (SHUNTER_REDIS_FAILOVER=1)",
+)
 
 
 def start_registry(url: str, admin, *extra: str) -> ServiceProcess:

@@ -18,7 +18,7 @@ from services.router.limiter import RateLimiter
 from services.router.redis_link import RedisLink
 from tests.integration.registry.conftest import AdminKey
 from tests.integration.registry.helpers import Watcher, policy_of, register_model, unique
-from tests.integration.registry.replicated import WriteLoad, across_failover, lost_writes, start_registry
+from tests.integration.registry.replicated import WriteLoad, across_failover, failover_only, lost_writes, start_registry
 from tests.support.processes import ServiceProcess
 from tests.support.redis_cluster import RedisClusterProcesses, cli, start_cluster
 
@@ -106,6 +106,7 @@ async def test_manual_failover_under_write_load_loses_no_acknowledged_write(clus
 
 
 @pytest.mark.slow
+@failover_only
 async def test_primary_killed_under_write_load_loses_no_acknowledged_write(admin):
     """SIGKILL of the registry slot's primary: with --redis-wait-replicas 1 every write that
     was acknowledged is on the replica that takes over."""

@@ -10,7 +10,7 @@ from services.common.registry_client import RegistryClient
 from services.router.limiter import RateLimiter
 from services.router.redis_link import RedisLink
 from tests.integration.registry.helpers import register_model, unique
-from tests.integration.registry.replicated import WriteLoad, across_failover, lost_writes, start_registry
+from tests.integration.registry.replicated import WriteLoad, across_failover, failover_only, lost_writes, start_registry
 from tests.support.redis_cluster import cli, start_sentinel
 
 
@@ -48,6 +48,7 @@ async def test_manual_sentinel_failover_under_write_load_loses_no_acknowledged_w
 
 
 @pytest.mark.slow
+@failover_only
 async def test_master_killed_under_write_load_loses_no_acknowledged_write(admin):
     """SIGKILL of the master: the sentinels agree (quorum 2 of 3) and promote the replica;
     with --redis-wait-replicas 1 every acknowledged write is on it."""
