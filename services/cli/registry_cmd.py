@@ -54,10 +54,20 @@ def run(args: argparse.Namespace) -> int:
         server = server_settings(args, SERVICE)
         if not settings.redis_url:
             return usage_error(SERVICE, "--redis-url (or SHUNTER_REDIS_URL) is required")
+        _check_redis_url(settings.redis_url)
         app = RegistryApp(settings)
     except ValueError as exc:  # SettingsError, or an unreadable admin key file
         return usage_error(SERVICE, str(exc))
     return run_service(app, server)
+
+
+def _check_redis_url(url: str) -> None:
+    from services.common.redis_connect import RedisUrlError, parse_url
+
+    try:
+        parse_url(url)
+    except RedisUrlError as exc:
+        raise settings_source.SettingsError(f"--redis-url: {exc}") from None
 
 
 def run_backup(args: argparse.Namespace) -> int:
@@ -82,7 +92,11 @@ async def _backup(action: str, path: Path, redis_url: str, prefix: str) -> int:
     from services.registry import backup
     from services.registry.store import RedisStore
 
-    store = RedisStore(redis_url, prefix)
+    try:
+        store = RedisStore(redis_url, prefix)
+    except ValueError as exc:
+        print(f"shunter registry {action}: {exc}", file=sys.stderr)
+        return 2
     try:
         if action == "export":
             catalogue = await store.read()

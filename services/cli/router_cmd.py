@@ -58,6 +58,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except settings_source.SettingsError as exc:
         return usage_error(SERVICE, str(exc))
+    if settings.redis_url:
+        from services.common.redis_connect import RedisUrlError, parse_url
+
+        try:
+            parse_url(settings.redis_url)
+        except RedisUrlError as exc:
+            return usage_error(SERVICE, f"--redis-url: {exc}")
     if not settings.registry:
         return usage_error(SERVICE, "give --registry HOST:PORT (or set $SHUNTER_REGISTRY)")
     if not settings.admin_key:

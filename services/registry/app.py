@@ -46,7 +46,8 @@ class RegistryApp:
         self.bootstrap = bootstrap_key(settings.admin_key_file) if settings.admin_key_file else None
         self.store = RedisStore(
             settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s,
-            lease_grace_s=settings.lease_ttl_s,
+            lease_grace_s=settings.lease_ttl_s, wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         self.store.on_snapshot = self._ensure_bootstrap
         self.service = RegistryService(

@@ -35,6 +35,14 @@ class RegistrySettings:
         flag="--artifact-root", metavar="DIR",
     )
 
+    redis_wait_replicas: int = setting(
+        0, "acknowledge a catalogue write only once N Redis replicas hold it (WAIT; 0: once the primary has it; "
+        "see docs/operations.md)", minimum=0, metavar="N",
+    )
+    redis_wait_timeout_ms: int = setting(
+        1000, "how long a write waits for those replicas before UNAVAILABLE", unit="ms", minimum=1, metavar="MS",
+    )
+
     def __post_init__(self) -> None:
         check_bounds(self)
         object.__setattr__(self, "artifact_roots", tuple(p.expanduser().resolve() for p in self.artifact_roots))
