@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from services.cli import tls_args
 from services.cli.common_args import add_server_args, server_settings
 
 DEFAULT_PORT = 50051
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--artifact-root", type=Path, action="append", default=[], metavar="DIR",
         help="directory registered artifacts must lie in (repeatable); none: any local path",
     )
+    tls_args.add_serve_args(parser)
     add_server_args(parser, default_port=DEFAULT_PORT)
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="backup_action", metavar="{export,import}")
@@ -74,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
             refresh_interval_s=args.refresh_interval_s,
             artifact_roots=tuple(p.expanduser().resolve() for p in args.artifact_root),
         )
+        tls = tls_args.server_tls(args)
         app = RegistryApp(settings)
     except ValueError as exc:
         print(f"shunter registry: {exc}", file=sys.stderr)
         return 2
-    return run_service(app, server_settings(args))
+    return run_service(app, server_settings(args, tls=tls))
 
 
 def run_backup(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from services.cli import tls_args
 from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
 from services.router.settings import WORKER_LINKS
 
@@ -27,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--admin-key",
         default=os.environ.get("SHUNTER_ADMIN_KEY"),
-        help="key for the registry's watch stream (default $SHUNTER_ADMIN_KEY)",
+        help="the router's key, for the registry's watch stream and for calling workers: a router-role key "
+        "(`shunter keys create --role router`; an admin key also works; default $SHUNTER_ADMIN_KEY)",
     )
     parser.add_argument("--admin-key-file", type=Path, help="read the registry key from this file instead")
     parser.add_argument(
@@ -53,16 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--request-timeout-s", type=float, default=60.0, help="deadline for requests whose caller sets none"
     )
-    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
-    parser.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
-    parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    tls_args.add_serve_args(parser)
+    tls_args.add_dial_args(parser, "the registry and workers")
     add_process_args(parser, "")
     add_server_args(parser, default_port=8001)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.common.server import TlsConfig
     from services.common.server import run as run_service
     from services.router.app import RouterApp
     from services.router.settings import RouterSettings
@@ -70,19 +70,21 @@ def run(args: argparse.Namespace) -> int:
     if not args.registry:
         print("shunter router: give --registry HOST:PORT (or set $SHUNTER_REGISTRY)")
         return 2
-    admin_key = args.admin_key_file.read_text().strip() if args.admin_key_file else args.admin_key
+    try:
+        admin_key = tls_args.read_key(args, "router")
+        tls = tls_args.server_tls(args)
+        client_tls = tls_args.client_tls(args)
+    except tls_args.FlagError as exc:
+        print(f"shunter router: {exc}")
+        return 2
     if not admin_key:
         print("shunter router: give --admin-key, --admin-key-file or $SHUNTER_ADMIN_KEY")
-        return 2
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("shunter router: --tls-cert and --tls-key go together")
         return 2
     if args.processes < 1:
         print("shunter router: --processes must be at least 1")
         return 2
     if args.processes > 1:
         return run_process_group("router", args)
-    tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     settings = RouterSettings(
         registry=args.registry,
         admin_key=admin_key,
@@ -92,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout_s,
         worker_link=args.worker_link,
         max_message_bytes=args.max_message_bytes,
+        client_tls=client_tls,
     )
     return run_service(RouterApp(settings), server_settings(args, tls=tls))

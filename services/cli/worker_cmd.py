@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from services.cli import tls_args
 from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
 
 
@@ -27,7 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--admin-key",
         default=os.environ.get("SHUNTER_ADMIN_KEY"),
-        help="cluster mode: key for the registry (default $SHUNTER_ADMIN_KEY)",
+        help="cluster mode: the worker's key for the registry, a worker-role key "
+        "(`shunter keys create --role worker`; an admin key also works; default $SHUNTER_ADMIN_KEY)",
+    )
+    parser.add_argument("--key-file", type=Path, help="cluster mode: read the worker's key from this file instead")
+    parser.add_argument(
+        "--open-inference", action="store_true",
+        help="cluster mode: serve inference to any caller, not only router and admin keys (logged loudly; "
+        "standalone workers are always open)",
     )
     parser.add_argument("--lease-ttl-s", type=int, default=0, help="cluster mode: lease TTL (0: registry default)")
     parser.add_argument("--advertise", default=None, help="cluster mode: HOST:PORT routers dial (default: bound)")
@@ -46,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--load-timeout-s", type=float, default=900.0,
         help="cluster mode: refuse a version that has not loaded and warmed up after this many seconds (default 900)",
     )
+    tls_args.add_serve_args(parser)
+    tls_args.add_dial_args(parser, "the registry")
     add_process_args(
         parser,
         ", each with its own copy of the models; in cluster mode each process binds a port of its own "
@@ -71,6 +81,16 @@ def run(args: argparse.Namespace) -> int:
             return 2
         # Cluster mode: a port per process, each registered, so routers dial them all.
         return run_process_group("worker", args, shared_port=args.registry is None)
+    try:
+        tls = tls_args.server_tls(args)
+        registry_tls = tls_args.client_tls(args)
+        key = tls_args.read_key(args, "worker") if args.registry is not None else None
+    except tls_args.FlagError as exc:
+        print(f"shunter worker: {exc}")
+        return 2
+    if args.open_inference and args.registry is None:
+        print("shunter worker: --open-inference is for cluster mode (a standalone worker is open already)")
+        return 2
     cluster = None
     if args.registry is not None:
         if args.load_timeout_s <= 0:
@@ -79,19 +99,21 @@ def run(args: argparse.Namespace) -> int:
         if not args.serve:
             print("shunter worker: --registry needs --serve NAME[,NAME]")
             return 2
-        if not args.admin_key:
-            print("shunter worker: --registry needs --admin-key or $SHUNTER_ADMIN_KEY")
+        if not key:
+            print("shunter worker: --registry needs --admin-key, --key-file or $SHUNTER_ADMIN_KEY")
             return 2
         cluster = ClusterSettings(
             registry_address=args.registry,
-            admin_key=args.admin_key,
+            admin_key=key,
             serve_models=tuple(n.strip() for n in args.serve.split(",") if n.strip()),
             lease_ttl_s=args.lease_ttl_s,
             advertise_address=args.advertise,
             trusted_repositories=tuple(p.resolve() for p in args.trusted_repository),
             artifact_roots=tuple(p.resolve() for p in args.artifact_root),
             load_timeout_s=args.load_timeout_s,
+            open_inference=args.open_inference,
+            registry_tls=registry_tls,
         )
     only = {n.strip() for n in args.models.split(",") if n.strip()} if args.models else None
     app = WorkerApp(repository=args.model_repository, only_models=only, cluster=cluster, strict=args.strict)
-    return run_service(app, server_settings(args))
+    return run_service(app, server_settings(args, tls=tls))

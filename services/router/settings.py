@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.tls import ClientTls
+
 #: The ways a router can carry requests to a worker (``--worker-link``): multiplexed over
 #: one ModelStreamInfer stream per worker, or one ModelInfer call per request.
 WORKER_LINKS = ("stream", "unary")
@@ -13,7 +15,7 @@ WORKER_LINKS = ("stream", "unary")
 class RouterSettings:
     #: host:port of a registry replica (the routing table's watch stream).
     registry: str = ""
-    #: Key the router authenticates to the registry with (it sees key hashes and leases).
+    #: The router's key: for the registry's watch and, on every call, to workers (role router or admin).
     admin_key: str = ""
     #: Redis for shared rate limits and the cache; "" runs with local limits and no cache.
     redis_url: str = ""
@@ -44,6 +46,8 @@ class RouterSettings:
     max_message_bytes: int = 64 * 1024 * 1024
     #: How requests travel to workers: "stream" (multiplexed ModelStreamInfer) or "unary".
     worker_link: str = "stream"
+    #: TLS for the router's own calls (registry watch, workers); None: plaintext.
+    client_tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         if self.worker_link not in WORKER_LINKS:
