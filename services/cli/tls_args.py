@@ -37,7 +37,9 @@ def add_dial_args(parser: argparse.ArgumentParser, what: str) -> None:
                         "env SHUNTER_TLS_CLIENT_CERT)")
     parser.add_argument("--tls-client-key", type=Path, default=_env_path("SHUNTER_TLS_CLIENT_KEY"),
                         help="private key of --tls-client-cert (env SHUNTER_TLS_CLIENT_KEY)")
-    parser.add_argument("--tls-server-name", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tls-server-name", default="",
+                        help="check the servers' certificates against this name instead of the host dialled "
+                        "(e.g. one certificate for every service, as deploy/k8s/overlays/tls does)")
 
 
 def _env_path(name: str) -> Path | None:

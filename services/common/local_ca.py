@@ -108,3 +108,23 @@ class LocalCa:
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key_file, key)
         return Issued(cert_file, key_file)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m services.common.local_ca DIR [HOST...]``: a CA and one certificate in DIR."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m services.common.local_ca", description=main.__doc__)
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("hosts", nargs="*", default=["127.0.0.1", "localhost"],
+                        help="names and addresses the certificate is valid for (default 127.0.0.1 localhost)")
+    parser.add_argument("--days", type=int, default=365)
+    args = parser.parse_args(argv)
+    ca = LocalCa.create(args.directory, days=args.days)
+    issued = ca.issue(args.directory, "shunter", args.hosts, days=args.days)
+    print(f"CA {ca.cert_file} (key {args.directory / 'ca.key'}); certificate {issued.cert_file}, key {issued.key_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

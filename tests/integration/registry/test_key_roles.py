@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +119,19 @@ def test_keys_create_role_flag(registry, admin):
     assert clash.returncode == 2 and "--admin and --role router disagree" in clash.stderr
     bogus = run_cli(registry, admin, "keys", "create", "--tenant", "x", "--role", "root")
     assert bogus.returncode == 2 and "invalid choice: 'root'" in bogus.stderr
+
+
+def test_compose_service_keys_script_makes_each_role_once(registry, admin, tmp_path):
+    script = ROOT / "deploy" / "service-keys.sh"
+    env = {**os.environ, "SHUNTER_REGISTRY": registry.address, "SHUNTER_ADMIN_KEY": admin.key,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    first = subprocess.run(["sh", str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    keys = {role: (tmp_path / f"{role}.key").read_text().strip() for role in ("worker", "router")}
+    assert all(k.startswith("shk_") for k in keys.values())
+    assert all((tmp_path / f"{role}.key").stat().st_mode & 0o777 == 0o600 for role in keys)
+    again = subprocess.run(["sh", str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0 and "created" not in again.stdout
+    listed = run_cli(registry, admin, "keys", "list", "--json")
+    roles = {k["tenant"]: k["role"] for k in json.loads(listed.stdout) if not k.get("revoked")}
+    assert roles["shunter-workers"] == "worker" and roles["shunter-routers"] == "router"
