@@ -8,8 +8,8 @@
   theirs, so nothing in flight is lost. A half-written or mismatched pair is refused with
   one warning and the previous pair stays in use until the files are whole again.
 - ``ClientTls`` is what a service (or the CLI) dials other Shunter services with
-  (``--tls-ca``, and for mutual TLS ``--tls-client-cert``/``--tls-client-key``). Its files
-  are read when a channel is made.
+  (``--tls-ca``, and for mutual TLS ``--tls-client-cert``/``--tls-client-key``). A
+  service's channels notice when these files change and make their next calls with them.
 - ``channel(address, ...)`` makes every service-to-service channel: TLS or plaintext, and
   with ``token`` an ``authorization: Bearer`` entry on every call, so a router presents
   its router key to workers on the unary calls and on the stream link alike.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,61 +162,117 @@ class ClientTls:
     def options(self) -> list[tuple[str, Any]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
+    def stamp(self) -> tuple[tuple[int, int], ...]:
+        """Size and mtime of each file, to notice a change."""
+        return _stamp([p for p in (self.ca_file, self.cert_file, self.key_file) if p is not None])
+
+
+#: Least seconds between two checks of a channel's TLS files for changes.
+RELOAD_CHECK_S = 1.0
+
 
 def channel(
     address: str, *, options: Options = (), tls: ClientTls | None = None, token: str = ""
 ) -> Any:
     """An aio channel to a Shunter service: TLS when ``tls`` is given, and ``token`` on every call.
 
-    Returns the grpc.aio.Channel itself, or with a token a ``KeyedChannel`` around it (the
-    same calls; each multicallable adds the key to the call's metadata).
+    Plaintext without a token is the grpc.aio.Channel itself. Otherwise a ``ServiceChannel``
+    (the same calls): it adds the key to each call's metadata and, with TLS, re-reads the
+    CA and client certificate when their files change (checked at most every
+    ``RELOAD_CHECK_S`` when a call starts), so new calls use the new files.
     """
-    opts = [*options, *(tls.options() if tls is not None else ())]
-    if tls is not None:
-        inner = grpc.aio.secure_channel(address, tls.credentials(), options=opts)
-    else:
-        inner = grpc.aio.insecure_channel(address, options=opts)
-    return KeyedChannel(inner, token) if token else inner
+    if tls is None and not token:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    return ServiceChannel(address, options, tls, token)
 
 
 def auth_entry(token: str) -> tuple[str, str]:
     return ("authorization", f"Bearer {token}")
 
 
-class KeyedChannel:
-    """An aio channel whose calls all carry one ``authorization: Bearer`` entry.
+class ServiceChannel:
+    """An aio channel whose calls carry one ``authorization: Bearer`` entry and the current TLS files.
 
     Cheaper than a client interceptor: gRPC's aio interceptors add a task per call and a
-    queue per streamed message; this adds one tuple to the metadata at call time.
+    queue per streamed message; this adds one tuple to the metadata at call time. When the
+    TLS files change, calls from then on go over a new inner channel made with them; calls
+    and streams already open stay on the old one (closed with this channel), so a rotation
+    interrupts nothing.
     """
 
-    def __init__(self, inner: grpc.aio.Channel, token: str) -> None:
-        self.inner = inner
-        self._entry = auth_entry(token)
+    def __init__(self, address: str, options: Options, tls: ClientTls | None, token: str) -> None:
+        self._address = address
+        self._options = [*options, *(tls.options() if tls is not None else ())]
+        self._tls = tls
+        self._entry = auth_entry(token) if token else None
+        self._stamp = tls.stamp() if tls is not None else ()
+        self._next_check = time.monotonic() + RELOAD_CHECK_S
+        self._retired: list[grpc.aio.Channel] = []
+        #: Bumped when the inner channel is replaced; multicallables rebind on it.
+        self.generation = 0
+        self.inner = self._open()
 
-    def _keyed(self, multicallable: Any) -> Any:
+    def _open(self) -> grpc.aio.Channel:
+        if self._tls is None:
+            return grpc.aio.insecure_channel(self._address, options=self._options)
+        return grpc.aio.secure_channel(self._address, self._tls.credentials(), options=self._options)
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if self._tls is None or now < self._next_check:
+            return
+        self._next_check = now + RELOAD_CHECK_S
+        stamp = self._tls.stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            inner = self._open()
+        except TlsFileError as exc:
+            logger.warning("TLS files for %s changed but cannot be used (%s); keeping the previous ones",
+                           self._address, exc)
+            return
+        self._retired.append(self.inner)
+        self.inner = inner
+        self.generation += 1
+        logger.info("TLS client files reloaded for %s", self._address)
+
+    def _bind(self, kind: str, method: str, args: tuple, kwargs: dict) -> Any:
+        bound: list[Any] = [-1, None]  # generation, multicallable
         entry = self._entry
 
-        def call(*args: Any, metadata: Sequence[tuple[str, str]] | None = None, **kwargs: Any) -> Any:
-            merged = (entry,) if not metadata else (entry, *metadata)
-            return multicallable(*args, metadata=merged, **kwargs)
+        def call(*call_args: Any, metadata: Sequence[tuple[str, str]] | None = None, **call_kwargs: Any) -> Any:
+            self._refresh()
+            if bound[0] != self.generation:
+                bound[0], bound[1] = self.generation, getattr(self.inner, kind)(method, *args, **kwargs)
+            if entry is not None:
+                metadata = (entry,) if not metadata else (entry, *metadata)
+            return bound[1](*call_args, metadata=metadata, **call_kwargs)
 
         return call
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._keyed(self.inner.unary_unary(method, *args, **kwargs))
+        return self._bind("unary_unary", method, args, kwargs)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._keyed(self.inner.unary_stream(method, *args, **kwargs))
+        return self._bind("unary_stream", method, args, kwargs)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._keyed(self.inner.stream_unary(method, *args, **kwargs))
+        return self._bind("stream_unary", method, args, kwargs)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._keyed(self.inner.stream_stream(method, *args, **kwargs))
+        return self._bind("stream_stream", method, args, kwargs)
 
     async def close(self, grace: float | None = None) -> None:
-        await self.inner.close(grace)
+        channels, self._retired = [*self._retired, self.inner], []
+        for inner in channels:
+            await inner.close(grace)
+
+    async def __aenter__(self) -> ServiceChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def __getattr__(self, name: str) -> Any:  # get_state, channel_ready, wait_for_state_change...
         return getattr(self.inner, name)

@@ -177,3 +177,43 @@ async def test_rotation_mid_load_loses_no_request(pki, repository, tmp_path):
         assert "TLS certificate reloaded" in worker.logs()
     finally:
         worker.terminate(timeout=20)
+
+
+async def test_a_service_channel_picks_up_new_client_files_for_new_calls(pki, repository, tmp_path, monkeypatch):
+    """Mutual TLS with the client certificate and the server's client CA both rotated: the
+    channel's next call handshakes with the new certificate, which the server now requires."""
+    from services.common import tls as tls_module
+    from services.common.tls import ClientTls
+
+    root, first_ca, second_ca = pki
+    live = tmp_path / "live"
+    live.mkdir()
+    server = first_ca.issue(root / "srv", "worker")
+    client_ca = live / "client-ca.pem"
+    client_ca.write_bytes(first_ca.cert_file.read_bytes())
+    worker = tls_worker(repository, server, "--tls-client-ca", str(client_ca))
+    cert, key = live / "client.pem", live / "client.key"
+    old, new = first_ca.issue(root / "old", "router"), second_ca.issue(root / "new", "router")
+    cert.write_bytes(old.cert_file.read_bytes())
+    key.write_bytes(old.key_file.read_bytes())
+    monkeypatch.setattr(tls_module, "RELOAD_CHECK_S", 0.0)
+    channel = tls_module.channel(worker.address, options=OWN_CONNECTION,
+                                 tls=ClientTls(ca_file=first_ca.cert_file, cert_file=cert, key_file=key))
+    try:
+        infer_call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                         request_serializer=pb.ModelInferRequest.SerializeToString,
+                                         response_deserializer=pb.ModelInferResponse.FromString)
+        assert (await infer_call(calc_request(), timeout=10)).raw_output_contents
+        first_inner = channel.inner
+        for source, target in ((second_ca.cert_file, client_ca), (new.cert_file, cert), (new.key_file, key)):
+            staged = target.with_suffix(".new")
+            staged.write_bytes(source.read_bytes())
+            os.replace(staged, target)
+        # The old certificate no longer gets a new connection in...
+        assert await refused(worker.address, credentials(first_ca.cert_file, old)) == grpc.StatusCode.UNAVAILABLE
+        # ...and the channel's next call opens one with the new files.
+        assert (await infer_call(calc_request(), timeout=10)).raw_output_contents
+        assert channel.inner is not first_inner and channel.generation == 1
+    finally:
+        await channel.close()
+        worker.terminate(timeout=20)
