@@ -3,7 +3,7 @@
 - ``ServerTls`` is what a service serves with (``--tls-cert``/``--tls-key``, and with
   ``--tls-client-ca`` mutual TLS). Its credentials are gRPC's *dynamic* server
   credentials: before each new handshake gRPC asks ``CertificateReloader`` for a
-  configuration, and it re-reads the files when their size or mtime changed. Replacing
+  configuration, and it re-reads the files when their inode, size or mtime changed. Replacing
   the files rotates the certificate without a restart; connections already open keep
   theirs, so nothing in flight is lost. A half-written or mismatched pair is refused with
   one warning and the previous pair stays in use until the files are whole again.
@@ -47,15 +47,17 @@ def _read(path: Path, what: str) -> bytes:
     return data
 
 
-def _stamp(paths: Sequence[Path]) -> tuple[tuple[int, int], ...]:
+def _stamp(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...]:
+    """Inode, mtime and size of each file: a file renamed in (a Secret mount, cert-manager)
+    changes the inode even within the filesystem's timestamp granularity."""
     stamps = []
     for path in paths:
         try:
             st = os.stat(path)
         except OSError:
-            stamps.append((-1, -1))
+            stamps.append((-1, -1, -1))
         else:
-            stamps.append((st.st_mtime_ns, st.st_size))
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(stamps)
 
 
@@ -162,8 +164,8 @@ class ClientTls:
     def options(self) -> list[tuple[str, Any]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
-    def stamp(self) -> tuple[tuple[int, int], ...]:
-        """Size and mtime of each file, to notice a change."""
+    def stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """Inode, mtime and size of each file, to notice a change."""
         return _stamp([p for p in (self.ca_file, self.cert_file, self.key_file) if p is not None])
 
 
