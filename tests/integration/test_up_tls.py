@@ -8,6 +8,7 @@ client without a certificate (mutual TLS), and the admin CLI working through
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -130,3 +131,17 @@ def test_no_child_holds_the_admin_key(up):
     assert roles["shunter-workers"] == "worker" and roles["shunter-routers"] == "router", keys.stdout
     for name in ("worker.key", "router.key"):
         assert (run_dir / name).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_batch_job_reaches_the_tls_router_with_shunter_tls_ca(up, tmp_path):
+    _, env, _, _ = up
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"IN": [float(i)] * 4}) + "\n" for i in range(20)))
+    job = [sys.executable, "-m", "services.cli.main", "batch", "calc", "--input", str(source), "--no-progress",
+           "--target", env["SHUNTER_ROUTER"], "--version", "1"]
+    done = subprocess.run([*job, "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    plain = subprocess.run([*job, "--output", str(tmp_path / "plain")], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120, env={**os.environ, **env, "SHUNTER_TLS_CA": ""})
+    assert plain.returncode != 0
