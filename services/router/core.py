@@ -71,7 +71,10 @@ class Router:
             retry_after_s=settings.redis_retry_after_s,
         )
         self.balancer = Balancer(
-            lambda address: WorkerTransport(address, settings.max_message_bytes, settings.worker_link),
+            lambda address: WorkerTransport(
+                address, settings.max_message_bytes, settings.worker_link,
+                tls=settings.client_tls, key=settings.admin_key,
+            ),
             eject_after=settings.eject_after_failures,
             cooloff_s=settings.eject_cooloff_s,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.settings import check_bounds, setting
+from services.common.tls import ClientTls
 
 #: The ways a router can carry requests to a worker (``--worker-link``): multiplexed over
 #: one ModelStreamInfer stream per worker, or one ModelInfer call per request.
@@ -22,7 +23,8 @@ class RouterSettings:
         env_aliases=("SHUNTER_REGISTRY",),
     )
     admin_key: str = setting(
-        "", "key the router authenticates to the registry with", secret=True, env_aliases=("SHUNTER_ADMIN_KEY",),
+        "", "the router's key: for the registry's watch and, on every call, to workers (role router or admin)",
+        secret=True, env_aliases=("SHUNTER_ADMIN_KEY",),
     )
     redis_url: str = setting(
         "", "Redis for shared rate limits and the cache (none: per-replica limits, no cache)",
@@ -68,6 +70,8 @@ class RouterSettings:
         "stream", "how requests travel to workers: multiplexed over one ModelStreamInfer stream per worker, "
         "or one ModelInfer call each", choices=WORKER_LINKS,
     )
+    #: TLS for the router's own calls (registry watch, workers); None: plaintext. From the --tls-ca flags.
+    client_tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         check_bounds(self)
