@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -12,11 +11,11 @@ from services.common import api_keys
 from services.common.errors import Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.gen.shunter.rollout.v1 import rollout_pb2 as opb
-from services.registry import validation
 from services.registry.catalogue import Catalogue
 from services.registry.rollout.controller import ControllerSettings, RolloutController
 from services.registry.rollout.service import RolloutService
 from services.registry.service import RegistryService
+from services.registry.settings import RegistrySettings
 from services.registry.store import RedisStore, now_ms
 
 logger = logging.getLogger(__name__)
@@ -24,39 +23,6 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registry"].full_name
 ROLLOUT_SERVICE_NAME = opb.DESCRIPTOR.services_by_name["Rollouts"].full_name
 MIN_BOOTSTRAP_KEY_LEN = 16
-
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    redis_url: str
-    #: Prefix of every Redis key, so several clusters can share one Redis.
-    key_prefix: str = "shunter:"
-    #: File holding the first admin key (its text); only the key's hash is ever stored.
-    admin_key_file: Path | None = None
-    #: Lease TTL a worker gets when it asks for none; a killed worker leaves within it.
-    lease_ttl_s: int = 10
-    #: Safety-net re-read of Redis, on top of pub/sub wakeups (also notices expired leases).
-    refresh_interval_s: float = 1.0
-    #: Directories registered artifacts must lie in (resolved); empty: any local path (warned).
-    artifact_roots: tuple[Path, ...] = ()
-    #: Rollout controller lease; a killed controller's successor acts within it.
-    rollout_lease_ttl_s: float = 5.0
-    #: After a promotion, how long the old version stays loaded at weight 0.
-    rollout_keep_baseline_s: float = 600.0
-    #: Inconclusive rollout windows in a row that pause a rollout.
-    rollout_max_inconclusive: int = 3
-
-    def __post_init__(self) -> None:
-        if self.rollout_lease_ttl_s < 1:
-            raise ValueError(f"rollout lease TTL must be at least 1 s, got {self.rollout_lease_ttl_s}")
-        if self.rollout_keep_baseline_s < 0:
-            raise ValueError(f"rollout keep-baseline time must be 0 or more, got {self.rollout_keep_baseline_s}")
-        if self.rollout_max_inconclusive < 1:
-            raise ValueError(f"rollout max inconclusive must be at least 1, got {self.rollout_max_inconclusive}")
-        if not 1 <= self.lease_ttl_s <= validation.MAX_TTL_S:
-            raise ValueError(f"lease TTL must be between 1 and {validation.MAX_TTL_S} s, got {self.lease_ttl_s}")
-        if self.refresh_interval_s <= 0:
-            raise ValueError("refresh interval must be positive")
 
 
 def bootstrap_key(path: Path) -> rpb.ApiKey:
@@ -84,7 +50,8 @@ class RegistryApp:
         self.bootstrap = bootstrap_key(settings.admin_key_file) if settings.admin_key_file else None
         self.store = RedisStore(
             settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s,
-            lease_grace_s=settings.lease_ttl_s,
+            lease_grace_s=settings.lease_ttl_s, wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         self.store.on_snapshot = self._ensure_bootstrap
         self.service = RegistryService(

@@ -72,7 +72,10 @@ class Router:
             retry_after_s=settings.redis_retry_after_s,
         )
         self.balancer = Balancer(
-            lambda address: WorkerTransport(address, settings.max_message_bytes, settings.worker_link),
+            lambda address: WorkerTransport(
+                address, settings.max_message_bytes, settings.worker_link,
+                tls=settings.client_tls, key=settings.admin_key,
+            ),
             eject_after=settings.eject_after_failures,
             cooloff_s=settings.eject_cooloff_s,
         )
@@ -147,8 +150,6 @@ class Router:
             forward_raw = wire.with_model_version(raw, entry.version)
         edge.label(name, entry.version)
         decoded = decode_request(request, entry.signature, materialize=False)
-        if entry.signature.batched and decoded.batch_size == 0:
-            raise InvalidArgument("batch size 0: send at least one row")
         if not entry.workers:
             raise Unavailable(f"no ready worker for model '{name}' version '{entry.version}'")
 

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import grpc
 
 from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.tls import ClientTls
+from services.common.tls import channel as tls_channel
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router import metrics
 from services.router.balancer import Balancer, Replica
@@ -38,11 +40,17 @@ LINK_OVERHEAD_BYTES = 64
 class WorkerTransport:
     """One channel to one worker and the calls the router makes on it."""
 
-    def __init__(self, address: str, max_message_bytes: int, link: str = "stream") -> None:
+    def __init__(
+        self, address: str, max_message_bytes: int, link: str = "stream", *,
+        tls: ClientTls | None = None, key: str = "",
+    ) -> None:
         if link not in WORKER_LINKS:
             raise ValueError(f"unknown worker link {link!r}; expected one of {', '.join(WORKER_LINKS)}")
-        self.channel = grpc.aio.insecure_channel(
+        # TLS when configured; the router's key rides on every call (workers check it).
+        self.channel = tls_channel(
             address,
+            tls=tls,
+            token=key,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

@@ -14,7 +14,7 @@ passed, the controller reads both versions' statistics over the same window (fro
 step's start, or the last conclusive judgement, to now), calls the pure
 ``judgement.judge``, and writes the rollout, the decision with its evidence and any
 policy change in one transaction: advance (canary weight up), hold, pause, rollback
-(baseline 100 % and the canary archived, in one write) or promote (canary 100 % and
+(baseline 100 % in one write, the canary archived a few seconds later) or promote (canary 100 % and
 production; the old version stays loaded at weight 0 for ``keep_baseline_s``, then it is
 archived).
 """
@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from services.common.errors import ShunterError
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.gen.shunter.rollout.v1 import rollout_pb2 as opb
+from services.registry import validation
 from services.registry.rollout import records
 from services.registry.rollout.judgement import Gates, Progress, Verdict, judge
 from services.registry.rollout.window import read_window
@@ -47,6 +48,8 @@ STATE = Gauge(
     ["model"],
 )
 DECISIONS = Counter("shunter_rollout_decisions", "Rollout decisions written, by verdict.", ["verdict"])
+#: After a rollback, how long the canary stays loaded (at no weight) before it is archived.
+ROLLBACK_ARCHIVE_DELAY_MS = 5000
 LEADER = Gauge("shunter_rollout_controller_leader", "1 while this replica holds the rollout controller lease.")
 
 _ACQUIRE = """
@@ -146,9 +149,9 @@ class RolloutController:
             try:
                 if rollout.state == opb.RUNNING and now >= rollout.next_judgement_at_ms:
                     await self.step(rollout, now)
-                elif (rollout.state == opb.PROMOTED and not rollout.baseline_retired
-                      and now >= rollout.retire_baseline_at_ms):
-                    await self.retire_baseline(rollout, now)
+                elif (rollout.state in (opb.PROMOTED, opb.ROLLED_BACK) and not rollout.retired
+                      and now >= rollout.retire_at_ms):
+                    await self.retire(rollout, now)
             except Stale as exc:
                 logger.info("rollout controller: %s rollout changed under it (%s); reading again",
                             rollout.model, exc)
@@ -211,18 +214,19 @@ class RolloutController:
             if result.verdict is not Verdict.HOLD or result.outcome == "fail":
                 after.window_start_ms = now  # a fresh window after anything but an inconclusive hold
             policy: rpb.TrafficPolicy | None = None
-            overrides: dict[str, int] = {}
             if result.verdict is Verdict.ADVANCE:
                 weight = result.progress.weight
                 policy = records.split_policy(before, model, {baseline: 100 - weight, version: weight})
             elif result.verdict is Verdict.PROMOTE:
                 policy = records.split_policy(before, model, {version: 100})
                 after.state, after.finished_at_ms = opb.PROMOTED, now
-                after.retire_baseline_at_ms = now + int(self.settings.keep_baseline_s * 1000)
+                after.retire_at_ms = now + int(self.settings.keep_baseline_s * 1000)
                 after.reason = f"promoted: version {version} is production; {baseline} kept at weight 0"
             elif result.verdict is Verdict.ROLLBACK:
                 policy = records.without_version(records.split_policy(before, model, {baseline: 100}), version)
-                overrides[version] = rpb.ARCHIVED
+                # Archived a moment later (retire): archiving now would have workers unload it
+                # while routers still send it the requests they chose before the new table.
+                after.retire_at_ms = now + ROLLBACK_ARCHIVE_DELAY_MS
                 after.state, after.finished_at_ms = opb.ROLLED_BACK, now
                 after.reason = "rolled back: " + "; ".join(result.reasons)
             elif result.verdict is Verdict.PAUSE:
@@ -243,7 +247,6 @@ class RolloutController:
                     records.queue_policy_change(
                         p, self.rkeys, model, before, policy, versions, who="controller",
                         action=f"rollout-{result.verdict}", reason="; ".join(result.reasons), at_ms=now,
-                        overrides=overrides,
                     )
 
             return decision, queue
@@ -254,9 +257,11 @@ class RolloutController:
                     "; ".join(decision.reasons))
         return decision
 
-    async def retire_baseline(self, rollout: opb.Rollout, now: int) -> None:
-        """After a promotion's keep time: archive the old version unless it takes traffic again."""
-        model, baseline = rollout.model, rollout.baseline
+    async def retire(self, rollout: opb.Rollout, now: int) -> None:
+        """Archive the version that lost its traffic (the old one after a promotion, the canary
+        after a rollback), unless it takes traffic again."""
+        model = rollout.model
+        target_version = rollout.baseline if rollout.state == opb.PROMOTED else rollout.version
 
         async def prepare(pipe: Any) -> tuple[None, Any]:
             await self._check(pipe, rollout)
@@ -265,9 +270,9 @@ class RolloutController:
             after = opb.Rollout()
             after.CopyFrom(rollout)
             after.revision, after.fence, after.updated_at_ms = rollout.revision + 1, self.fence, now
-            after.baseline_retired = True
-            keep = policy is not None and bool(records.without_version(policy, baseline) != policy)
-            target = versions.get(baseline)
+            after.retired = True
+            keep = policy is not None and bool(validation.traffic_roles(policy, target_version))
+            target = versions.get(target_version)
 
             def queue(p: Any) -> None:
                 p.hset(self.rkeys.rollouts, model, after.SerializeToString())
@@ -275,14 +280,15 @@ class RolloutController:
                     archived = rpb.ModelVersion()
                     archived.CopyFrom(target)
                     archived.state = rpb.ARCHIVED
-                    p.hset(self.store.keys.versions(model), baseline, archived.SerializeToString())
+                    p.hset(self.store.keys.versions(model), target_version, archived.SerializeToString())
                 records.queue_decision(p, self.rkeys, opb.Decision(
-                    model=model, version=rollout.version, baseline=baseline, at_ms=now, verdict="retire-baseline",
-                    reasons=[f"version {baseline} {'kept: it takes traffic again' if keep else 'archived'}"],
+                    model=model, version=rollout.version, baseline=rollout.baseline, at_ms=now, verdict="archive",
+                    reasons=[f"version {target_version} "
+                             f"{'kept: it takes traffic again' if keep else 'archived'}"],
                     rollout_revision=after.revision, fence=self.fence, actor="controller",
                 ))
 
             return None, queue
 
         await self._write(prepare)
-        logger.info("rollout %s: old version %s retired", model, baseline)
+        logger.info("rollout %s: version %s retired", model, target_version)

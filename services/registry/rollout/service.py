@@ -87,8 +87,9 @@ class RolloutService:
     def draining(self) -> bool:
         return self.registry.draining
 
-    async def authorise(self, context: grpc.aio.ServicerContext) -> rpb.ApiKey:
-        return await self.registry.authorise(context)
+    async def authorise(self, context: grpc.aio.ServicerContext, method: str) -> rpb.ApiKey:
+        """Only admin keys: no service role (router, worker) may change or read rollouts."""
+        return await self.registry.authorise(context, method)
 
     def handler(self) -> grpc.GenericRpcHandler:
         service = opb.DESCRIPTOR.services_by_name["Rollouts"]

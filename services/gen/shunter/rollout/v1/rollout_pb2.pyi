@@ -43,7 +43,7 @@ class Gates(_message.Message):
     def __init__(self, max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., max_drift: _Optional[float] = ..., min_requests: _Optional[int] = ..., failure_limit: _Optional[int] = ..., consecutive_failure_limit: _Optional[int] = ..., max_inconclusive: _Optional[int] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("model", "version", "baseline", "steps", "step", "interval_s", "gates", "state", "failures", "consecutive_failures", "inconclusive", "revision", "fence", "started_by", "started_at_ms", "updated_at_ms", "window_start_ms", "next_judgement_at_ms", "reason", "finished_at_ms", "retire_baseline_at_ms", "baseline_retired")
+    __slots__ = ("model", "version", "baseline", "steps", "step", "interval_s", "gates", "state", "failures", "consecutive_failures", "inconclusive", "revision", "fence", "started_by", "started_at_ms", "updated_at_ms", "window_start_ms", "next_judgement_at_ms", "reason", "finished_at_ms", "retire_at_ms", "retired")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
@@ -64,8 +64,8 @@ class Rollout(_message.Message):
     NEXT_JUDGEMENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
-    RETIRE_BASELINE_AT_MS_FIELD_NUMBER: _ClassVar[int]
-    BASELINE_RETIRED_FIELD_NUMBER: _ClassVar[int]
+    RETIRE_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     baseline: str
@@ -86,9 +86,9 @@ class Rollout(_message.Message):
     next_judgement_at_ms: int
     reason: str
     finished_at_ms: int
-    retire_baseline_at_ms: int
-    baseline_retired: bool
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., baseline: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., interval_s: _Optional[float] = ..., gates: _Optional[_Union[Gates, _Mapping]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., failures: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., inconclusive: _Optional[int] = ..., revision: _Optional[int] = ..., fence: _Optional[int] = ..., started_by: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., window_start_ms: _Optional[int] = ..., next_judgement_at_ms: _Optional[int] = ..., reason: _Optional[str] = ..., finished_at_ms: _Optional[int] = ..., retire_baseline_at_ms: _Optional[int] = ..., baseline_retired: _Optional[bool] = ...) -> None: ...
+    retire_at_ms: int
+    retired: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., baseline: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., interval_s: _Optional[float] = ..., gates: _Optional[_Union[Gates, _Mapping]] = ..., state: _Optional[_Union[RolloutState, str]] = ..., failures: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., inconclusive: _Optional[int] = ..., revision: _Optional[int] = ..., fence: _Optional[int] = ..., started_by: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., window_start_ms: _Optional[int] = ..., next_judgement_at_ms: _Optional[int] = ..., reason: _Optional[str] = ..., finished_at_ms: _Optional[int] = ..., retire_at_ms: _Optional[int] = ..., retired: _Optional[bool] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("model", "version", "baseline", "at_ms", "step", "weight", "verdict", "outcome", "reasons", "window_start_ms", "window_end_ms", "evidence", "gates", "rollout_revision", "fence", "actor")
