@@ -22,6 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from services.cli import tls_args
 from services.cli.admin_cmds import DEFAULT_REGISTRY, emit_json, policy_summary, print_policy, table, when
 
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -66,6 +67,7 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--admin-key", default=os.environ.get("SHUNTER_ADMIN_KEY"),
                         help="admin API key (env SHUNTER_ADMIN_KEY)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
+    tls_args.add_dial_args(common, "the registry")
     common.add_argument("--timeout-s", type=float, default=10.0, help=argparse.SUPPRESS)
     return common
 
@@ -144,11 +146,16 @@ def add_traffic_commands(traffic: argparse._SubParsersAction) -> None:
 def run(handler: Callable[[Any, argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
     from services.common.errors import ShunterError
     from services.common.rollout_client import RolloutClient
+    from services.common.tls import TlsFileError
 
     name = f"shunter {args.command} {args.action}"
     try:
         if not args.admin_key:
             raise UsageError("no admin key: pass --admin-key or set SHUNTER_ADMIN_KEY")
+        try:
+            tls = tls_args.client_tls(args)
+        except tls_args.FlagError as exc:
+            raise UsageError(str(exc)) from None
         request = prepare_start(args) if handler is rollout_start else None
         if handler in (experiment_report, shadow_report):
             args.since_s = parse_duration(args.since, "--since")
@@ -157,13 +164,16 @@ def run(handler: Callable[[Any, argparse.Namespace], Awaitable[int]], args: argp
         return 2
 
     async def main() -> int:
-        async with RolloutClient(args.registry, args.admin_key, timeout_s=args.timeout_s) as client:
+        async with RolloutClient(args.registry, args.admin_key, timeout_s=args.timeout_s, tls=tls) as client:
             if request is not None:
                 args.request = request
             return await handler(client, args)
 
     try:
         return asyncio.run(main())
+    except TlsFileError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
     except ShunterError as exc:
         code = getattr(exc, "grpc_code", None)
         suffix = f" [{code.name}]" if code is not None else ""
