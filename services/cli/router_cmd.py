@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
+from services.cli.admission_args import add_admission_args, admission_settings
 from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
 from services.router.settings import WORKER_LINKS
 
@@ -56,6 +58,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    add_admission_args(parser, "router")
+    group = parser.add_argument_group("workers: per-worker cap, liveness, latency outliers")
+    group.add_argument(
+        "--max-in-flight-per-worker", type=int,
+        default=int(os.environ.get("SHUNTER_ROUTER_MAX_IN_FLIGHT_PER_WORKER", "0")),
+        help="requests one worker may hold from this router; with every worker of a version at it, "
+        "requests are refused at once with UNAVAILABLE (default 0: no cap)",
+    )
+    group.add_argument(
+        "--liveness-interval-s", type=float, default=1.0,
+        help="stream link: ping a worker that has sent nothing for this long while requests wait (default 1)",
+    )
+    group.add_argument(
+        "--liveness-timeout-s", type=float, default=2.0,
+        help="stream link: a worker silent this long after a ping is hung; its requests are retried "
+        "elsewhere (default 2)",
+    )
+    group.add_argument(
+        "--outlier-ratio", type=float, default=3.0,
+        help="eject a worker whose latency is over this many times its peers' median (default 3; 0: never)",
+    )
+    group.add_argument(
+        "--outlier-cooloff-s", type=float, default=10.0, help="how long a latency outlier is avoided (default 10)"
+    )
     add_process_args(parser, "")
     add_server_args(parser, default_port=8001)
     parser.set_defaults(func=run)
@@ -83,14 +109,24 @@ def run(args: argparse.Namespace) -> int:
     if args.processes > 1:
         return run_process_group("router", args)
     tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    settings = RouterSettings(
-        registry=args.registry,
-        admin_key=admin_key,
-        redis_url=args.redis_url,
-        key_prefix=args.key_prefix,
-        near_cache_bytes=int(args.near_cache_mb * 1024 * 1024),
-        request_timeout_s=args.request_timeout_s,
-        worker_link=args.worker_link,
-        max_message_bytes=args.max_message_bytes,
-    )
+    try:
+        settings = RouterSettings(
+            registry=args.registry,
+            admin_key=admin_key,
+            redis_url=args.redis_url,
+            key_prefix=args.key_prefix,
+            near_cache_bytes=int(args.near_cache_mb * 1024 * 1024),
+            request_timeout_s=args.request_timeout_s,
+            worker_link=args.worker_link,
+            max_message_bytes=args.max_message_bytes,
+            admission=admission_settings(args),
+            max_in_flight_per_worker=args.max_in_flight_per_worker,
+            liveness_interval_s=args.liveness_interval_s,
+            liveness_timeout_s=args.liveness_timeout_s,
+            outlier_ratio=args.outlier_ratio,
+            outlier_cooloff_s=args.outlier_cooloff_s,
+        )
+    except ValueError as exc:
+        print(f"shunter router: {exc}", file=sys.stderr)
+        return 2
     return run_service(RouterApp(settings), server_settings(args, tls=tls))

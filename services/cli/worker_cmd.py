@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
+from services.cli.admission_args import add_admission_args, admission_settings
 from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
 
 
@@ -46,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--load-timeout-s", type=float, default=900.0,
         help="cluster mode: refuse a version that has not loaded and warmed up after this many seconds (default 900)",
     )
+    add_admission_args(parser, "worker")
     add_process_args(
         parser,
         ", each with its own copy of the models; in cluster mode each process binds a port of its own "
@@ -71,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         # Cluster mode: a port per process, each registered, so routers dial them all.
         return run_process_group("worker", args, shared_port=args.registry is None)
+    try:
+        admission = admission_settings(args)
+    except ValueError as exc:
+        print(f"shunter worker: {exc}", file=sys.stderr)
+        return 2
     cluster = None
     if args.registry is not None:
         if args.load_timeout_s <= 0:
@@ -93,5 +101,6 @@ def run(args: argparse.Namespace) -> int:
             load_timeout_s=args.load_timeout_s,
         )
     only = {n.strip() for n in args.models.split(",") if n.strip()} if args.models else None
-    app = WorkerApp(repository=args.model_repository, only_models=only, cluster=cluster, strict=args.strict)
+    app = WorkerApp(repository=args.model_repository, only_models=only, cluster=cluster, strict=args.strict,
+                    admission=admission)
     return run_service(app, server_settings(args))

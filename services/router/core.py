@@ -19,6 +19,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from services.common import edge, inference_parameters
+from services.common.admission import Admission
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.tensors import decode_request
 from services.gen.inference import grpc_service_pb2 as pb
@@ -27,6 +28,7 @@ from services.router.auth import authenticate, authorize
 from services.router.balancer import Balancer
 from services.router.cache import ResponseCache, canonical_digest, strip_id
 from services.router.limiter import RateLimiter
+from services.router.link import Liveness
 from services.router.redis_link import RedisLink
 from services.router.settings import RouterSettings
 from services.router.shadow import ShadowMirror
@@ -70,11 +72,18 @@ class Router:
             timeout_s=settings.redis_timeout_s,
             retry_after_s=settings.redis_retry_after_s,
         )
+        liveness = Liveness(settings.liveness_interval_s, settings.liveness_timeout_s)
         self.balancer = Balancer(
-            lambda address: WorkerTransport(address, settings.max_message_bytes, settings.worker_link),
+            lambda address: WorkerTransport(address, settings.max_message_bytes, settings.worker_link, liveness),
             eject_after=settings.eject_after_failures,
             cooloff_s=settings.eject_cooloff_s,
+            max_outstanding=settings.max_in_flight_per_worker,
+            outlier_ratio=settings.outlier_ratio,
+            outlier_min_gap_s=settings.outlier_min_gap_s,
+            outlier_cooloff_s=settings.outlier_cooloff_s,
         )
+        #: Added to the servicer's edge; ``infer`` admits each request once its version is known.
+        self.admission = Admission("router", settings.admission)
         self.limiter = RateLimiter(self.redis, settings.key_prefix)
         self.cache = ResponseCache(self.redis, settings.key_prefix, settings.near_cache_bytes)
         self.shadow = ShadowMirror(pb.ModelInferResponse, settings.shadow_max_in_flight)
@@ -140,6 +149,7 @@ class Router:
             entry = self.choose_version(model, headers)
             forward_raw = wire.with_model_version(raw, entry.version)
         edge.label(name, entry.version)
+        self.admission.admit(name, entry.version, deadline - time.monotonic())
         decoded = decode_request(request, entry.signature, materialize=False)
         if entry.signature.batched and decoded.batch_size == 0:
             raise InvalidArgument("batch size 0: send at least one row")

@@ -18,6 +18,17 @@ Matching and errors ride in fields the protocol already has:
 If the stream breaks (worker gone, connection reset) every request waiting on it fails
 as UNAVAILABLE, which forward_infer retries on another worker; the next request opens a
 fresh stream.
+
+A worker that stops without closing its connection (SIGSTOP, a wedged event loop, a
+host that froze) breaks nothing: the kernel keeps the connection open, and HTTP/2
+keepalive takes 15 s to notice, longer than most deadlines. So the link checks liveness
+itself (``Liveness``): while requests are pending and nothing has come back for
+``interval_s``, it sends a ping — a ModelInferRequest that names no model and carries
+``parameters["shunter_ping"]``, which a worker answers at once without queueing (an
+older worker answers it NOT_FOUND, which proves liveness just as well) — and when no
+message at all arrives within ``timeout_s`` of the ping, the stream breaks with every
+pending request failing UNAVAILABLE marked ``hung``: forward_infer retries each on
+another worker and ejects this one at once.
 """
 
 from __future__ import annotations
@@ -26,19 +37,43 @@ import asyncio
 import itertools
 import logging
 from collections import deque
+from dataclasses import dataclass
 
 import grpc
 
 from services.common import inference_parameters
-from services.router import wire
+from services.gen.inference import grpc_service_pb2 as pb
+from services.router import metrics, wire
 from services.router.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """When the stream link pings a quiet worker, and how long it waits for any answer."""
+
+    #: Requests pending and nothing read for this long: send a ping (seconds).
+    interval_s: float = 1.0
+    #: No message at all this long after the ping: the worker is hung (seconds).
+    timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or self.timeout_s <= 0:
+            raise ValueError(f"liveness interval and timeout must be positive, got {self.interval_s}, {self.timeout_s}")
+
+
+def ping_message(number: int) -> bytes:
+    """A liveness ping: no model, ``shunter_ping`` set, an id no request uses."""
+    request = pb.ModelInferRequest(id=f"ping-{number}")
+    request.parameters[inference_parameters.PING].bool_param = True
+    return request.SerializeToString()
+
+
 class _Stream:
     """One open ModelStreamInfer call: a writer draining the outbox, a reader resolving futures."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall, on_closed) -> None:
+    def __init__(self, call: grpc.aio.StreamStreamCall, on_closed, liveness: Liveness | None = None) -> None:
         self.call = call
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
         self.outbox: deque[bytes] = deque()
@@ -47,14 +82,53 @@ class _Stream:
         self._on_closed = on_closed
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._liveness = liveness
+        #: loop.time() of the last message read (or of the stream's opening).
+        self.last_read = loop.time()
+        #: loop.time() of the unanswered ping, if one is out.
+        self._ping_sent: float | None = None
+        self._pings = itertools.count()
+        self._watch: asyncio.TimerHandle | None = None
         self._writer = loop.create_task(self._write_all())
         self._reader = loop.create_task(self._read_all())
 
     def send(self, message: bytes) -> None:
+        self._enqueue(message)
+        if self._watch is None and self._liveness is not None:
+            self._watch = self._loop.call_later(self._liveness.interval_s, self._check_liveness)
+
+    def _enqueue(self, message: bytes) -> None:
         self.outbox.append(message)
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
+
+    def _check_liveness(self) -> None:
+        """While requests are pending: ping a quiet worker, break the stream if it stays silent."""
+        self._watch = None
+        liveness = self._liveness
+        if self.broken is not None or liveness is None or not self.pending:
+            self._ping_sent = None
+            return
+        now = self._loop.time()
+        sent = self._ping_sent
+        if sent is not None:
+            if now - sent >= liveness.timeout_s:
+                metrics.LIVENESS_FAILURES.inc()
+                self._break(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"worker did not answer a liveness ping within {liveness.timeout_s * 1000:.0f} ms",
+                    hung=True,
+                )
+                return
+            due = sent + liveness.timeout_s
+        elif now - self.last_read >= liveness.interval_s:
+            self._ping_sent = now
+            self._enqueue(ping_message(next(self._pings)))
+            due = now + liveness.timeout_s
+        else:
+            due = self.last_read + liveness.interval_s
+        self._watch = self._loop.call_later(max(due - now, 0.01), self._check_liveness)
 
     async def _write_all(self) -> None:
         outbox = self.outbox
@@ -77,6 +151,8 @@ class _Stream:
         try:
             while True:
                 message = await self.call.read()
+                self.last_read = self._loop.time()
+                self._ping_sent = None
                 if message is grpc.aio.EOF:
                     self._break(grpc.StatusCode.UNAVAILABLE, "worker closed the stream")
                     return
@@ -104,18 +180,21 @@ class _Stream:
             logger.error("worker sent a malformed stream response: %s", exc)
             self._break(grpc.StatusCode.UNAVAILABLE, f"malformed response from worker: {exc}")
 
-    def _break(self, code: grpc.StatusCode, details: str) -> None:
+    def _break(self, code: grpc.StatusCode, details: str, hung: bool = False) -> None:
         """Fail everything waiting here; later requests open a new stream."""
         if self.broken is not None:
             return
         if code != grpc.StatusCode.UNAVAILABLE:
             code, details = grpc.StatusCode.UNAVAILABLE, f"stream to worker failed: {code.name} {details}"
-        self.broken = UpstreamError(code, details)
+        self.broken = UpstreamError(code, details, hung)
         self._on_closed(self)
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         for future, _ in self.pending.values():
             if not future.done():
                 # One exception object each: a shared one would collect every waiter's traceback.
-                future.set_exception(UpstreamError(code, details))
+                future.set_exception(UpstreamError(code, details, hung))
         self.pending.clear()
         self.outbox.clear()
         for task in (self._writer, self._reader):
@@ -131,8 +210,9 @@ class _Stream:
 class StreamLink:
     """Requests to one worker, multiplexed over a ModelStreamInfer call opened on demand."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, liveness: Liveness | None = None) -> None:
         self._open = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        self._liveness = liveness
         self._stream: _Stream | None = None
         self._ids = itertools.count()
         self._closing: set[asyncio.Task] = set()
@@ -140,7 +220,7 @@ class StreamLink:
     def _current(self) -> _Stream:
         stream = self._stream
         if stream is None:
-            stream = self._stream = _Stream(self._open(), self._forget)
+            stream = self._stream = _Stream(self._open(), self._forget, self._liveness)
         return stream
 
     def _forget(self, stream: _Stream) -> None:

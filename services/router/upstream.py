@@ -18,12 +18,13 @@ from collections.abc import Sequence
 
 import grpc
 
+from services.common.admission import Overloaded
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router import metrics
 from services.router.balancer import Balancer, Replica
 from services.router.errors import UpstreamError
-from services.router.link import StreamLink
+from services.router.link import Liveness, StreamLink
 from services.router.settings import WORKER_LINKS
 
 __all__ = ["UpstreamError", "WorkerTransport", "forward_infer"]
@@ -38,7 +39,13 @@ LINK_OVERHEAD_BYTES = 64
 class WorkerTransport:
     """One channel to one worker and the calls the router makes on it."""
 
-    def __init__(self, address: str, max_message_bytes: int, link: str = "stream") -> None:
+    def __init__(
+        self,
+        address: str,
+        max_message_bytes: int,
+        link: str = "stream",
+        liveness: Liveness | None = None,
+    ) -> None:
         if link not in WORKER_LINKS:
             raise ValueError(f"unknown worker link {link!r}; expected one of {', '.join(WORKER_LINKS)}")
         self.channel = grpc.aio.insecure_channel(
@@ -57,7 +64,7 @@ class WorkerTransport:
         )
         self._stream_limit = max_message_bytes - LINK_OVERHEAD_BYTES
         self._unary = self.channel.unary_unary(_SERVICE + "ModelInfer")
-        self._stream = StreamLink(self.channel) if link == "stream" else None
+        self._stream = StreamLink(self.channel, liveness) if link == "stream" else None
         self.statistics = self.channel.unary_unary(
             _SERVICE + "ModelStatistics",
             request_serializer=pb.ModelStatisticsRequest.SerializeToString,
@@ -100,16 +107,25 @@ async def forward_infer(
     caller_id: str = "",
     timeout_us: int | None = None,
 ) -> bytes:
-    """Send ``raw`` to the least loaded of two workers; once more elsewhere on UNAVAILABLE.
+    """Send ``raw`` to the cheaper of two workers; once more elsewhere on UNAVAILABLE.
 
     ``deadline`` is on the ``time.monotonic`` clock; each attempt gets what is left of it.
+    A worker's admission refusal is retried elsewhere like any UNAVAILABLE but never counts
+    against the worker; one that missed a liveness ping is ejected at once. When every
+    worker is at the router's per-worker cap the request is refused at once (Overloaded).
     """
     replica: Replica | None = balancer.pick(addresses)
     if replica is None:
+        if balancer.at_capacity(addresses):
+            metrics.WORKERS_AT_CAP.inc()
+            raise Overloaded(
+                f"every worker of this version holds {balancer.max_outstanding} requests from this router"
+            )
         raise Unavailable("no ready worker")
     retried = False
     while True:
-        remaining = deadline - time.monotonic()
+        start = time.monotonic()
+        remaining = deadline - start
         if remaining <= 0:
             raise DeadlineExceeded("deadline exceeded before the request reached a worker")
         current = replica
@@ -118,8 +134,13 @@ async def forward_infer(
             response = await current.transport.infer(raw, remaining, metadata, caller_id, timeout_us)
         except UpstreamError as err:
             if err.code != grpc.StatusCode.UNAVAILABLE:
+                # The worker's own answer (or its deadline): a latency sample like any response.
+                balancer.observe(current, time.monotonic() - start, addresses)
                 raise
-            balancer.failed(current)
+            if err.overloaded:
+                metrics.WORKER_REFUSALS.inc()
+            else:
+                balancer.failed(current, hung=err.hung)
             other = None if retried else balancer.pick(addresses, exclude=current)
             if other is None:
                 raise
@@ -129,4 +150,5 @@ async def forward_infer(
         finally:
             current.outstanding -= 1
         balancer.succeeded(current)
+        balancer.observe(current, time.monotonic() - start, addresses)
         return response

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from services.common.admission import Admission, AdmissionSettings
 from services.common.errors import ModelConfigError
 from services.gen.inference import grpc_service_pb2 as pb
 from services.worker.models import ModelManager
@@ -43,10 +44,11 @@ class WorkerApp:
         only_models: set[str] | None = None,
         cluster: ClusterSettings | None = None,
         strict: bool = False,
+        admission: AdmissionSettings | None = None,
     ) -> None:
         trusted = cluster.trusted_repositories if cluster is not None and repository is None else None
         self.models = ModelManager(trusted_roots=trusted)
-        self.servicer = WorkerServicer(self.models)
+        self.servicer = WorkerServicer(self.models, Admission("worker", admission))
         self._repository = repository
         self._only = only_models
         self._cluster_settings = cluster

@@ -12,6 +12,7 @@ import logging
 import grpc
 
 from services.common import edge, inference_parameters
+from services.common.admission import Admission
 from services.common.datatypes import DATATYPES
 from services.common.errors import InvalidArgument, ShunterError, Unavailable
 from services.common.model_config import TRITON_PLATFORMS
@@ -31,10 +32,12 @@ _TYPE_ENUM = {name: pb.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TY
 
 
 class WorkerServicer:
-    def __init__(self, models: ModelManager) -> None:
+    def __init__(self, models: ModelManager, admission: Admission | None = None) -> None:
         self._models = models
         self.draining = False
         self.edge = edge.Edge("worker")
+        self.admission = admission or Admission("worker")
+        self.edge.add(self.admission)
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = edge.generated_methods(SERVICE, self)
@@ -135,6 +138,7 @@ class WorkerServicer:
         if self.draining:
             raise Unavailable("worker is shutting down")
         loaded = self._lookup(request.model_name, request.model_version)
+        self.admission.admit(loaded.model, loaded.version, timeout_s)
         decoded = decode_request(request, loaded.signature)
         if loaded.signature.batched and decoded.batch_size == 0:
             raise InvalidArgument("batch size 0: send at least one row")
@@ -162,6 +166,10 @@ class WorkerServicer:
         """
         request = edge.parse(pb.ModelInferRequest, raw)
         message = pb.ModelStreamInferResponse()
+        if not request.model_name and inference_parameters.PING in request.parameters:
+            # A router's liveness ping (services/router/link.py): answered at once, unqueued.
+            message.infer_response.id = request.id
+            return message.SerializeToString()
         await self._infer(request, _time_limit(request, context), message.infer_response)
         return message.SerializeToString()
 
