@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
-    add_admission_args(parser, "router")
+    add_admission_args(parser, "router", queue_wait=False)
     group = parser.add_argument_group("workers: per-worker cap, liveness, latency outliers")
     group.add_argument(
         "--max-in-flight-per-worker", type=int,

@@ -14,6 +14,11 @@ code calls once it knows the model version. ``admit`` refuses when:
    throughput, and the throughput comes from Little's law over what the process observed:
    mean concurrency / mean service time, both moving averages over completed calls.
 
+On a worker, the time bounds (3.) are each version's batcher's instead
+(``services/worker/batching/queue_time.py``): it knows its queue in rows and its batch
+time exactly, where Little's law over calls would under-rate a batching model whose
+concurrency admission itself keeps low. The router uses the estimate above.
+
 A refusal is ``Overloaded``: UNAVAILABLE, the code DESIGN §6 gives a full queue, because
 it is retryable and means "this server, now" — a router tries another worker, a client
 retries after a backoff. RESOURCE_EXHAUSTED stays what it is in DESIGN §5: a caller's own
