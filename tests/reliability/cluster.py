@@ -40,6 +40,30 @@ def paced_repository(root: Path) -> Path:
     return root
 
 
+QUICK_CONFIG = """
+backend: python
+max_batch_size: 8
+inputs: [{name: IN, datatype: FP32, shape: [4]}]
+outputs: [{name: OUT, datatype: FP32, shape: [4]}]
+dynamic_batching: {max_queue_delay_us: 500, max_queue_size: 100000}
+"""
+
+
+def quick_repository(root: Path) -> Path:
+    """``quick`` version 1: doubles its input at once (latency is the hops, not the model)."""
+    (root / "quick" / "1").mkdir(parents=True, exist_ok=True)
+    (root / "quick" / "config.yaml").write_text(QUICK_CONFIG)
+    (root / "quick" / "1" / "model.py").write_text(SLOW_MODEL.format(delay_s=0.0))
+    return root
+
+
+def quick_request() -> bytes:
+    request = pb.ModelInferRequest(model_name="quick")
+    request.inputs.add(name="IN", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.ones(4, np.float32).tobytes())
+    return request.SerializeToString()
+
+
 def paced_request() -> bytes:
     request = pb.ModelInferRequest(model_name="paced")
     request.inputs.add(name="IN", datatype="FP32", shape=[1, 4])
