@@ -11,6 +11,8 @@ _DEFAULTS = AdmissionSettings()
 
 
 def _env(service: str, name: str, default: object) -> str:
+    """The default as a string: argparse converts it with the flag's type when the command
+    runs, so a bad value in the environment is a usage error of that command (exit 2)."""
     return os.environ.get(f"SHUNTER_{service.upper()}_{name.upper()}", str(default))
 
 
@@ -24,18 +26,18 @@ def add_admission_args(parser: argparse.ArgumentParser, service: str, queue_wait
     """
     group = parser.add_argument_group("admission (refuse at once with UNAVAILABLE instead of queueing)")
     group.add_argument(
-        "--max-in-flight", type=int, default=int(_env(service, "max_in_flight", _DEFAULTS.max_in_flight)),
+        "--max-in-flight", type=int, default=_env(service, "max_in_flight", _DEFAULTS.max_in_flight),
         help="inference requests this process holds at once, counted from arrival (default 0: no bound)",
     )
     group.add_argument(
         "--max-in-flight-per-version", type=int,
-        default=int(_env(service, "max_in_flight_per_version", _DEFAULTS.max_in_flight_per_version)),
+        default=_env(service, "max_in_flight_per_version", _DEFAULTS.max_in_flight_per_version),
         help="inference requests one model version holds at once in this process (default 0: no bound)",
     )
     if queue_wait:
         group.add_argument(
             "--max-queue-wait-s", type=float,
-            default=float(_env(service, "max_queue_wait_s", _DEFAULTS.max_queue_wait_s)),
+            default=_env(service, "max_queue_wait_s", _DEFAULTS.max_queue_wait_s),
             help="refuse a request whose expected wait in its version's queue (rows ahead / batch size x "
             "observed batch time) is longer than this, in seconds (default 0: only the request's own "
             "deadline bounds it)",

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = parser.add_argument_group("workers: per-worker cap, liveness, latency outliers")
     group.add_argument(
         "--max-in-flight-per-worker", type=int,
-        default=int(os.environ.get("SHUNTER_ROUTER_MAX_IN_FLIGHT_PER_WORKER", "0")),
+        default=os.environ.get("SHUNTER_ROUTER_MAX_IN_FLIGHT_PER_WORKER", "0"),
         help="requests one worker may hold from this router; with every worker of a version at it, "
         "requests are refused at once with UNAVAILABLE (default 0: no cap)",
     )
