@@ -82,6 +82,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--outlier-cooloff-s", type=float, default=10.0, help="how long a latency outlier is avoided (default 10)"
     )
+    group.add_argument(
+        "--hedge-model", action="append", default=[], metavar="MODEL",
+        help="MODEL's requests are idempotent: one not answered after --hedge-after-s also goes to a second "
+        "worker, the first answer wins (repeatable; default none)",
+    )
+    group.add_argument(
+        "--hedge-after-s", type=float, default=0.05, help="how long a hedged request waits before its second "
+        "attempt (default 0.05)",
+    )
     add_process_args(parser, "")
     add_server_args(parser, default_port=8001)
     parser.set_defaults(func=run)
@@ -125,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
             liveness_timeout_s=args.liveness_timeout_s,
             outlier_ratio=args.outlier_ratio,
             outlier_cooloff_s=args.outlier_cooloff_s,
+            hedge_models=tuple(args.hedge_model),
+            hedge_after_s=args.hedge_after_s,
         )
     except ValueError as exc:
         print(f"shunter router: {exc}", file=sys.stderr)

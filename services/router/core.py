@@ -167,8 +167,9 @@ class Router:
 
         trace = tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None
         timeout_us = inference_parameters.timeout_us(request)
+        hedge = self.settings.hedge_after_s if name in self.settings.hedge_models else None
         response = await forward_infer(
-            self.balancer, entry.workers, forward_raw, deadline, trace, request.id, timeout_us
+            self.balancer, entry.workers, forward_raw, deadline, trace, request.id, timeout_us, hedge
         )
 
         if cache_key is not None:

@@ -54,6 +54,10 @@ WORKERS_AT_CAP = Counter(
     "shunter_router_workers_at_cap",
     "Requests refused at once because every worker of the version was at the per-worker in-flight cap.",
 )
+HEDGES = Counter(
+    "shunter_router_hedged_requests",
+    "Second attempts sent because the first had not answered in --hedge-after-s (idempotent models only).",
+)
 LIVENESS_FAILURES = Counter(
     "shunter_router_liveness_failures",
     "Worker streams broken because the worker did not answer a liveness ping in time (hung or stopped).",

@@ -61,6 +61,10 @@ class RouterSettings:
     outlier_min_gap_s: float = 0.02
     #: How long a latency outlier is avoided.
     outlier_cooloff_s: float = 10.0
+    #: Models whose requests are idempotent: a request not answered after ``hedge_after_s``
+    #: is sent to a second worker too, and the first answer wins (empty: no hedging).
+    hedge_models: tuple[str, ...] = ()
+    hedge_after_s: float = 0.05
 
     def __post_init__(self) -> None:
         if self.worker_link not in WORKER_LINKS:
@@ -68,7 +72,7 @@ class RouterSettings:
         if self.near_cache_bytes < 0:
             raise ValueError(f"near_cache_bytes must be 0 or more, got {self.near_cache_bytes}")
         for name in ("request_timeout_s", "redis_timeout_s", "shadow_timeout_s", "eject_cooloff_s",
-                     "liveness_interval_s", "liveness_timeout_s", "outlier_cooloff_s"):
+                     "liveness_interval_s", "liveness_timeout_s", "outlier_cooloff_s", "hedge_after_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("eject_after_failures", "shadow_max_in_flight", "stream_max_in_flight", "default_cache_ttl_s"):

@@ -13,6 +13,7 @@ only exists on a call of its own, and so does one within a few bytes of the mess
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -106,6 +107,7 @@ async def forward_infer(
     metadata: tuple[tuple[str, str], ...] | None,
     caller_id: str = "",
     timeout_us: int | None = None,
+    hedge_after_s: float | None = None,
 ) -> bytes:
     """Send ``raw`` to the cheaper of two workers; once more elsewhere on UNAVAILABLE.
 
@@ -113,6 +115,10 @@ async def forward_infer(
     A worker's admission refusal is retried elsewhere like any UNAVAILABLE but never counts
     against the worker; one that missed a liveness ping is ejected at once. When every
     worker is at the router's per-worker cap the request is refused at once (Overloaded).
+
+    ``hedge_after_s`` (idempotent models only, ``--hedge-model``): when the first attempt
+    has not answered after that long, a second goes to another worker; the first answer
+    wins and the other is cancelled.
     """
     replica: Replica | None = balancer.pick(addresses)
     if replica is None:
@@ -122,6 +128,53 @@ async def forward_infer(
                 f"every worker of this version holds {balancer.max_outstanding} requests from this router"
             )
         raise Unavailable("no ready worker")
+    attempt = _attempts(balancer, addresses, replica, raw, deadline, metadata, caller_id, timeout_us)
+    if hedge_after_s is None or len(addresses) < 2:
+        return await attempt
+    return await _hedged(balancer, addresses, replica, attempt, hedge_after_s,
+                         lambda other: _attempts(balancer, addresses, other, raw, deadline, metadata, caller_id,
+                                                 timeout_us))
+
+
+async def _hedged(balancer: Balancer, addresses: Sequence[str], replica: Replica, attempt, hedge_after_s: float,
+                  again) -> bytes:
+    first = asyncio.ensure_future(attempt)
+    done, _ = await asyncio.wait((first,), timeout=hedge_after_s)
+    if done:
+        return first.result()
+    other = balancer.pick(addresses, exclude=replica)
+    if other is None:
+        return await first
+    metrics.HEDGES.inc()
+    second = asyncio.ensure_future(again(other))
+    pending = {first, second}
+    error: BaseException | None = None
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is None:
+                    return task.result()
+                error = error or task.exception()
+        assert error is not None
+        raise error
+    finally:
+        for task in (first, second):
+            if not task.done():
+                task.cancel()
+
+
+async def _attempts(
+    balancer: Balancer,
+    addresses: Sequence[str],
+    replica: Replica,
+    raw: bytes,
+    deadline: float,
+    metadata: tuple[tuple[str, str], ...] | None,
+    caller_id: str,
+    timeout_us: int | None,
+) -> bytes:
+    """``raw`` to ``replica``, and once to another worker on UNAVAILABLE."""
     retried = False
     while True:
         start = time.monotonic()

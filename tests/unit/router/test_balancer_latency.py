@@ -3,6 +3,7 @@ how forward_infer treats admission refusals and hung workers; fake replicas, fak
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import random
 import time
@@ -144,3 +145,40 @@ async def test_a_hung_worker_is_ejected_at_the_first_missed_ping_and_its_request
     assert await forward_infer(balancer, ["hung", "live"], b"x", time.monotonic() + 5, None) == b"ok:live:x"
     assert workers["hung"].calls == 1
     assert balancer.healthy(["hung", "live"]) == ["live"]
+
+
+class SlowWorker(FakeWorker):
+    def __init__(self, address: str, delay_s: float) -> None:
+        super().__init__(address)
+        self.delay_s = delay_s
+        self.cancelled = 0
+
+    async def infer(self, raw, timeout_s, metadata=None, caller_id="", timeout_us=None):
+        self.calls += 1
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return b"ok:" + self.address.encode()
+
+
+async def test_hedged_request_takes_the_first_answer_and_cancels_the_other():
+    workers = {"stuck": SlowWorker("stuck", 5.0), "quick": SlowWorker("quick", 0.0)}
+    balancer = Balancer(lambda a: workers[a], rng=random.Random(2))
+    balancer.replica("quick").outstanding = 50  # the first pick is the stuck one
+    response = await forward_infer(balancer, ["stuck", "quick"], b"x", time.monotonic() + 10, None,
+                                   hedge_after_s=0.01)
+    assert response == b"ok:quick"
+    assert workers["stuck"].calls == 1 and workers["quick"].calls == 1
+    await asyncio.sleep(0)
+    assert workers["stuck"].cancelled == 1
+    assert balancer.replica("stuck").outstanding == 0
+
+
+async def test_without_hedging_the_request_waits_for_its_worker():
+    workers = {"slowish": SlowWorker("slowish", 0.05), "quick": SlowWorker("quick", 0.0)}
+    balancer = Balancer(lambda a: workers[a], rng=random.Random(2))
+    balancer.replica("quick").outstanding = 50
+    response = await forward_infer(balancer, ["slowish", "quick"], b"x", time.monotonic() + 10, None)
+    assert response == b"ok:slowish" and workers["quick"].calls == 0
