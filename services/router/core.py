@@ -28,12 +28,11 @@ from services.router.auth import authenticate, authorize
 from services.router.balancer import Balancer
 from services.router.cache import ResponseCache, canonical_digest, strip_id
 from services.router.limiter import RateLimiter
-from services.router.link import Liveness
 from services.router.redis_link import RedisLink
 from services.router.settings import RouterSettings
 from services.router.shadow import ShadowMirror
 from services.router.table import KeyEntry, ModelEntry, RoutingSnapshot, VersionEntry
-from services.router.upstream import WorkerTransport, forward_infer
+from services.router.worker_client import Forward, Liveness, WorkerTransport, forward_infer
 
 logger = logging.getLogger(__name__)
 
@@ -165,18 +164,21 @@ class Router:
             if cached is not None:
                 return InferResult(cached, name, entry.version)
 
-        trace = tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None
-        timeout_us = inference_parameters.timeout_us(request)
-        hedge = self.settings.hedge_after_s if name in self.settings.hedge_models else None
-        response = await forward_infer(
-            self.balancer, entry.workers, forward_raw, deadline, trace, request.id, timeout_us, hedge
+        forward = Forward(
+            raw=forward_raw,
+            deadline=deadline,
+            trace=tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None,
+            caller_id=request.id,
+            caller_timeout_us=inference_parameters.timeout_us(request),
         )
+        hedge = self.settings.hedge_after_s if name in self.settings.hedge_models else None
+        response = await forward_infer(self.balancer, entry.workers, forward, hedge)
 
         if cache_key is not None:
             await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
         shadow_version = policy.shadow_version
         if shadow_version and shadow_version != entry.version:
-            self._mirror(model, shadow_version, raw, response, trace, request.id, timeout_us)
+            self._mirror(model, shadow_version, forward, response)
         return InferResult(response, name, entry.version)
 
     def choose_version(self, model: ModelEntry, headers: Mapping[str, str]) -> VersionEntry:
@@ -197,28 +199,21 @@ class Router:
         counter.inc()
         return entry
 
-    def _mirror(
-        self,
-        model: ModelEntry,
-        version: str,
-        raw: bytes,
-        primary: bytes,
-        trace: tuple[tuple[str, str], ...] | None,
-        caller_id: str,
-        timeout_us: int | None,
-    ) -> None:
+    def _mirror(self, model: ModelEntry, version: str, primary: Forward, response: bytes) -> None:
+        """A copy of the request to the shadow ``version``, its answer compared with ``response``."""
         entry = model.versions.get(version)
         if entry is None or not entry.workers:
             metrics.SHADOW.labels(model.name, version, "error").inc()
             return
-        shadow_raw = wire.with_model_version(raw, version)
+        # Appended last, the shadow's version overrides any the split appended.
+        shadow_raw = wire.with_model_version(primary.raw, version)
         timeout_s = self.settings.shadow_timeout_s
 
         async def send() -> bytes:
-            deadline = time.monotonic() + timeout_s
-            return await forward_infer(self.balancer, entry.workers, shadow_raw, deadline, trace, caller_id, timeout_us)
+            copy = primary.to(shadow_raw, time.monotonic() + timeout_s)
+            return await forward_infer(self.balancer, entry.workers, copy)
 
-        self.shadow.mirror(model.name, version, primary, send)
+        self.shadow.mirror(model.name, version, response, send)
 
     # -- statistics -----------------------------------------------------------------
 

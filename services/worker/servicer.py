@@ -167,7 +167,7 @@ class WorkerServicer:
         request = edge.parse(pb.ModelInferRequest, raw)
         message = pb.ModelStreamInferResponse()
         if not request.model_name and inference_parameters.PING in request.parameters:
-            # A router's liveness ping (services/router/link.py): answered at once, unqueued.
+            # A router's liveness ping (services/router/worker_client.py): answered at once, unqueued.
             message.infer_response.id = request.id
             return message.SerializeToString()
         await self._infer(request, _time_limit(request, context), message.infer_response)

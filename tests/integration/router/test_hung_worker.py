@@ -15,9 +15,7 @@ import pytest
 
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router.balancer import Balancer
-from services.router.errors import UpstreamError
-from services.router.link import Liveness
-from services.router.upstream import WorkerTransport, forward_infer
+from services.router.worker_client import Forward, Liveness, UpstreamError, WorkerTransport, forward_infer
 from tests.support.models import write_python_model
 from tests.support.processes import start_service
 
@@ -54,7 +52,8 @@ def workers(repository):
 async def test_a_slow_worker_is_not_taken_for_hung(workers):
     transport = WorkerTransport(workers[0].address, 1 << 20, "stream", LIVENESS)
     try:
-        response = pb.ModelInferResponse.FromString(await transport.infer(raw_request("held"), 30.0, None, "r1.0"))
+        answer = await transport.infer(Forward(raw_request("held"), 0, caller_id="r1.0"), 30.0)
+        response = pb.ModelInferResponse.FromString(answer)
         assert response.model_name == "held" and response.id == "r1.0"
     finally:
         await transport.close()
@@ -69,12 +68,12 @@ async def test_a_stopped_workers_pending_requests_fail_unavailable_and_are_retri
     try:
         # Both links open and answering first.
         for address in addresses:
-            await balancer.replica(address).transport.infer(raw_request("quick"), 10.0)
+            await balancer.replica(address).transport.infer(Forward(raw_request("quick"), 0), 10.0)
         os.kill(stopped.proc.pid, signal.SIGSTOP)
         # Pending on the stopped worker: fails UNAVAILABLE, marked hung, well before its deadline.
         started = time.monotonic()
         with pytest.raises(UpstreamError) as info:
-            await balancer.replica(stopped.address).transport.infer(raw_request("quick", 2.0), 30.0)
+            await balancer.replica(stopped.address).transport.infer(Forward(raw_request("quick", 2.0), 0), 30.0)
         assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.hung, info.value.message
         assert time.monotonic() - started < 30.0  # not the deadline
         # Through forward_infer: the stopped worker is picked first (the live one looks busy),
@@ -82,7 +81,7 @@ async def test_a_stopped_workers_pending_requests_fail_unavailable_and_are_retri
         balancer.replica(live.address).outstanding = 1000
         balancer.replica(stopped.address).ejected_until = 0.0
         response = await forward_infer(
-            balancer, addresses, raw_request("quick", 3.0), time.monotonic() + 30, None, "r3.0"
+            balancer, addresses, Forward(raw_request("quick", 3.0), time.monotonic() + 30, caller_id="r3.0")
         )
         assert pb.ModelInferResponse.FromString(response).id == "r3.0"
         balancer.replica(live.address).outstanding = 0

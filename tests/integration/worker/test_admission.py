@@ -13,7 +13,7 @@ import pytest
 from services.common.admission import MIN_SAMPLES, OVERLOAD_PREFIX
 from services.gen.inference import grpc_service_pb2 as pb
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
-from services.router.link import ping_message
+from services.router.worker_client import ping_message
 from tests.support.models import write_python_model
 from tests.support.processes import start_service
 

@@ -14,7 +14,7 @@ import pytest
 
 from services.common.admission import OVERLOAD_PREFIX, Overloaded
 from services.router.balancer import Balancer
-from services.router.upstream import UpstreamError, forward_infer
+from services.router.worker_client import Forward, UpstreamError, forward_infer
 
 from .test_balancer import FakeClock, FakeWorker
 
@@ -112,13 +112,13 @@ async def test_every_worker_at_its_cap_is_refused_at_once_with_unavailable():
     for address in "ab":
         balancer.replica(address).outstanding = 1
     with pytest.raises(Overloaded) as info:
-        await forward_infer(balancer, ["a", "b"], b"x", time.monotonic() + 5, None)
+        await forward_infer(balancer, ["a", "b"], Forward(b"x", time.monotonic() + 5))
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     assert sum(w.calls for w in workers.values()) == 0
 
 
 class RefusingWorker(FakeWorker):
-    async def infer(self, raw, timeout_s, metadata=None, caller_id="", timeout_us=None):
+    async def infer(self, forward, timeout_s):
         self.calls += 1
         raise UpstreamError(grpc.StatusCode.UNAVAILABLE, OVERLOAD_PREFIX + "queue full")
 
@@ -127,13 +127,13 @@ async def test_a_workers_admission_refusal_is_retried_elsewhere_and_never_ejects
     workers = {"full": RefusingWorker("full"), "live": FakeWorker("live")}
     balancer = Balancer(lambda a: workers[a], eject_after=1, rng=random.Random(2))
     for _ in range(20):
-        assert await forward_infer(balancer, ["full", "live"], b"x", time.monotonic() + 5, None) == b"ok:live:x"
+        assert await forward_infer(balancer, ["full", "live"], Forward(b"x", time.monotonic() + 5)) == b"ok:live:x"
     assert workers["full"].calls > 1
     assert balancer.healthy(["full", "live"]) == ["full", "live"]
 
 
 class HungWorker(FakeWorker):
-    async def infer(self, raw, timeout_s, metadata=None, caller_id="", timeout_us=None):
+    async def infer(self, forward, timeout_s):
         self.calls += 1
         raise UpstreamError(grpc.StatusCode.UNAVAILABLE, "worker did not answer a liveness ping", hung=True)
 
@@ -142,7 +142,7 @@ async def test_a_hung_worker_is_ejected_at_the_first_missed_ping_and_its_request
     workers = {"hung": HungWorker("hung"), "live": FakeWorker("live")}
     balancer = Balancer(lambda a: workers[a], eject_after=3, rng=random.Random(2))
     balancer.replica("live").outstanding = 5  # so the first pick is the hung one
-    assert await forward_infer(balancer, ["hung", "live"], b"x", time.monotonic() + 5, None) == b"ok:live:x"
+    assert await forward_infer(balancer, ["hung", "live"], Forward(b"x", time.monotonic() + 5)) == b"ok:live:x"
     assert workers["hung"].calls == 1
     assert balancer.healthy(["hung", "live"]) == ["live"]
 
@@ -153,7 +153,7 @@ class SlowWorker(FakeWorker):
         self.delay_s = delay_s
         self.cancelled = 0
 
-    async def infer(self, raw, timeout_s, metadata=None, caller_id="", timeout_us=None):
+    async def infer(self, forward, timeout_s):
         self.calls += 1
         try:
             await asyncio.sleep(self.delay_s)
@@ -167,7 +167,7 @@ async def test_hedged_request_takes_the_first_answer_and_cancels_the_other():
     workers = {"stuck": SlowWorker("stuck", 5.0), "quick": SlowWorker("quick", 0.0)}
     balancer = Balancer(lambda a: workers[a], rng=random.Random(2))
     balancer.replica("quick").outstanding = 50  # the first pick is the stuck one
-    response = await forward_infer(balancer, ["stuck", "quick"], b"x", time.monotonic() + 10, None,
+    response = await forward_infer(balancer, ["stuck", "quick"], Forward(b"x", time.monotonic() + 10),
                                    hedge_after_s=0.01)
     assert response == b"ok:quick"
     assert workers["stuck"].calls == 1 and workers["quick"].calls == 1
@@ -180,5 +180,5 @@ async def test_without_hedging_the_request_waits_for_its_worker():
     workers = {"slowish": SlowWorker("slowish", 0.05), "quick": SlowWorker("quick", 0.0)}
     balancer = Balancer(lambda a: workers[a], rng=random.Random(2))
     balancer.replica("quick").outstanding = 50
-    response = await forward_infer(balancer, ["slowish", "quick"], b"x", time.monotonic() + 10, None)
+    response = await forward_infer(balancer, ["slowish", "quick"], Forward(b"x", time.monotonic() + 10))
     assert response == b"ok:slowish" and workers["quick"].calls == 0

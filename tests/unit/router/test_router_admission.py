@@ -26,9 +26,9 @@ class HeldWorker(RecordingWorker):
         super().__init__(address)
         self.release = asyncio.Event()
 
-    async def infer(self, raw, timeout_s, metadata=None, caller_id="", timeout_us=None):
+    async def infer(self, forward, timeout_s):
         await self.release.wait()
-        return await super().infer(raw, timeout_s, metadata, caller_id, timeout_us)
+        return await super().infer(forward, timeout_s)
 
 
 async def through_edge(router: Router, raw: bytes) -> bytes:
