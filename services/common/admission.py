@@ -8,16 +8,17 @@ code calls once it knows the model version. ``admit`` refuses when:
 
 1. the process holds more than ``max_in_flight`` inference calls (0: no bound);
 2. the version already holds ``max_in_flight_per_version`` (0: no bound);
-3. the *expected wait* is longer than the request's remaining deadline, or longer than
-   ``max_queue_wait_s`` (0: no bound) — queues are sized in time, not in count. The
-   expected wait is the calls of the version ahead of this one divided by the version's
-   throughput, and the throughput comes from Little's law over what the process observed:
-   mean concurrency / mean service time, both moving averages over completed calls.
+3. (``deadline_aware``) the request has less time left than the version's calls have
+   recently taken here (a moving average of their durations, queueing included).
 
-On a worker, the time bounds (3.) are each version's batcher's instead
-(``services/worker/batching/queue_time.py``): it knows its queue in rows and its batch
-time exactly, where Little's law over calls would under-rate a batching model whose
-concurrency admission itself keeps low. The router uses the estimate above.
+Queues sized in time — the wait from the requests ahead and the observed service time —
+belong to each version's batcher on the worker (``services/worker/batching/queue_time.py``,
+``max_queue_wait_s`` and the deadline check there): it knows its queue in rows, its batch
+size and its batch time exactly. An estimate made here from calls would not: Little's law
+gives the rate calls *arrived* at, not the capacity, so a burst after a quiet spell, or a
+batching model whose concurrency admission itself keeps low, would be refused for a wait
+that never comes. So a router refuses on 3. only, and its workers refuse on their exact
+queues; a router retries a worker's refusal on another worker.
 
 A refusal is ``Overloaded``: UNAVAILABLE, the code DESIGN §6 gives a full queue, because
 it is retryable and means "this server, now" — a router tries another worker, a client
@@ -45,7 +46,8 @@ EWMA_WEIGHT = 0.05
 #: Completions a version needs before its expected wait is trusted for refusals.
 MIN_SAMPLES = 20
 _STATE_KEY = "admission"
-#: Why a call was refused: the process bound, the version bound, or the expected wait.
+#: Why a call was refused: the process bound, the version bound, or time (the deadline, or
+#: a worker batcher's queue wait: queue_time.py counts under "wait" too).
 REASONS = ("in_flight", "version", "wait")
 
 REFUSED = Counter(
@@ -73,7 +75,8 @@ class AdmissionSettings:
     max_in_flight: int = 0
     #: Inference calls one model version holds at once in this process (0: no bound).
     max_in_flight_per_version: int = 0
-    #: Longest expected wait a call is admitted to (0: only its own deadline bounds it).
+    #: Longest expected queue wait a call is admitted to (0: only its own deadline bounds
+    #: it); applied by each version's batcher on a worker (queue_time.py).
     max_queue_wait_s: float = 0.0
     #: Refuse a call whose expected wait is longer than its remaining deadline.
     deadline_aware: bool = True
@@ -87,31 +90,26 @@ class AdmissionSettings:
 
 
 class VersionLoad:
-    """One model version's calls in flight and the averages its expected wait comes from."""
+    """One model version's calls in flight here, and how long its calls recently took."""
 
-    __slots__ = ("concurrency", "in_flight", "samples", "service_s")
+    __slots__ = ("in_flight", "samples", "service_s")
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.samples = 0
-        #: Moving averages over completed calls: their duration, and the version's calls in
-        #: flight when each completed (itself included).
+        #: Moving average of completed calls' durations (seconds).
         self.service_s = 0.0
-        self.concurrency = 0.0
 
-    def observe(self, seconds: float, in_flight: int) -> None:
+    def observe(self, seconds: float) -> None:
         if self.samples == 0:
-            self.service_s, self.concurrency = seconds, float(in_flight)
+            self.service_s = seconds
         else:
             self.service_s += EWMA_WEIGHT * (seconds - self.service_s)
-            self.concurrency += EWMA_WEIGHT * (in_flight - self.concurrency)
         self.samples += 1
 
-    def expected_wait_s(self, ahead: int) -> float:
-        """Seconds ``ahead`` calls take to clear at the observed throughput (0 before MIN_SAMPLES)."""
-        if self.samples < MIN_SAMPLES or self.concurrency <= 0:
-            return 0.0
-        return ahead * self.service_s / self.concurrency
+    def expected_s(self) -> float:
+        """How long a call of the version takes here now (0 before MIN_SAMPLES completions)."""
+        return self.service_s if self.samples >= MIN_SAMPLES else 0.0
 
 
 class Admission(edge.Interceptor):
@@ -148,7 +146,7 @@ class Admission(edge.Interceptor):
         self.in_flight -= 1
         load: VersionLoad | None = state.pop(_STATE_KEY)
         if load is not None:
-            load.observe(call.seconds, load.in_flight)
+            load.observe(call.seconds)
             load.in_flight -= 1
 
     # -- the check ---------------------------------------------------------------------
@@ -172,19 +170,13 @@ class Admission(edge.Interceptor):
         if cap and ahead >= cap:
             self._refuse("version")
             raise Overloaded(f"model '{model}' version {version} holds {ahead} requests, its limit is {cap}")
-        wait_s = load.expected_wait_s(ahead)
-        if wait_s > 0:
-            if settings.max_queue_wait_s and wait_s > settings.max_queue_wait_s:
+        if settings.deadline_aware and remaining_s is not None:
+            expected = load.expected_s()
+            if expected > remaining_s:
                 self._refuse("wait")
                 raise Overloaded(
-                    f"expected wait {wait_s * 1000:.0f} ms for model '{model}' version {version} is over "
-                    f"the {settings.max_queue_wait_s * 1000:.0f} ms bound"
-                )
-            if settings.deadline_aware and remaining_s is not None and wait_s > remaining_s:
-                self._refuse("wait")
-                raise Overloaded(
-                    f"expected wait {wait_s * 1000:.0f} ms for model '{model}' version {version} is longer "
-                    f"than the {max(remaining_s, 0) * 1000:.0f} ms left of the request's deadline"
+                    f"model '{model}' version {version} takes {expected * 1000:.0f} ms here now, longer than "
+                    f"the {max(remaining_s, 0) * 1000:.0f} ms left of the request's deadline"
                 )
         call = edge.CURRENT.get()
         if call is not None and call.state is not None and call.state.get(_STATE_KEY, 0) is None:
