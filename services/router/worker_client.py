@@ -143,18 +143,19 @@ async def forward_infer(
 
 async def _hedged(balancer: Balancer, addresses: Sequence[str], replica: Replica, attempt, hedge_after_s: float,
                   again) -> bytes:
-    first = asyncio.ensure_future(attempt)
-    done, _ = await asyncio.wait((first,), timeout=hedge_after_s)
-    if done:
-        return first.result()
-    other = balancer.pick(addresses, exclude=replica)
-    if other is None:
-        return await first
-    metrics.HEDGES.inc()
-    second = asyncio.ensure_future(again(other))
-    pending = {first, second}
-    error: BaseException | None = None
+    """``attempt`` (on ``replica``), and ``again(other)`` once it is ``hedge_after_s`` late."""
+    tasks = [asyncio.ensure_future(attempt)]
     try:
+        done, _ = await asyncio.wait(tasks, timeout=hedge_after_s)
+        if done:
+            return tasks[0].result()
+        other = balancer.pick(addresses, exclude=replica)
+        if other is None:
+            return await tasks[0]
+        metrics.HEDGES.inc()
+        tasks.append(asyncio.ensure_future(again(other)))
+        pending = set(tasks)
+        error: BaseException | None = None
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -164,7 +165,8 @@ async def _hedged(balancer: Balancer, addresses: Sequence[str], replica: Replica
         assert error is not None
         raise error
     finally:
-        for task in (first, second):
+        # Also when the caller gives up: no attempt outlives the request.
+        for task in tasks:
             if not task.done():
                 task.cancel()
 

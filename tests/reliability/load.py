@@ -29,14 +29,17 @@ class Outcomes:
     codes: list[str] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
     done_at: list[float] = field(default_factory=list)
+    #: Open loop: latency from when the call was actually sent (the client's own lag left out).
+    from_send_s: list[float] = field(default_factory=list)
     unsent: int = 0
     started: float = 0.0
     ended: float = 0.0
 
-    def add(self, code: str, latency: float, done: float) -> None:
+    def add(self, code: str, latency: float, done: float, from_send: float | None = None) -> None:
         self.codes.append(code)
         self.latency_s.append(latency)
         self.done_at.append(done)
+        self.from_send_s.append(latency if from_send is None else from_send)
 
     @property
     def total(self) -> int:
@@ -48,9 +51,10 @@ class Outcomes:
             counted["UNSENT"] = self.unsent
         return dict(sorted(counted.items(), key=lambda kv: (kv[0] != "OK", kv[0])))
 
-    def latencies(self, code: str | None = "OK", exclude: str | None = None) -> np.ndarray:
+    def latencies(self, code: str | None = "OK", exclude: str | None = None, from_send: bool = False) -> np.ndarray:
+        values = self.from_send_s if from_send else self.latency_s
         return np.array([
-            lat for c, lat in zip(self.codes, self.latency_s, strict=True)
+            lat for c, lat in zip(self.codes, values, strict=True)
             if (code is None or c == code) and (exclude is None or c != exclude)
         ])
 
@@ -76,13 +80,14 @@ async def open_loop(
     monotonic = time.monotonic
 
     async def fire(due: float, call) -> None:
+        sent = monotonic()
         try:
             await call(payload, metadata=metadata, timeout=timeout_s)
             code = "OK"
         except grpc.aio.AioRpcError as err:
             code = err.code().name
         done = monotonic()
-        outcomes.add(code, done - due, done)
+        outcomes.add(code, done - due, done, done - sent)
 
     try:
         await asyncio.gather(*(c.channel_ready() for c in channels))

@@ -67,7 +67,10 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
 
     admitted_p99 = load.percentile_ms(overload.latencies("OK"), 99)
     refused = overload.latencies("UNAVAILABLE")
-    refused_p99 = load.percentile_ms(refused, 99)
+    # A refusal's time runs from when the client sent it: the bar is on the server answering
+    # at once, and a client on a busy machine sends late (counted in the scheduled-time figure).
+    refused_sent = overload.latencies("UNAVAILABLE", from_send=True)
+    refused_p99 = load.percentile_ms(refused_sent, 99)
     goodput = overload.goodput_rps()
     sent_rate = overload.total / SECONDS
     codes = overload.by_code()
@@ -75,7 +78,7 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
     bars = {
         f"admitted p99 <= 3x unloaded p99 ({3 * unloaded_p99:.1f} ms)": admitted_p99 is not None
         and admitted_p99 <= 3 * unloaded_p99,
-        "refusals p99 <= 5 ms": refused_p99 is None or refused_p99 <= 5.0,
+        "refusals p99 <= 5 ms (from send)": refused_p99 is None or refused_p99 <= 5.0,
         f"goodput >= 90 % of capacity ({0.9 * capacity:.1f}/s)": goodput >= 0.9 * capacity,
         "no code but OK and UNAVAILABLE": set(codes) <= {"OK", "UNAVAILABLE"},
         "full recovery after the load": recovered is not None,
@@ -89,8 +92,10 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
         ("failed / total by code", f"{failed} / {overload.total}: " + ", ".join(f"{c} {n}" for c, n in codes.items())),
         ("admitted p50 / p99", f"{report.fmt_ms(load.percentile_ms(overload.latencies('OK'), 50))} / "
                                f"{report.fmt_ms(admitted_p99)}"),
-        ("refusals (UNAVAILABLE) p50 / p99", f"{report.fmt_ms(load.percentile_ms(refused, 50))} / "
-                                             f"{report.fmt_ms(refused_p99)}"),
+        ("refusals (UNAVAILABLE) p50 / p99 from send", f"{report.fmt_ms(load.percentile_ms(refused_sent, 50))} / "
+                                                       f"{report.fmt_ms(refused_p99)}"),
+        ("refusals p50 / p99 from the scheduled time", f"{report.fmt_ms(load.percentile_ms(refused, 50))} / "
+                                                       f"{report.fmt_ms(load.percentile_ms(refused, 99))}"),
         ("goodput", f"{goodput:.1f}/s ({100 * goodput / capacity:.0f} % of capacity)"),
         ("recovery time", "-" if recovered_after is None else f"{recovered_after:.2f} s"),
         *((f"RSS {who} before / after", f"{before[who]:.0f} / {after[who]:.0f} MiB") for who in pids),

@@ -182,3 +182,19 @@ async def test_without_hedging_the_request_waits_for_its_worker():
     balancer.replica("quick").outstanding = 50
     response = await forward_infer(balancer, ["slowish", "quick"], Forward(b"x", time.monotonic() + 10))
     assert response == b"ok:slowish" and workers["quick"].calls == 0
+
+
+async def test_a_cancelled_hedged_request_leaves_no_attempt_running():
+    workers = {"a": SlowWorker("a", 5.0), "b": SlowWorker("b", 5.0)}
+    balancer = Balancer(lambda a: workers[a], rng=random.Random(2))
+    request = asyncio.ensure_future(
+        forward_infer(balancer, ["a", "b"], Forward(b"x", time.monotonic() + 10), hedge_after_s=0.01)
+    )
+    await asyncio.sleep(0.05)  # both attempts are out
+    assert workers["a"].calls == 1 and workers["b"].calls == 1
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await asyncio.sleep(0)
+    assert workers["a"].cancelled == 1 and workers["b"].cancelled == 1
+    assert all(r.outstanding == 0 for r in balancer.replicas.values())
