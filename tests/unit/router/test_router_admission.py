@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from services.common import edge
-from services.common.admission import OVERLOAD_PREFIX, AdmissionSettings, Overloaded
+from services.common.admission import OVERLOAD_PREFIX, Overloaded
 from services.router.balancer import Balancer
 from services.router.core import Router
 from services.router.settings import RouterSettings
@@ -46,7 +46,7 @@ async def through_edge(router: Router, raw: bytes) -> bytes:
 @pytest.fixture
 async def held_router():
     fakes = {"w1:1": HeldWorker("w1:1")}
-    router = Router(RouterSettings(admission=AdmissionSettings(max_in_flight_per_version=2)))
+    router = Router(RouterSettings(max_in_flight_per_version=2))
     router.balancer = Balancer(lambda a: fakes[a])
     router.install(build_snapshot(table([worker("w1:1", [("digits", "1")])])))
     router.fakes = fakes
@@ -85,8 +85,9 @@ async def test_every_worker_at_the_per_worker_cap_is_refused_at_once():
         await router.close()
 
 
-def test_bad_router_settings_name_the_setting():
-    with pytest.raises(ValueError, match="max_in_flight_per_worker"):
+def test_bad_router_settings_name_the_flag():
+    with pytest.raises(ValueError, match="--max-in-flight-per-worker must be at least 0"):
         RouterSettings(max_in_flight_per_worker=-1)
-    with pytest.raises(ValueError, match="liveness_timeout_s"):
+    with pytest.raises(ValueError, match="--liveness-timeout-s must be more than 0"):
         RouterSettings(liveness_timeout_s=0)
+    assert RouterSettings(max_in_flight=5, deadline_admission=False).admission.max_in_flight == 5
