@@ -66,5 +66,8 @@ def run(args: argparse.Namespace) -> int:
         return run_process_group(SERVICE, args, server, shared_port=not cluster_mode)
     cluster = ClusterSettings.from_worker_settings(settings, registry_tls) if cluster_mode else None
     only = set(settings.models) or None
-    app = WorkerApp(repository=settings.model_repository, only_models=only, cluster=cluster, strict=settings.strict)
+    app = WorkerApp(
+        repository=settings.model_repository, only_models=only, cluster=cluster, strict=settings.strict,
+        admission=settings.admission,
+    )
     return run_service(app, server)

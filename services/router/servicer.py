@@ -43,6 +43,7 @@ class RouterServicer:
         self.router = router
         self.draining = False
         self.edge = edge.Edge("router")
+        self.edge.add(router.admission)
         self.edge.add(router.version_stats)
 
     def handler(self) -> grpc.GenericRpcHandler:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from services.common.admission import Admission, AdmissionSettings
 from services.common.errors import ModelConfigError
 from services.common.tls import ClientTls
 from services.gen.inference import grpc_service_pb2 as pb
@@ -69,10 +71,15 @@ class WorkerApp:
         only_models: set[str] | None = None,
         cluster: ClusterSettings | None = None,
         strict: bool = False,
+        admission: AdmissionSettings | None = None,
     ) -> None:
         trusted = cluster.trusted_repositories if cluster is not None and repository is None else None
-        self.models = ModelManager(trusted_roots=trusted)
-        self.servicer = WorkerServicer(self.models)
+        admission = admission or AdmissionSettings()
+        self.models = ModelManager(trusted_roots=trusted, admission=admission)
+        # The edge counts calls (process and version bounds); each version's batcher,
+        # which knows its queue and batch time exactly, does the time bounds.
+        edge_admission = dataclasses.replace(admission, max_queue_wait_s=0.0, deadline_aware=False)
+        self.servicer = WorkerServicer(self.models, Admission("worker", edge_admission))
         self._repository = repository
         self._only = only_models
         self._cluster_settings = cluster

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.admission import AdmissionSettings
 from services.common.settings import SettingsError, check_bounds, setting
 
 
@@ -45,6 +46,33 @@ class WorkerSettings:
         900.0, "cluster mode: refuse a version that has not loaded and warmed up after this long", unit="s",
         minimum=0, exclusive_minimum=True,
     )
+
+    # -- admission (README "Overload and failure handling") ---------------------------
+    max_in_flight: int = setting(
+        0, "admission: inference requests this process holds at once, counted from arrival; past it they "
+        "are refused at once with UNAVAILABLE (0: no bound)", minimum=0,
+    )
+    max_in_flight_per_version: int = setting(
+        0, "admission: inference requests one model version holds at once (0: no bound)", minimum=0
+    )
+    max_queue_wait_s: float = setting(
+        0.0, "admission: refuse a request whose expected wait in its version's queue (rows ahead / batch "
+        "size x observed batch time) is longer than this (0: only its own deadline bounds it)",
+        unit="s", minimum=0,
+    )
+    deadline_admission: bool = setting(
+        True, "admission: refuse at once a request whose deadline is shorter than its expected wait plus "
+        "its own batch"
+    )
+
+    @property
+    def admission(self) -> AdmissionSettings:
+        return AdmissionSettings(
+            max_in_flight=self.max_in_flight,
+            max_in_flight_per_version=self.max_in_flight_per_version,
+            max_queue_wait_s=self.max_queue_wait_s,
+            deadline_aware=self.deadline_admission,
+        )
 
     def __post_init__(self) -> None:
         check_bounds(self)

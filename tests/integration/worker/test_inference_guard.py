@@ -183,10 +183,11 @@ def test_a_standalone_worker_is_open_and_says_so(scoped):
 
 @pytest.mark.parametrize("link", ["stream", "unary"])
 async def test_the_router_transport_presents_its_key_on_both_links(scoped, link):
-    from services.router.errors import UpstreamError
-    from services.router.upstream import WorkerTransport
+    import time
 
-    raw = calc_request().SerializeToString()
+    from services.router.worker_client import Forward, UpstreamError, WorkerTransport
+
+    raw = Forward(calc_request().SerializeToString(), deadline=time.monotonic() + 120)
     keyed = WorkerTransport(scoped.worker.address, 1 << 20, link, key=scoped.keys["router"])
     bare = WorkerTransport(scoped.worker.address, 1 << 20, link)
     try:

@@ -221,14 +221,15 @@ async def test_a_service_channel_picks_up_new_client_files_for_new_calls(pki, re
 
 @pytest.mark.parametrize("link", ["stream", "unary"])
 async def test_the_router_transport_speaks_mutual_tls_on_both_links(pki, repository, link):
+    import time
+
     from services.common.tls import ClientTls
-    from services.router.errors import UpstreamError
-    from services.router.upstream import WorkerTransport
+    from services.router.worker_client import Forward, UpstreamError, WorkerTransport
 
     root, ca, _ = pki
     worker = tls_worker(repository, ca.issue(root / f"link-{link}", "worker"), "--tls-client-ca", str(ca.cert_file))
     router = ca.issue(root / f"router-{link}", "router")
-    raw = calc_request().SerializeToString()
+    raw = Forward(calc_request().SerializeToString(), deadline=time.monotonic() + 120)
     mutual = WorkerTransport(worker.address, 1 << 20, link,
                              tls=ClientTls(ca_file=ca.cert_file, cert_file=router.cert_file, key_file=router.key_file))
     anonymous = WorkerTransport(worker.address, 1 << 20, link, tls=ClientTls(ca_file=ca.cert_file))
