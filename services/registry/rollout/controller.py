@@ -180,10 +180,8 @@ class RolloutController:
         return current
 
     async def _write(self, prepare: Any) -> Any:
-        try:
-            result, _revision = await self.store.transact(prepare)
-        except Stale:
-            raise
+        """One transaction of the store; ``prepare`` raises Stale when the CAS fails."""
+        result, _revision = await self.store.transact(prepare)
         return result
 
     # ---- one judgement ---------------------------------------------------------------

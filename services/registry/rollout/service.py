@@ -80,7 +80,6 @@ class RolloutService:
         self.keys = registry.store.keys
         self.rkeys = records.RolloutKeys(registry.store.keys)
         self.settings = settings
-        self.edge = edge.Edge("registry")
 
     # admin_rpc reads these off the servicer it wraps.
     @property
@@ -93,7 +92,8 @@ class RolloutService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         service = opb.DESCRIPTOR.services_by_name["Rollouts"]
-        return self.edge.handler(service.full_name, edge.generated_methods(service, self))
+        # The registry's own edge: the same RPC metrics and interceptors as its other service.
+        return self.registry.edge.handler(service.full_name, edge.generated_methods(service, self))
 
     async def _list(self, key: str) -> list[bytes]:
         try:
