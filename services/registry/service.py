@@ -243,6 +243,14 @@ class RegistryService:
             versions = {k.decode(): rpb.ModelVersion.FromString(v) for k, v in raw.items()}
             policy = validation.check_policy(request.policy, versions)
             before = await records.read_policy(pipe, self.keys, model)
+            rollout = await records.read_rollout(pipe, self.rollout_keys, model)
+            if (rollout is not None and rollout.state in records.ACTIVE
+                    and dict(policy.weights) != dict(before.weights if before else {})):
+                # The rollout's controller owns the weights while it runs; options may change.
+                raise FailedPrecondition(
+                    f"a rollout of {model} to version {rollout.version} is {records.STATE_NAMES[rollout.state]} "
+                    f"and owns its weights; abort it first (shunter rollout abort {model})"
+                )
 
             def queue(p: Any) -> None:
                 # Audited, and the versions' states follow the new policy (rollout/records.py).

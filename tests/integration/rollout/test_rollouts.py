@@ -251,7 +251,11 @@ async def test_bad_input_is_refused_and_changes_nothing(rollout_cluster: Rollout
         assert again.returncode == 1 and "abort it first" in again.stderr and "ALREADY_EXISTS" in again.stderr
         switch = await asyncio.to_thread(shunter, cluster, "traffic", "switch", "bad", "2")
         assert switch.returncode == 1 and "abort it before" in switch.stderr
+        weights = await asyncio.to_thread(shunter, cluster, "traffic", "set", "bad", "1=50", "2=50")
+        assert weights.returncode == 1 and "owns its weights" in weights.stderr
         assert await snapshot() == during
+        options = await asyncio.to_thread(shunter, cluster, "traffic", "set", "bad", "--sticky-header", "x-user-id")
+        assert options.returncode == 0, options.stderr  # options are not the rollout's
         status = await asyncio.to_thread(shunter, cluster, "rollout", "status", "bad")
         assert "canary:    5%" in status.stdout and "running" in status.stdout
         assert (await asyncio.to_thread(shunter, cluster, "rollout", "abort", "bad")).returncode == 0
