@@ -72,6 +72,17 @@ async def rolled_back_by_itself(cluster: RolloutCluster, model: str, gate: str) 
     assert audit[-1].who == "controller" and dict(audit[-1].after.weights) == {"1": 100}
     # No request failed because of the switch itself: only the version's own failures.
     assert set(result.codes) <= {"OK", "INTERNAL"}, result.failures
+    # `rollout history` says why, for people and for scripts.
+    text = await asyncio.to_thread(shunter, cluster, "rollout", "history", model)
+    assert text.returncode == 0 and "rollback" in text.stdout and gate in text.stdout
+    import json
+
+    decisions = json.loads((await asyncio.to_thread(shunter, cluster, "rollout", "history", model, "--json")).stdout)
+    assert decisions[-1]["verdict"] in ("rollback", "archive")
+    judged = next(d for d in decisions if d["verdict"] == "rollback")
+    assert {"baseline_requests", "canary_requests", "baseline_error_rate", "canary_error_rate", "canary_p99_ms",
+            "error_rate_pvalue"} <= set(judged["evidence"])
+    assert judged["gates"]["min_requests"] == 40 and judged["window_end_ms"] > judged["window_start_ms"]
 
 
 async def test_a_version_failing_20_percent_is_rolled_back(rollout_cluster: RolloutCluster) -> None:
