@@ -65,6 +65,8 @@ async def rolled_back_by_itself(cluster: RolloutCluster, model: str, gate: str) 
                      what="the canary archived")
     assert verdicts(history)[0] == "start" and verdicts(history)[-1] == "rollback"
     assert set(verdicts(history)[1:-1]) <= {"hold"}
+    # Rolled back at the first window with enough traffic: every hold before it was inconclusive.
+    assert all(d.verdict != "hold" or d.outcome == "inconclusive" for d in history)
     last = history[-1]
     assert last.evidence["canary_requests"] >= 40 and last.evidence["baseline_requests"] >= 40
     assert last.gates.min_requests == 40 and last.actor == "controller"
