@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from services.common.process_group import REUSE_PORT_FLAG
 from services.common.server import DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
@@ -19,6 +20,28 @@ def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
         default=DEFAULT_MAX_MESSAGE_BYTES,
         help="largest request accepted; bigger ones get RESOURCE_EXHAUSTED",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="HOST:PORT",
+        help="export OpenTelemetry traces over OTLP/gRPC to this collector (default: "
+        "$OTEL_EXPORTER_OTLP_ENDPOINT; none: tracing off). Sampling: $OTEL_TRACES_SAMPLER[_ARG]",
+    )
+
+
+def configure_tracing(service: str, args: argparse.Namespace) -> int | None:
+    """Turn tracing on for this process if asked to; 2 (a usage error, printed) for a bad setting.
+
+    Runs before the service's app is built: the edge takes its interceptors when it is made.
+    """
+    from services.common import tracing
+
+    try:
+        tracing.configure(service, args.otlp_endpoint)
+    except tracing.TracingConfigError as exc:
+        print(f"shunter {service}: {exc}", file=sys.stderr)
+        return 2
+    return None
 
 
 def add_process_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -49,5 +72,6 @@ def server_settings(args: argparse.Namespace, **extra) -> ServerSettings:
         grace_s=args.grace_s,
         max_message_bytes=args.max_message_bytes,
         reuse_port=getattr(args, "reuse_port", False),
+        otlp_endpoint=args.otlp_endpoint or "",
         **extra,
     )

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from services.cli.common_args import add_server_args, server_settings
+from services.cli.common_args import add_server_args, configure_tracing, server_settings
 
 DEFAULT_PORT = 50051
 
@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.redis_url:
         print("shunter registry: --redis-url (or SHUNTER_REDIS_URL) is required", file=sys.stderr)
         return 2
+    if (code := configure_tracing("registry", args)) is not None:
+        return code
     try:
         settings = RegistrySettings(
             redis_url=args.redis_url,

@@ -6,7 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
+from services.cli.common_args import (
+    add_process_args,
+    add_server_args,
+    configure_tracing,
+    run_process_group,
+    server_settings,
+)
 from services.router.settings import WORKER_LINKS
 
 
@@ -82,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.processes > 1:
         return run_process_group("router", args)
+    if (code := configure_tracing("router", args)) is not None:
+        return code
     tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     settings = RouterSettings(
         registry=args.registry,

@@ -72,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how long to wait for every worker to load its models")
     parser.add_argument("--env-file", type=Path,
                         help="write the export lines here (mode 0600) for `source` (default <run dir>/env)")
+    parser.add_argument("--otlp-endpoint", default=None, metavar="HOST:PORT",
+                        help="every service exports OpenTelemetry traces to this OTLP/gRPC collector "
+                        "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, which the services also read; none: off)")
     parser.set_defaults(func=run)
 
 
@@ -407,6 +410,13 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         return 2
     host = args.host
     problems = [p for p in [port_problem(host, args.port)] if p]
+    if args.otlp_endpoint:
+        from services.common import tracing
+
+        try:
+            tracing.endpoint_from(args.otlp_endpoint)
+        except tracing.TracingConfigError as exc:
+            problems.append(str(exc))
     plans, model_problems = check_repository(repository, models)
     problems += model_problems
     if problems:
@@ -425,6 +435,8 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
     key_file.write_text(admin_key + "\n")
     key_file.chmod(0o600)
     common = ["--host", host, "--metrics-port", "0"]
+    if args.otlp_endpoint:
+        common += ["--otlp-endpoint", args.otlp_endpoint]
     registry = await cluster.service(
         "registry",
         ["registry", "--redis-url", redis_url, "--admin-key-file", str(key_file), "--port", "0",

@@ -6,7 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
+from services.cli.common_args import (
+    add_process_args,
+    add_server_args,
+    configure_tracing,
+    run_process_group,
+    server_settings,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         # Cluster mode: a port per process, each registered, so routers dial them all.
         return run_process_group("worker", args, shared_port=args.registry is None)
+    if (code := configure_tracing("worker", args)) is not None:
+        return code
     cluster = None
     if args.registry is not None:
         if args.load_timeout_s <= 0:

@@ -63,6 +63,8 @@ class ServerSettings:
     #: Share the port with sibling processes (SO_REUSEPORT; `shunter worker --processes`).
     #: Off by default so that a port already in use is an error, not a silent split.
     reuse_port: bool = False
+    #: OTLP/gRPC collector traces go to ("": the OTEL_* variables decide; see services.common.tracing).
+    otlp_endpoint: str = ""
 
 
 class ServiceApp(Protocol):

@@ -18,7 +18,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from services.common import edge, inference_parameters
+from services.common import edge, inference_parameters, tracing
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.tensors import decode_request
 from services.gen.inference import grpc_service_pb2 as pb
@@ -35,8 +35,6 @@ from services.router.upstream import WorkerTransport, forward_infer
 
 logger = logging.getLogger(__name__)
 
-#: Invocation metadata forwarded to workers: W3C trace context.
-TRACE_HEADERS = ("traceparent", "tracestate")
 #: Trailing metadata on RESOURCE_EXHAUSTED from a rate limit.
 RETRY_AFTER_TRAILER = "retry-after-ms"
 #: Time allowed for each worker's answer when summing statistics.
@@ -116,9 +114,12 @@ class Router:
             raise InvalidArgument("the request is not a valid ModelInferRequest") from None
         name = request.model_name
         authorize(key, name)
+        trace = tracing.current()
+        trace.event("auth")
         if key.per_second > 0:
             bucket = f"{key.key_id}:{name}" if key.per_model else key.key_id
-            wait_s = await self.limiter.acquire(bucket, key.per_second, key.burst)
+            with trace.child("rate_limit"):
+                wait_s = await self.limiter.acquire(bucket, key.per_second, key.burst)
             if wait_s > 0:
                 metrics.RATE_LIMITED.labels(name if name in snapshot.models else "").inc()
                 raise RateLimited(
@@ -139,10 +140,13 @@ class Router:
         else:
             entry = self.choose_version(model, headers)
             forward_raw = wire.with_model_version(raw, entry.version)
+            trace.event("split", {"shunter.variant": entry.version})
         edge.label(name, entry.version)
+        trace.set("shunter.variant", entry.version)
         decoded = decode_request(request, entry.signature, materialize=False)
         if entry.signature.batched and decoded.batch_size == 0:
             raise InvalidArgument("batch size 0: send at least one row")
+        trace.event("validated")
         if not entry.workers:
             raise Unavailable(f"no ready worker for model '{name}' version '{entry.version}'")
 
@@ -151,21 +155,25 @@ class Router:
         ttl = policy.cache_ttl_s or self.settings.default_cache_ttl_s
         if policy.cache_enabled:
             cache_key = self.cache.key(name, entry.version, canonical_digest(request, decoded))
-            cached = await self.cache.get(name, cache_key, request.id, ttl)
+            with trace.child("cache"):
+                cached = await self.cache.get(name, cache_key, request.id, ttl)
+            trace.set("shunter.cache_hit", cached is not None)
             if cached is not None:
                 return InferResult(cached, name, entry.version)
 
-        trace = tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None
         timeout_us = inference_parameters.timeout_us(request)
-        response = await forward_infer(
-            self.balancer, entry.workers, forward_raw, deadline, trace, request.id, timeout_us
-        )
+        # Trace context rides in the request's parameters, so a traced request keeps the stream link.
+        with trace.child("forward", client=True):
+            carrier = trace.outgoing(headers)
+            response = await forward_infer(
+                self.balancer, entry.workers, forward_raw + carrier, deadline, None, request.id, timeout_us
+            )
 
         if cache_key is not None:
             await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
         shadow_version = policy.shadow_version
         if shadow_version and shadow_version != entry.version:
-            self._mirror(model, shadow_version, raw, response, trace, request.id, timeout_us)
+            self._mirror(model, shadow_version, raw, response, carrier, request.id, timeout_us)
         return InferResult(response, name, entry.version)
 
     def choose_version(self, model: ModelEntry, headers: Mapping[str, str]) -> VersionEntry:
@@ -192,7 +200,7 @@ class Router:
         version: str,
         raw: bytes,
         primary: bytes,
-        trace: tuple[tuple[str, str], ...] | None,
+        carrier: bytes,
         caller_id: str,
         timeout_us: int | None,
     ) -> None:
@@ -200,12 +208,12 @@ class Router:
         if entry is None or not entry.workers:
             metrics.SHADOW.labels(model.name, version, "error").inc()
             return
-        shadow_raw = wire.with_model_version(raw, version)
+        shadow_raw = wire.with_model_version(raw, version) + carrier
         timeout_s = self.settings.shadow_timeout_s
 
         async def send() -> bytes:
             deadline = time.monotonic() + timeout_s
-            return await forward_infer(self.balancer, entry.workers, shadow_raw, deadline, trace, caller_id, timeout_us)
+            return await forward_infer(self.balancer, entry.workers, shadow_raw, deadline, None, caller_id, timeout_us)
 
         self.shadow.mirror(model.name, version, primary, send)
 

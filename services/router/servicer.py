@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import grpc
 
-from services.common import edge, inference_parameters
+from services.common import edge, inference_parameters, tracing
 from services.common.errors import Unavailable
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router import describe, wire
@@ -42,7 +42,7 @@ class RouterServicer:
     def __init__(self, router: Router) -> None:
         self.router = router
         self.draining = False
-        self.edge = edge.Edge("router")
+        self.edge = edge.Edge("router", tracing.interceptors("router"))
 
     def handler(self) -> grpc.GenericRpcHandler:
         return self.edge.handler(

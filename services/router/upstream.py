@@ -6,9 +6,9 @@ worker's response bytes come back as they are; with ``None`` serialisers gRPC pa
 bytes straight through.
 
 Two links to a worker: ``stream`` (the default) multiplexes requests over one
-ModelStreamInfer call (link.py); ``unary`` makes one ModelInfer call per request. A
-request carrying trace context goes unary either way, because per-request metadata
-only exists on a call of its own, and so does one within a few bytes of the message limit.
+ModelStreamInfer call (link.py); ``unary`` makes one ModelInfer call per request. Trace
+context travels in the request's parameters (services.common.tracing), so a traced
+request keeps the stream; one within a few bytes of the message limit goes unary.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import logging
 
 import grpc
 
-from services.common import edge, inference_parameters
+from services.common import edge, inference_parameters, tracing
 from services.common.datatypes import DATATYPES
 from services.common.errors import InvalidArgument, ShunterError, Unavailable
 from services.common.model_config import TRITON_PLATFORMS
@@ -34,7 +34,7 @@ class WorkerServicer:
     def __init__(self, models: ModelManager) -> None:
         self._models = models
         self.draining = False
-        self.edge = edge.Edge("worker")
+        self.edge = edge.Edge("worker", tracing.interceptors("worker"))
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = edge.generated_methods(SERVICE, self)
@@ -132,6 +132,7 @@ class WorkerServicer:
         self, request: pb.ModelInferRequest, timeout_s: float | None, response: pb.ModelInferResponse
     ) -> None:
         """Serve ``request`` into ``response`` (an empty message, or a stream response's part)."""
+        tracing.current().adopt(request.parameters)  # a router sends the trace context there
         if self.draining:
             raise Unavailable("worker is shutting down")
         loaded = self._lookup(request.model_name, request.model_version)

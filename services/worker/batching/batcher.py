@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.common import tracing
 from services.common.errors import DeadlineExceeded, EngineError, ShunterError, Unavailable
 from services.worker.batching.policy import BatchPolicy, Dispatch, Wait, decide
 
@@ -54,6 +55,8 @@ class PendingRequest:
     #: Non-batch shapes of the inputs when the model has variable dimensions; only
     #: requests with equal keys can be concatenated. None: always compatible.
     shape_key: tuple | None = None
+    #: The request's span and enqueue time when it is traced (tracing.queued()).
+    trace: tracing.Queued | None = None
 
 
 @dataclass(slots=True)
@@ -185,7 +188,7 @@ class Batcher:
         now = self._clock()
         future = self._loop.create_future()
         deadline = now + timeout_s if timeout_s is not None else None
-        self._queue.append(PendingRequest(inputs, rows, now, deadline, future, shape_key))
+        self._queue.append(PendingRequest(inputs, rows, now, deadline, future, shape_key, tracing.queued()))
         self._in_flight_rows += rows
         self._peak.observe(self._in_flight_rows, now)
         _resolve(self._arrival)
@@ -310,6 +313,9 @@ class Batcher:
                     pending.future.set_result(result)
             if timing is not None and self._on_batch is not None:
                 self._on_batch(timing)
+            if timing is not None and tracing.enabled():
+                compute_ns = timing.input_ns + timing.infer_ns + timing.output_ns
+                tracing.record_batch([p.trace for p in batch], timing.rows, compute_ns)
         finally:
             self._running_requests -= len(batch)
             self._free.put_nowait(instance)
