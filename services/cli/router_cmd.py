@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from services.cli.common_args import (
@@ -13,7 +14,7 @@ from services.cli.common_args import (
     run_process_group,
     server_settings,
 )
-from services.router.settings import WORKER_LINKS
+from services.router.settings import WORKER_LINKS, RouterSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +63,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    parser.add_argument(
+        "--payload-log",
+        default=os.environ.get("SHUNTER_ROUTER_PAYLOAD_LOG", ""),
+        metavar="redis-stream://HOST:PORT/DB/STREAM",
+        help="append a sample of requests and responses to this Redis stream (default $SHUNTER_ROUTER_PAYLOAD_LOG; "
+        "none: off)",
+    )
+    parser.add_argument(
+        "--payload-sample", type=float, default=0.01, help="fraction of requests the payload log keeps (default 0.01)"
+    )
+    parser.add_argument(
+        "--payload-log-maxlen", type=int, default=100_000,
+        help="entries the payload stream is trimmed to, approximately (XADD MAXLEN ~; default 100000)",
+    )
     add_process_args(parser, "")
     add_server_args(parser, default_port=8001)
     parser.set_defaults(func=run)
@@ -71,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
     from services.common.server import TlsConfig
     from services.common.server import run as run_service
     from services.router.app import RouterApp
-    from services.router.settings import RouterSettings
 
     if not args.registry:
         print("shunter router: give --registry HOST:PORT (or set $SHUNTER_REGISTRY)")
@@ -86,12 +100,23 @@ def run(args: argparse.Namespace) -> int:
     if args.processes < 1:
         print("shunter router: --processes must be at least 1")
         return 2
+    try:
+        settings = _settings(args, admin_key)
+    except ValueError as exc:
+        print(f"shunter router: {exc}", file=sys.stderr)
+        return 2
     if args.processes > 1:
         return run_process_group("router", args)
     if (code := configure_tracing("router", args)) is not None:
         return code
     tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    settings = RouterSettings(
+    return run_service(RouterApp(settings), server_settings(args, tls=tls))
+
+
+def _settings(args: argparse.Namespace, admin_key: str) -> RouterSettings:
+    from services.router.settings import RouterSettings
+
+    return RouterSettings(
         registry=args.registry,
         admin_key=admin_key,
         redis_url=args.redis_url,
@@ -100,5 +125,7 @@ def run(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout_s,
         worker_link=args.worker_link,
         max_message_bytes=args.max_message_bytes,
+        payload_log=args.payload_log,
+        payload_sample=args.payload_sample,
+        payload_log_maxlen=args.payload_log_maxlen,
     )
-    return run_service(RouterApp(settings), server_settings(args, tls=tls))

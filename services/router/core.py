@@ -27,6 +27,7 @@ from services.router.auth import authenticate, authorize
 from services.router.balancer import Balancer
 from services.router.cache import ResponseCache, canonical_digest, strip_id
 from services.router.limiter import RateLimiter
+from services.router.payload_log import PayloadLog, parse_target
 from services.router.redis_link import RedisLink
 from services.router.settings import RouterSettings
 from services.router.shadow import ShadowMirror
@@ -76,6 +77,12 @@ class Router:
         self.limiter = RateLimiter(self.redis, settings.key_prefix)
         self.cache = ResponseCache(self.redis, settings.key_prefix, settings.near_cache_bytes)
         self.shadow = ShadowMirror(pb.ModelInferResponse, settings.shadow_max_in_flight)
+        self.payload_log = None
+        if settings.payload_log:
+            self.payload_log = PayloadLog(
+                parse_target(settings.payload_log), settings.payload_sample,
+                maxlen=settings.payload_log_maxlen, queue_size=settings.payload_log_queue,
+            )
         self._closing: set[asyncio.Task] = set()
         #: Labelled split counters by (model, version): labels() costs more than inc().
         self._split_counters: dict[tuple[str, str], Any] = {}
@@ -255,6 +262,8 @@ class Router:
 
     async def close(self) -> None:
         await self.shadow.close()
+        if self.payload_log is not None:
+            await self.payload_log.close()
         transports = [r.transport for r in self.balancer.retain(()) if r.transport is not None]
         await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)
         if self._closing:

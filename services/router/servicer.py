@@ -9,6 +9,7 @@ comes from ``Router`` and ``describe``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import grpc
@@ -18,7 +19,8 @@ from services.common.errors import Unavailable
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router import describe, wire
 from services.router.auth import authenticate, authorize
-from services.router.core import RETRY_AFTER_TRAILER, Router
+from services.router.core import RETRY_AFTER_TRAILER, InferResult, Router
+from services.router.payload_log import PayloadLog
 from services.router.table import KeyEntry, VersionEntry
 
 __all__ = ["RETRY_AFTER_TRAILER", "SERVICE_NAME", "VERSION_TRAILER", "RouterServicer"]
@@ -32,6 +34,13 @@ VERSION_TRAILER = "shunter-model-version"
 
 def _headers(context: grpc.aio.ServicerContext) -> Mapping[str, str]:
     return dict(context.invocation_metadata() or ())
+
+
+def _log_payload(log: PayloadLog, raw: bytes, result: InferResult) -> None:
+    """Offer an answered request to the payload log, timed from when the edge took the call."""
+    call = edge.CURRENT.get()
+    latency_s = time.perf_counter() - call.started if call is not None else 0.0
+    log.offer(result.model, result.version, raw, result.response, latency_s, tracing.current().trace_id())
 
 
 class RouterServicer:
@@ -72,6 +81,8 @@ class RouterServicer:
             raise Unavailable("router is shutting down")
         result = await self.router.infer(raw, _headers(context), self.router.deadline(context.time_remaining()))
         context.set_trailing_metadata(((VERSION_TRAILER, result.version),))
+        if self.router.payload_log is not None:
+            _log_payload(self.router.payload_log, raw, result)
         return result.response
 
     async def stream_message(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -79,6 +90,8 @@ class RouterServicer:
         if self.draining:
             raise Unavailable("router is shutting down")
         result = await self.router.infer(raw, _headers(context), self.router.deadline(context.time_remaining()))
+        if self.router.payload_log is not None:
+            _log_payload(self.router.payload_log, raw, result)
         return wire.stream_response(result.response)
 
     # -- server and model information -----------------------------------------------

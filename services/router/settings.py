@@ -44,15 +44,30 @@ class RouterSettings:
     max_message_bytes: int = 64 * 1024 * 1024
     #: How requests travel to workers: "stream" (multiplexed ModelStreamInfer) or "unary".
     worker_link: str = "stream"
+    #: Sampled request/response records go to this stream (redis-stream://HOST:PORT/DB/STREAM; "": none).
+    payload_log: str = ""
+    #: Fraction of answered requests the payload log keeps.
+    payload_sample: float = 0.01
+    #: Entries the payload stream is trimmed to (XADD MAXLEN ~).
+    payload_log_maxlen: int = 100_000
+    #: Records waiting for Redis; past it new ones are dropped (and counted).
+    payload_log_queue: int = 1024
 
     def __post_init__(self) -> None:
         if self.worker_link not in WORKER_LINKS:
             raise ValueError(f"worker_link must be one of {', '.join(WORKER_LINKS)}, got {self.worker_link!r}")
+        if self.payload_log:
+            from services.router.payload_log import parse_target
+
+            parse_target(self.payload_log)  # raises PayloadLogConfigError (a ValueError) naming the problem
+        if not 0.0 < self.payload_sample <= 1.0:
+            raise ValueError(f"payload_sample must be above 0 and at most 1, got {self.payload_sample}")
         if self.near_cache_bytes < 0:
             raise ValueError(f"near_cache_bytes must be 0 or more, got {self.near_cache_bytes}")
         for name in ("request_timeout_s", "redis_timeout_s", "shadow_timeout_s", "eject_cooloff_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("eject_after_failures", "shadow_max_in_flight", "stream_max_in_flight", "default_cache_ttl_s"):
+        for name in ("eject_after_failures", "shadow_max_in_flight", "stream_max_in_flight", "default_cache_ttl_s",
+                     "payload_log_maxlen", "payload_log_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import textwrap
 
+import numpy as np
 import pytest
+import redis
 
 from services.cli.up_cmd import register_repository, scan
 from services.common import api_keys
 from services.gen.inference import grpc_service_pb2 as pb
+from services.router.payload_log import decode
 from tests.integration.router.client import Client, auth, calc_request
 from tests.integration.router.cluster import Cluster, wait_for, write_repository
 from tests.support.otlp_collector import Collector, Span
@@ -39,6 +42,7 @@ def infer(inputs):
 FIXED_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 FIXED_PARENT_ID = "00f067aa0ba902b7"
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "50"}
+PAYLOAD_STREAM = "shunter:payloads"
 NO_ROOTS = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
 
 
@@ -74,9 +78,12 @@ def cluster(tmp_path_factory, collector):
         cluster.workers.append(worker)
         wait_for(lambda: worker.address in cluster.ready_worker_addresses(), 120, "worker ready")
         router_b = {**key_env, **FAST_EXPORT, **NO_ROOTS, "OTEL_SERVICE_NAME": "router-b"}
-        for env in ({**key_env, **FAST_EXPORT}, router_b):
+        payload_log = ["--payload-log", f"redis-stream://127.0.0.1:{redis.port}/0/{PAYLOAD_STREAM}",
+                       "--payload-sample", "1"]
+        for env, extra in (({**key_env, **FAST_EXPORT}, payload_log), (router_b, [])):
             cluster.routers.append(start_service(
-                ["router", "--registry", registry.address, "--redis-url", redis.url, "--port", "0", *otlp], env=env
+                ["router", "--registry", registry.address, "--redis-url", redis.url, "--port", "0", *otlp, *extra],
+                env=env,
             ))
         cluster.create_key("data")
         cluster.set_policy("calc", {"1": 100})
@@ -207,3 +214,37 @@ def test_a_batch_compute_span_links_every_request_it_served(cluster, collector):
         assert (compute.trace_id, compute.parent_span_id) in compute.links
     # Requests that arrived while the model was busy shared a batch.
     assert max(len(c.links) for c in computes) > 1
+
+
+def test_the_payload_log_records_the_request_with_its_trace_id(cluster, collector):
+    router_a = cluster.routers[0].address
+    asyncio.run(_infer(router_a, cluster.keys["data"], calc_request((5.0, 6.0, 7.0, 8.0), id_="logged")))
+    client = redis.Redis(port=cluster.redis.port)
+
+    def logged() -> dict | None:
+        records = [decode(fields) for _, fields in client.xrange(PAYLOAD_STREAM)]
+        return next((r for r in records if r["id"] == "logged"), None)
+
+    wait_for(lambda: logged() is not None, 10, "the payload record")
+    record = logged()
+    assert (record["model"], record["version"]) == ("calc", "1")
+    np.testing.assert_array_equal(record["inputs"]["IN"], [[5.0, 6.0, 7.0, 8.0]])
+    np.testing.assert_array_equal(record["outputs"]["OUT"], [[10.0, 12.0, 14.0, 16.0]])
+    assert record["latency_us"] > 0
+    trace = collector.wait_for(_complete(record["trace_id"]), what="the logged request's trace")
+    assert _one(trace, "shunter-router", "router ModelInfer").attributes["shunter.model"] == "calc"
+
+
+def test_a_bad_payload_log_target_is_a_usage_error(cluster):
+    import subprocess
+    import sys
+
+    from tests.support.processes import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "router", "--registry", cluster.registry.address,
+         "--admin-key", cluster.admin_key, "--payload-log", "redis://127.0.0.1:6379/0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "redis-stream://HOST:PORT/DB/STREAM" in result.stderr
