@@ -40,6 +40,19 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
+
 from services.common import edge
 
 logger = logging.getLogger(__name__)
@@ -165,9 +178,6 @@ def parse_traceparent(traceparent: str, tracestate: str | None = None) -> Any:
     Hand-parsed (version 00 layout, later versions read by their first four fields, as W3C
     asks) because a worker reads one on nearly every request.
     """
-    from opentelemetry import trace
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
-
     parts = traceparent.strip().split("-")
     if len(parts) < 4 or len(parts[0]) != 2 or parts[0] == "ff" or (parts[0] == "00" and len(parts) != 4):
         return None
@@ -190,7 +200,10 @@ def carrier_fields(traceparent: str | None, tracestate: str | None = None) -> by
     """``parameters[traceparent]`` (and ``tracestate``) encoded to append to a ModelInferRequest."""
     if not traceparent:
         return b""
-    out = _string_parameter(TRACEPARENT, traceparent)
+    if len(traceparent) == _TRACEPARENT_LENGTH:
+        out = _TRACEPARENT_PREFIX + traceparent.encode()  # version 00: every field but the value is fixed
+    else:
+        out = _string_parameter(TRACEPARENT, traceparent)
     if tracestate:
         out += _string_parameter(TRACESTATE, tracestate)
     return out
@@ -214,6 +227,11 @@ def _string_parameter(name: str, value: str) -> bytes:
     # InferParameter.string_param = 3. Appended, a map entry overrides an earlier one.
     param = _ld(0x1A, value.encode())
     return _ld(0x22, _ld(0x0A, name.encode()) + _ld(0x12, param))
+
+
+#: len("00-" + 32 hex + "-" + 16 hex + "-" + 2 hex), and its encoded parameter up to the value.
+_TRACEPARENT_LENGTH = 55
+_TRACEPARENT_PREFIX = _string_parameter(TRACEPARENT, "x" * _TRACEPARENT_LENGTH)[:-_TRACEPARENT_LENGTH]
 
 
 # -- one call's trace ------------------------------------------------------------------
@@ -272,8 +290,6 @@ class _Child:
         self._call, self._name, self._kind = call, name, kind
 
     def __enter__(self) -> Any:
-        from opentelemetry import trace
-
         call = self._call
         self._previous = call.active
         self.span = _tracer.start_span(self._name, trace.set_span_in_context(call.active), kind=self._kind)
@@ -290,12 +306,13 @@ class _Child:
 class CallTrace:
     """The trace of one traced RPC (or one stream message): its server span and the hooks."""
 
-    __slots__ = ("_metadata", "_span", "active", "name", "parent", "start_ns")
+    __slots__ = ("_context", "_span", "active", "name", "parent", "start_ns")
 
-    def __init__(self, name: str, metadata: Any, start_ns: int) -> None:
+    def __init__(self, name: str, context: Any, start_ns: int) -> None:
         self.name = name
         self.start_ns = start_ns
-        self._metadata = metadata
+        #: The call's gRPC context; its metadata is read only if no parameters gave a parent.
+        self._context = context
         self._span: Any = None
         #: The remote parent: from the request's parameters (adopt) or the call's metadata.
         self.parent: Any = None
@@ -314,8 +331,6 @@ class CallTrace:
         return self.span.is_recording()
 
     def _start(self) -> Any:
-        from opentelemetry.trace import SpanKind
-
         parent = self.parent
         if parent is None:
             parent = self.parent = self._from_metadata()
@@ -325,7 +340,7 @@ class CallTrace:
 
     def _from_metadata(self) -> Any:
         traceparent = tracestate = None
-        for key, value in self._metadata or ():
+        for key, value in self._context.invocation_metadata() or ():
             if key == TRACEPARENT:
                 traceparent = value
             elif key == TRACESTATE:
@@ -333,10 +348,19 @@ class CallTrace:
         return parse_traceparent(traceparent, tracestate) if traceparent else None
 
     def adopt(self, parameters: Any) -> None:
-        """Take the parent from a request's ``parameters`` (how routers send it), if it has one."""
+        """Take the parent from a request's ``parameters`` (how routers send it), if it has one.
+
+        A parent the router did not sample (flags ``00``, nearly every request at a low
+        ratio) is not parsed: under the parent-based sampler its child records nothing, and
+        the worker passes the context on to no one.
+        """
         if self._span is None and TRACEPARENT in parameters:
+            traceparent = parameters[TRACEPARENT].string_param
+            if traceparent.endswith("-00") and len(traceparent) == _TRACEPARENT_LENGTH:
+                self._span = self.active = INVALID_SPAN
+                return
             state = parameters[TRACESTATE].string_param if TRACESTATE in parameters else None
-            parent = parse_traceparent(parameters[TRACEPARENT].string_param, state)
+            parent = parse_traceparent(traceparent, state)
             if parent is not None:
                 self.parent = parent
 
@@ -353,8 +377,6 @@ class CallTrace:
     def child(self, name: str, client: bool = False) -> _Child | _NoSpan:
         if not self.span.is_recording():
             return _NO_SPAN
-        from opentelemetry.trace import SpanKind
-
         return _Child(self, name, SpanKind.CLIENT if client else SpanKind.INTERNAL)
 
     def outgoing(self, headers: Mapping[str, str]) -> bytes:
@@ -369,8 +391,6 @@ class CallTrace:
     def finish(self, call: edge.RpcCall) -> None:
         span = self.span
         if span.is_recording():
-            from opentelemetry.trace import Status, StatusCode
-
             attributes: dict[str, Any] = {
                 "rpc.system": "grpc",
                 "rpc.method": call.method,
@@ -408,9 +428,7 @@ class TracingInterceptor(edge.Interceptor):
             return
         if call.state is None:
             call.state = {}
-        call.state[_state_key] = CallTrace(
-            f"{self._service} {call.method}", call.context.invocation_metadata(), time.time_ns()
-        )
+        call.state[_state_key] = CallTrace(f"{self._service} {call.method}", call.context, time.time_ns())
 
     def end(self, call: edge.RpcCall) -> None:
         state = call.state
@@ -453,9 +471,6 @@ def record_batch(entries: Sequence[Queued | None], rows: int, compute_ns: int) -
     traced = [entry for entry in entries if entry is not None]
     if not traced or _tracer is None:
         return
-    from opentelemetry import trace
-    from opentelemetry.trace import Link
-
     end_ns = time.time_ns()
     start_ns = end_ns - compute_ns
     for span, enqueued_ns, _, _ in traced:
