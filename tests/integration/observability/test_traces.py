@@ -64,7 +64,7 @@ def cluster(tmp_path_factory, collector):
     _, admin_key = api_keys.new_key()
     (tmp / "admin.key").write_text(admin_key)
     registry = start_service(["registry", "--redis-url", redis.url, "--admin-key-file", str(tmp / "admin.key"),
-                              "--port", "0"])
+                              "--port", "0", "--otlp-endpoint", collector.endpoint], env=FAST_EXPORT)
     cluster = Cluster(redis=redis, registry=registry, admin_key=admin_key, repository=repository)
     key_env = {"SHUNTER_ADMIN_KEY": admin_key}
     otlp = ["--otlp-endpoint", collector.endpoint]
@@ -248,3 +248,55 @@ def test_a_bad_payload_log_target_is_a_usage_error(cluster):
     )
     assert result.returncode == 2
     assert "redis-stream://HOST:PORT/DB/STREAM" in result.stderr
+
+
+def test_a_client_stream_message_is_traced_from_the_streams_traceparent(cluster, collector):
+    router_a = cluster.routers[0].address
+    trace_id = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e"
+
+    async def stream() -> None:
+        async with Client(router_a) as client:
+            call = client.stub.ModelStreamInfer(
+                metadata=auth(cluster.keys["data"], traceparent=f"00-{trace_id}-{FIXED_PARENT_ID}-01"), timeout=30
+            )
+            await call.write(calc_request(id_="s1"))
+            response = await call.read()
+            assert response.error_message == "" and response.infer_response.id == "s1"
+            await call.done_writing()
+
+    asyncio.run(stream())
+
+    def traced(spans: list[Span]) -> list[Span] | None:
+        trace = _trace(spans, trace_id)
+        return trace if any(s.name == "compute" for s in trace) else None
+
+    trace = collector.wait_for(traced, what="the stream message's trace")
+    router = _one(trace, "shunter-router", "router ModelStreamInfer")
+    assert router.parent_span_id == FIXED_PARENT_ID
+    forward = _one(trace, "shunter-router", "forward")
+    assert _one(trace, "shunter-worker", "worker ModelStreamInfer").parent_span_id == forward.span_id
+
+
+def test_the_registry_traces_its_calls_but_not_heartbeats_or_watches(cluster, collector):
+    cluster.admin(lambda c: c.list_workers())
+    collector.wait_for(lambda spans: any(s.service == "shunter-registry" and s.name == "registry ListWorkers"
+                                         for s in spans), what="a registry span")
+    names = {s.name for s in collector.snapshot() if s.service == "shunter-registry"}
+    assert "registry Heartbeat" not in names and "registry WatchRoutingTable" not in names
+    assert "registry RegisterWorker" in names
+
+
+def test_up_refuses_a_bad_otlp_endpoint_before_starting_anything(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.support.processes import ROOT
+
+    repository = write_repository(tmp_path / "models")
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "up", "--model-repository", str(repository), "--port", "0",
+         "--run-dir", str(tmp_path / "run"), "--otlp-endpoint", "collector:4317/v1/traces"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "collector:4317/v1/traces" in done.stderr and "nothing was started" in done.stderr
