@@ -435,7 +435,10 @@ class TracingInterceptor(edge.Interceptor):
         trace = state.get(_state_key) if state else None
         if trace is not None:
             try:
+                trace_id = trace.trace_id()  # before finish: an ended span no longer records
                 trace.finish(call)
+                if trace_id:
+                    state[edge.EXEMPLAR] = {"trace_id": trace_id}
             except Exception:  # a hook must not raise
                 logger.exception("ending the span of %s %s", self._service, call.method)
 

@@ -300,3 +300,21 @@ def test_up_refuses_a_bad_otlp_endpoint_before_starting_anything(tmp_path):
     )
     assert done.returncode == 2, done.stderr
     assert "collector:4317/v1/traces" in done.stderr and "nothing was started" in done.stderr
+
+
+def test_a_traced_calls_latency_sample_carries_its_trace_id_as_an_exemplar(cluster, collector):
+    import re
+    import urllib.request
+
+    router = cluster.routers[0]
+    asyncio.run(_infer(router.address, cluster.keys["data"], calc_request(id_="exemplar")))
+    request = urllib.request.Request(router.metrics_url, headers={"Accept": "application/openmetrics-text"})
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    bucket = r'^shunter_request_duration_seconds_bucket\{[^}]*method="ModelInfer"[^}]*\} \S+ '
+    exemplars = set(re.findall(bucket + r'# \{trace_id="([0-9a-f]{32})"\}', text, re.M))
+    assert exemplars, "no exemplar on the router's latency histogram"
+    # Each names a trace the collector has: the router span of a request it timed.
+    collector.wait_for(
+        lambda spans: exemplars <= {s.trace_id for s in spans if s.name == "router ModelInfer"},
+        what="the exemplars' traces",
+    )
