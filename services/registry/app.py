@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -11,36 +10,15 @@ import grpc
 from services.common import api_keys
 from services.common.errors import Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
-from services.registry import validation
 from services.registry.catalogue import Catalogue
 from services.registry.service import RegistryService
+from services.registry.settings import RegistrySettings
 from services.registry.store import RedisStore, now_ms
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registry"].full_name
 MIN_BOOTSTRAP_KEY_LEN = 16
-
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    redis_url: str
-    #: Prefix of every Redis key, so several clusters can share one Redis.
-    key_prefix: str = "shunter:"
-    #: File holding the first admin key (its text); only the key's hash is ever stored.
-    admin_key_file: Path | None = None
-    #: Lease TTL a worker gets when it asks for none; a killed worker leaves within it.
-    lease_ttl_s: int = 10
-    #: Safety-net re-read of Redis, on top of pub/sub wakeups (also notices expired leases).
-    refresh_interval_s: float = 1.0
-    #: Directories registered artifacts must lie in (resolved); empty: any local path (warned).
-    artifact_roots: tuple[Path, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.lease_ttl_s <= validation.MAX_TTL_S:
-            raise ValueError(f"lease TTL must be between 1 and {validation.MAX_TTL_S} s, got {self.lease_ttl_s}")
-        if self.refresh_interval_s <= 0:
-            raise ValueError("refresh interval must be positive")
 
 
 def bootstrap_key(path: Path) -> rpb.ApiKey:
@@ -68,7 +46,8 @@ class RegistryApp:
         self.bootstrap = bootstrap_key(settings.admin_key_file) if settings.admin_key_file else None
         self.store = RedisStore(
             settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s,
-            lease_grace_s=settings.lease_ttl_s,
+            lease_grace_s=settings.lease_ttl_s, wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         self.store.on_snapshot = self._ensure_bootstrap
         self.service = RegistryService(

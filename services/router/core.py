@@ -151,8 +151,6 @@ class Router:
         edge.label(name, entry.version)
         trace.set("shunter.variant", entry.version)
         decoded = decode_request(request, entry.signature, materialize=False)
-        if entry.signature.batched and decoded.batch_size == 0:
-            raise InvalidArgument("batch size 0: send at least one row")
         trace.event("validated")
         if not entry.workers:
             raise Unavailable(f"no ready worker for model '{name}' version '{entry.version}'")

@@ -318,3 +318,18 @@ def test_a_traced_calls_latency_sample_carries_its_trace_id_as_an_exemplar(clust
         lambda spans: exemplars <= {s.trace_id for s in spans if s.name == "router ModelInfer"},
         what="the exemplars' traces",
     )
+
+
+def test_a_service_given_a_bad_endpoint_exits_2_naming_it():
+    import subprocess
+    import sys
+
+    from tests.support.processes import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "registry", "--redis-url", "redis://127.0.0.1:1",
+         "--otlp-endpoint", "ftp://collector:4317"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "ftp://collector:4317" in result.stderr

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from services.common import tracing
 from services.gen.inference import grpc_service_pb2 as pb
-from tests.support.processes import ROOT
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -78,12 +74,3 @@ def test_off_means_no_interceptor_and_no_span():
     # Off, a caller's own context is passed on untouched.
     assert tracing.NO_TRACE.outgoing({"traceparent": TRACEPARENT}) == tracing.carrier_fields(TRACEPARENT)
 
-
-def test_a_service_given_a_bad_endpoint_exits_2_naming_it():
-    result = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "registry", "--redis-url", "redis://127.0.0.1:1",
-         "--otlp-endpoint", "ftp://collector:4317"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 2
-    assert "ftp://collector:4317" in result.stderr
