@@ -38,6 +38,8 @@ from services.gen.inference import grpc_service_pb2 as pb
 logger = logging.getLogger(__name__)
 
 SCHEME = "redis-stream"
+#: The stream URL schemes and the Redis URL scheme each maps to (services.common.redis_connect).
+SCHEMES = {"redis-stream": "redis", "rediss-stream": "rediss"}
 #: Records written to Redis in one pipeline.
 BATCH_RECORDS = 128
 
@@ -58,30 +60,50 @@ class PayloadLogConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StreamTarget:
-    host: str
-    port: int
-    db: int
+    #: The Redis server, as a ``redis://`` / ``rediss://`` URL for redis_connect (may hold a password).
+    redis_url: str
     stream: str
 
     @property
     def display(self) -> str:
-        return f"{SCHEME}://{self.host}:{self.port}/{self.db}/{self.stream}"
+        from services.common.redis_connect import redacted
+
+        return f"{redacted(self.redis_url)} stream {self.stream}"
 
 
 def parse_target(url: str) -> StreamTarget:
-    """``redis-stream://HOST:PORT/DB/STREAM`` (port default 6379) as a StreamTarget."""
-    expected = f"expected {SCHEME}://HOST:PORT/DB/STREAM"
+    """``redis-stream://[USER:PASSWORD@]HOST[:PORT]/DB/STREAM`` as a StreamTarget.
+
+    ``rediss-stream://`` is the same over TLS, with redis_connect's ``?ca=&cert=&key=``
+    options; USER:PASSWORD are a Redis ACL user's, as in every ``--redis-url``.
+    """
+    from services.common.redis_connect import RedisUrlError, parse_url
+
+    expected = f"expected {SCHEME}://[USER:PASSWORD@]HOST:PORT/DB/STREAM"
     parts = urlsplit(url)
-    if parts.scheme != SCHEME:
-        raise PayloadLogConfigError(f"payload log {url!r}: {expected}")
+    if parts.scheme not in SCHEMES:
+        raise PayloadLogConfigError(f"payload log {_redacted(url)!r}: {expected}")
     try:
-        port = parts.port or 6379
+        parts.port  # noqa: B018 - raises for a port that is not a number
     except ValueError:
-        raise PayloadLogConfigError(f"payload log {url!r}: the port is not a number; {expected}") from None
+        raise PayloadLogConfigError(f"payload log {_redacted(url)!r}: the port is not a number; {expected}") from None
     path = parts.path.strip("/").split("/", 1)
     if not parts.hostname or len(path) != 2 or not path[0].isdigit() or not path[1]:
-        raise PayloadLogConfigError(f"payload log {url!r}: {expected}")
-    return StreamTarget(parts.hostname, port, int(path[0]), path[1])
+        raise PayloadLogConfigError(f"payload log {_redacted(url)!r}: {expected}")
+    query = f"?{parts.query}" if parts.query else ""
+    redis_url = f"{SCHEMES[parts.scheme]}://{parts.netloc}/{path[0]}{query}"
+    try:
+        parse_url(redis_url)
+    except RedisUrlError as exc:
+        raise PayloadLogConfigError(f"payload log {_redacted(url)!r}: {exc}") from None
+    return StreamTarget(redis_url, path[1])
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 class PayloadLog:
@@ -140,12 +162,10 @@ class PayloadLog:
 
     def _client(self) -> Any:
         if self._redis is None:
-            import redis.asyncio as aioredis
+            from services.common.redis_connect import connect
 
-            target = self.target
-            self._redis = aioredis.Redis(
-                host=target.host, port=target.port, db=target.db,
-                socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
+            self._redis = connect(
+                self.target.redis_url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s
             )
         return self._redis
 

@@ -59,13 +59,18 @@ def _counter(outcome: str) -> float:
 
 def test_targets_are_parsed_and_bad_ones_named():
     assert parse_target("redis-stream://cache:6380/2/shunter:payloads") == StreamTarget(
-        "cache", 6380, 2, "shunter:payloads"
+        "redis://cache:6380/2", "shunter:payloads"
     )
-    assert parse_target("redis-stream://cache/0/s").port == 6379
+    secret = parse_target("rediss-stream://logger:s3cret@cache:6380/0/s?ca=/ca.pem")
+    assert secret.redis_url == "rediss://logger:s3cret@cache:6380/0?ca=/ca.pem"
+    assert "s3cret" not in secret.display
     for bad in ("redis://cache:6379/0", "redis-stream://cache:6379/s", "redis-stream://cache:x/0/s",
                 "redis-stream:///0/s", "redis-stream://cache:6379/zero/s"):
-        with pytest.raises(PayloadLogConfigError, match="redis-stream://HOST:PORT/DB/STREAM"):
+        with pytest.raises(PayloadLogConfigError, match=r"redis-stream://\[USER:PASSWORD@\]HOST:PORT/DB/STREAM"):
             parse_target(bad)
+    with pytest.raises(PayloadLogConfigError) as refused:
+        parse_target("redis-stream://u:hunter2@cache:x/0/s")
+    assert "hunter2" not in str(refused.value)
     with pytest.raises(PayloadLogConfigError, match="payload sample"):
         PayloadLog(parse_target("redis-stream://cache/0/s"), 0.0)
 
@@ -128,3 +133,41 @@ async def test_redis_down_drops_and_counts_without_blocking_then_recovers(server
         assert time.monotonic() < deadline, "the payload log did not write again after Redis came back"
     await log.close()
     assert redis.Redis(port=server.port, db=3).xlen("payloads") >= 1
+
+
+
+@pytest.fixture
+def password_redis(tmp_path):
+    """A redis-server that wants a password (``s3cret``); yields its port."""
+    import subprocess
+
+    from tests.support.processes import free_port, redis_server_binary
+
+    port = free_port()
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--requirepass", "s3cret", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, password="s3cret")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+async def test_a_password_in_the_target_authenticates_and_a_missing_one_is_dropped_and_counted(password_redis):
+    port = password_redis
+    good = PayloadLog(parse_target(f"redis-stream://default:s3cret@127.0.0.1:{port}/0/s"), 1.0)
+    anonymous = PayloadLog(parse_target(f"redis-stream://127.0.0.1:{port}/0/s"), 1.0, retry_after_s=0.05)
+    for log in (good, anonymous):
+        log.offer("calc", "1", *_pair(1.0), latency_s=0.001)
+    await _until(lambda: good.written == 1 and anonymous.dropped == 1, "one written, one refused")
+    await good.close()
+    await anonymous.close()
+    assert redis.Redis(port=port, password="s3cret").xlen("s") == 1

@@ -247,7 +247,7 @@ def test_a_bad_payload_log_target_is_a_usage_error(cluster):
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
-    assert "redis-stream://HOST:PORT/DB/STREAM" in result.stderr
+    assert "redis-stream://[USER:PASSWORD@]HOST:PORT/DB/STREAM" in result.stderr
 
 
 def test_a_client_stream_message_is_traced_from_the_streams_traceparent(cluster, collector):
