@@ -80,7 +80,9 @@ def cluster(tmp_path_factory, collector):
         router_b = {**key_env, **FAST_EXPORT, **NO_ROOTS, "OTEL_SERVICE_NAME": "router-b"}
         payload_log = ["--payload-log", f"redis-stream://127.0.0.1:{redis.port}/0/{PAYLOAD_STREAM}",
                        "--payload-sample", "1"]
-        for env, extra in (({**key_env, **FAST_EXPORT}, payload_log), (router_b, [])):
+        unary = {**key_env, **FAST_EXPORT, "OTEL_SERVICE_NAME": "router-unary"}
+        for env, extra in (({**key_env, **FAST_EXPORT}, payload_log), (router_b, []),
+                           (unary, ["--worker-link", "unary"])):
             cluster.routers.append(start_service(
                 ["router", "--registry", registry.address, "--redis-url", redis.url, "--port", "0", *otlp, *extra],
                 env=env,
@@ -333,3 +335,20 @@ def test_a_service_given_a_bad_endpoint_exits_2_naming_it():
     )
     assert result.returncode == 2
     assert "ftp://collector:4317" in result.stderr
+
+
+def test_on_the_unary_link_the_worker_takes_the_context_from_the_parameters_too(cluster, collector):
+    router_unary = cluster.routers[2].address
+    asyncio.run(_infer(router_unary, cluster.keys["data"], calc_request(id_="unary")))
+
+    def unary_trace(spans: list[Span]) -> list[Span] | None:
+        for router in (s for s in spans if s.service == "router-unary" and s.name == "router ModelInfer"):
+            trace = _trace(spans, router.trace_id)
+            if any(s.name == "compute" for s in trace):
+                return trace
+        return None
+
+    trace = collector.wait_for(unary_trace, what="a trace through the unary link")
+    forward = _one(trace, "router-unary", "forward")
+    worker = _one(trace, "shunter-worker", "worker ModelInfer")
+    assert worker.parent_span_id == forward.span_id
