@@ -52,6 +52,7 @@ class RouterServicer:
         self.router = router
         self.draining = False
         self.edge = edge.Edge("router", tracing.interceptors("router"))
+        self.edge.add(router.admission)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return self.edge.handler(

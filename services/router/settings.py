@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.admission import AdmissionSettings
 from services.common.settings import SettingsError, check_bounds, setting
+from services.common.tls import ClientTls
 
 #: The ways a router can carry requests to a worker (``--worker-link``): multiplexed over
 #: one ModelStreamInfer stream per worker, or one ModelInfer call per request.
@@ -22,7 +24,8 @@ class RouterSettings:
         env_aliases=("SHUNTER_REGISTRY",),
     )
     admin_key: str = setting(
-        "", "key the router authenticates to the registry with", secret=True, env_aliases=("SHUNTER_ADMIN_KEY",),
+        "", "the router's key: for the registry's watch and, on every call, to workers (role router or admin)",
+        secret=True, env_aliases=("SHUNTER_ADMIN_KEY",),
     )
     redis_url: str = setting(
         "", "Redis for shared rate limits and the cache (none: per-replica limits, no cache)",
@@ -68,7 +71,51 @@ class RouterSettings:
         "stream", "how requests travel to workers: multiplexed over one ModelStreamInfer stream per worker, "
         "or one ModelInfer call each", choices=WORKER_LINKS,
     )
-
+    #: TLS for the router's own calls (registry watch, workers); None: plaintext. From the --tls-ca flags.
+    client_tls: ClientTls | None = None
+    # -- overload and failure handling (README "Overload and failure handling") ---------
+    max_in_flight: int = setting(
+        0, "admission: inference requests this router holds at once, counted from arrival; past it they "
+        "are refused at once with UNAVAILABLE (0: no bound)", minimum=0,
+    )
+    max_in_flight_per_version: int = setting(
+        0, "admission: inference requests one model version holds at once in this router (0: no bound)",
+        minimum=0,
+    )
+    deadline_admission: bool = setting(
+        True, "admission: refuse at once a request with less time left than its version's requests take now"
+    )
+    max_in_flight_per_worker: int = setting(
+        0, "requests one worker may hold from this router; with every worker of a version at it, requests "
+        "are refused at once with UNAVAILABLE (0: no cap)", minimum=0,
+    )
+    liveness_interval_s: float = setting(
+        1.0, "stream link: ping a worker that has sent nothing for this long while requests wait",
+        unit="s", minimum=0, exclusive_minimum=True,
+    )
+    liveness_timeout_s: float = setting(
+        2.0, "stream link: a worker silent this long after a ping is hung; its requests are retried elsewhere",
+        unit="s", minimum=0, exclusive_minimum=True,
+    )
+    outlier_ratio: float = setting(
+        3.0, "eject a worker whose latency is over this many times its peers' median (0: never)", minimum=0
+    )
+    outlier_min_gap_s: float = setting(
+        0.02, "... and at least this much above it", unit="s", minimum=0
+    )
+    outlier_cooloff_s: float = setting(
+        10.0, "how long a latency outlier is avoided", unit="s", minimum=0, exclusive_minimum=True
+    )
+    hedge_models: tuple[str, ...] = setting(
+        (), "models whose requests are idempotent: one not answered after --hedge-after-s also goes to a "
+        "second worker, the first answer wins (comma-separated, repeatable)", flag="--hedge-model",
+        metavar="MODEL",
+    )
+    hedge_after_s: float = setting(
+        0.05, "how long a hedged request waits before its second attempt", unit="s",
+        minimum=0, exclusive_minimum=True,
+    )
+    # -- payload logging (README "Observability: traces") ---------------------------------
     payload_log: str = setting(
         "", "append a sample of requests and responses to this Redis stream (none: off)",
         metavar="redis-stream://HOST:PORT/DB/STREAM",
@@ -92,6 +139,15 @@ class RouterSettings:
                 parse_target(self.payload_log)
             except PayloadLogConfigError as exc:
                 raise SettingsError(f"--payload-log: {exc}") from None
+
+    @property
+    def admission(self) -> AdmissionSettings:
+        """The edge's admission bounds (queue waits are the workers' own: queue_time.py)."""
+        return AdmissionSettings(
+            max_in_flight=self.max_in_flight,
+            max_in_flight_per_version=self.max_in_flight_per_version,
+            deadline_aware=self.deadline_admission,
+        )
 
     @property
     def near_cache_bytes(self) -> int:

@@ -12,6 +12,7 @@ import logging
 import grpc
 
 from services.common import edge, inference_parameters, model_description, tracing
+from services.common.admission import Admission
 from services.common.errors import ShunterError, Unavailable
 from services.common.tensors import decode_request, fill_outputs
 from services.gen.inference import grpc_service_pb2 as pb
@@ -26,10 +27,12 @@ SERVER_VERSION = "0.1.0"
 
 
 class WorkerServicer:
-    def __init__(self, models: ModelManager) -> None:
+    def __init__(self, models: ModelManager, admission: Admission | None = None) -> None:
         self._models = models
         self.draining = False
         self.edge = edge.Edge("worker", tracing.interceptors("worker"))
+        self.admission = admission or Admission("worker")
+        self.edge.add(self.admission)
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = edge.generated_methods(SERVICE, self)
@@ -116,6 +119,7 @@ class WorkerServicer:
         if self.draining:
             raise Unavailable("worker is shutting down")
         loaded = self._lookup(request.model_name, request.model_version)
+        self.admission.admit(loaded.model, loaded.version, timeout_s)
         decoded = decode_request(request, loaded.signature)
         outputs = await loaded.infer(decoded.inputs, decoded.batch_size, timeout_s)
         response.model_name = loaded.model
@@ -141,6 +145,10 @@ class WorkerServicer:
         """
         request = edge.parse(pb.ModelInferRequest, raw)
         message = pb.ModelStreamInferResponse()
+        if not request.model_name and inference_parameters.PING in request.parameters:
+            # A router's liveness ping (services/router/worker_client.py): answered at once, unqueued.
+            message.infer_response.id = request.id
+            return message.SerializeToString()
         await self._infer(request, _time_limit(request, context), message.infer_response)
         return message.SerializeToString()
 

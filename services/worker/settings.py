@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.admission import AdmissionSettings
 from services.common.settings import SettingsError, check_bounds, setting
 
 
@@ -24,7 +25,12 @@ class WorkerSettings:
     registry: str | None = setting(None, "registry HOST:PORT: run in cluster mode", metavar="HOST:PORT")
     serve: tuple[str, ...] = setting((), "cluster mode: comma-separated model names to serve")
     admin_key: str = setting(
-        "", "cluster mode: key for the registry", secret=True, env_aliases=("SHUNTER_ADMIN_KEY",)
+        "", "cluster mode: the worker's key for the registry, a worker-role key (`shunter keys create --role "
+        "worker`; an admin key also works)", secret=True, file_flag="--key-file", env_aliases=("SHUNTER_ADMIN_KEY",),
+    )
+    open_inference: bool = setting(
+        False, "cluster mode: serve inference to any caller, not only router and admin keys (logged loudly; "
+        "standalone workers are always open)",
     )
     lease_ttl_s: int = setting(0, "cluster mode: lease TTL (0: the registry's default)", unit="s", minimum=0)
     advertise: str | None = setting(
@@ -41,6 +47,33 @@ class WorkerSettings:
         minimum=0, exclusive_minimum=True,
     )
 
+    # -- admission (README "Overload and failure handling") ---------------------------
+    max_in_flight: int = setting(
+        0, "admission: inference requests this process holds at once, counted from arrival; past it they "
+        "are refused at once with UNAVAILABLE (0: no bound)", minimum=0,
+    )
+    max_in_flight_per_version: int = setting(
+        0, "admission: inference requests one model version holds at once (0: no bound)", minimum=0
+    )
+    max_queue_wait_s: float = setting(
+        0.0, "admission: refuse a request whose expected wait in its version's queue (rows ahead / batch "
+        "size x observed batch time) is longer than this (0: only its own deadline bounds it)",
+        unit="s", minimum=0,
+    )
+    deadline_admission: bool = setting(
+        True, "admission: refuse at once a request whose deadline is shorter than its expected wait plus "
+        "its own batch"
+    )
+
+    @property
+    def admission(self) -> AdmissionSettings:
+        return AdmissionSettings(
+            max_in_flight=self.max_in_flight,
+            max_in_flight_per_version=self.max_in_flight_per_version,
+            max_queue_wait_s=self.max_queue_wait_s,
+            deadline_aware=self.deadline_admission,
+        )
+
     def __post_init__(self) -> None:
         check_bounds(self)
         if self.registry is None and self.model_repository is None:
@@ -49,4 +82,6 @@ class WorkerSettings:
             if not self.serve:
                 raise SettingsError("--registry needs --serve NAME[,NAME]")
             if not self.admin_key:
-                raise SettingsError("--registry needs --admin-key-file, --admin-key or $SHUNTER_ADMIN_KEY")
+                raise SettingsError("--registry needs --key-file, --admin-key or $SHUNTER_ADMIN_KEY")
+        elif self.open_inference:
+            raise SettingsError("--open-inference is for cluster mode (a standalone worker is open already)")
