@@ -171,3 +171,19 @@ async def test_a_password_in_the_target_authenticates_and_a_missing_one_is_dropp
     await good.close()
     await anonymous.close()
     assert redis.Redis(port=port, password="s3cret").xlen("s") == 1
+
+
+async def test_a_slow_redis_costs_records_not_requests(server):
+    log = PayloadLog(_target(server), 1.0, queue_size=20, timeout_s=0.2, retry_after_s=0.05)
+    pair = _pair(1.0)
+    log.offer("calc", "1", *pair, latency_s=0.001)
+    await _until(lambda: log.written == 1, "the first record written")
+    # Redis stops answering writes for 3 s: XADD waits past the log's timeout.
+    redis.Redis(port=server.port).execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+    failed_before = _counter("write_failed")
+    for _ in range(200):  # synchronous: nothing here can wait for Redis
+        log.offer("calc", "1", *pair, latency_s=0.001)
+    assert log.dropped >= 200 - 20 - 1, "past the queue bound, records are dropped at once"
+    await _until(lambda: _counter("write_failed") > failed_before and log.dropped + log.written == 201,
+                 "the queued records dropped after the timeout, or written once Redis answered")
+    await log.close()
