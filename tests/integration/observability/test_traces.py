@@ -109,15 +109,25 @@ def _one(spans: list[Span], service: str, name: str) -> Span:
     return found[0]
 
 
-def _complete(trace_id_of_router: str | None = None):
-    """A predicate: a trace that has its router span and the worker's compute span."""
+#: The spans of one request that went router → worker (the worker span's name varies by link).
+WHOLE_TRACE = ("forward", "queue", "compute")
+
+
+def _complete(trace_id_of_router: str | None = None, router: str = "router ModelInfer",
+              worker: str = "worker ModelStreamInfer"):
+    """A predicate: a trace with every span of a request that reached a worker.
+
+    Each service exports on its own schedule, and a server span ends after its children,
+    so the predicate waits for all of them rather than for any one.
+    """
+    wanted = {router, worker, *WHOLE_TRACE}
 
     def check(spans: list[Span]) -> list[Span] | None:
-        routers = [s for s in spans if s.name == "router ModelInfer"
-                   and (trace_id_of_router is None or s.trace_id == trace_id_of_router)]
-        for router in routers:
-            trace = _trace(spans, router.trace_id)
-            if any(s.name == "compute" for s in trace):
+        roots = [s for s in spans if s.name == router
+                 and (trace_id_of_router is None or s.trace_id == trace_id_of_router)]
+        for root in roots:
+            trace = _trace(spans, root.trace_id)
+            if wanted <= {s.name for s in trace}:
                 return trace
         return None
 
@@ -268,11 +278,8 @@ def test_a_client_stream_message_is_traced_from_the_streams_traceparent(cluster,
 
     asyncio.run(stream())
 
-    def traced(spans: list[Span]) -> list[Span] | None:
-        trace = _trace(spans, trace_id)
-        return trace if any(s.name == "compute" for s in trace) else None
-
-    trace = collector.wait_for(traced, what="the stream message's trace")
+    trace = collector.wait_for(_complete(trace_id, router="router ModelStreamInfer"),
+                               what="the stream message's trace")
     router = _one(trace, "shunter-router", "router ModelStreamInfer")
     assert router.parent_span_id == FIXED_PARENT_ID
     forward = _one(trace, "shunter-router", "forward")
@@ -342,11 +349,8 @@ def test_on_the_unary_link_the_worker_takes_the_context_from_the_parameters_too(
     asyncio.run(_infer(router_unary, cluster.keys["data"], calc_request(id_="unary")))
 
     def unary_trace(spans: list[Span]) -> list[Span] | None:
-        for router in (s for s in spans if s.service == "router-unary" and s.name == "router ModelInfer"):
-            trace = _trace(spans, router.trace_id)
-            if any(s.name == "compute" for s in trace):
-                return trace
-        return None
+        mine = [s for s in spans if s.service == "router-unary" and s.name == "router ModelInfer"]
+        return next((t for r in mine if (t := _complete(r.trace_id, worker="worker ModelInfer")(spans))), None)
 
     trace = collector.wait_for(unary_trace, what="a trace through the unary link")
     forward = _one(trace, "router-unary", "forward")
