@@ -119,3 +119,20 @@ async def test_router_limits_and_caches_through_its_own_user(up):
     # The bucket and the cached responses are in Redis: the router's user wrote them.
     assert list(admin_redis.scan_iter("shunter:rl:*"))
     assert list(admin_redis.scan_iter("shunter:cache:*"))
+
+
+def test_a_bad_redis_url_is_refused_before_anything_starts(tmp_path):
+    from tests.integration.test_up_start import run_up
+
+    repository = write_repository(tmp_path / "models")
+    done = run_up(repository, tmp_path / "run", "--port", "0", "--redis-url", "redis+sentinel://127.0.0.1:26379")
+    assert done.returncode == 2, done.stderr
+    assert "names no master" in done.stderr and "nothing was started" in done.stderr
+    assert not list((tmp_path / "run").glob("*.log"))
+    router = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "router", "--registry", "127.0.0.1:1", "--admin-key", "k" * 20,
+         "--redis-url", "redis://:hunter2@h:1/0?tls=yes"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert router.returncode == 2 and "unknown parameter 'tls'" in router.stderr
+    assert "hunter2" not in router.stderr

@@ -57,8 +57,8 @@ class Node:
 
     def start(self, timeout: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.data_dir / "redis.log").open("ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, cwd=self.data_dir)
+        with (self.data_dir / "redis.log").open("ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, cwd=self.data_dir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
