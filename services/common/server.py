@@ -25,8 +25,10 @@ from grpc_reflection.v1alpha import reflection
 from services.common.errors import PermissionDenied, ShunterError, Unauthenticated
 from services.common.metrics_http import start_metrics_server
 from services.common.process_group import die_with_group
+from services.common.ready_line import format_ready_line
 from services.common.reflection_v1 import SERVICE_NAME as REFLECTION_V1
 from services.common.reflection_v1 import enable_reflection_v1
+from services.common.settings import check_bounds, setting
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +54,24 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 0
-    metrics_host: str | None = None
-    metrics_port: int = 0
-    #: Seconds in-flight calls get to finish after SIGTERM.
-    grace_s: float = 30.0
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Where and how a service listens; every field but tls and reuse_port is a flag of each service."""
+
+    host: str = setting("127.0.0.1", "address to bind")
+    port: int = setting(0, "gRPC port; 0 picks a free one", minimum=0, maximum=65535)
+    metrics_host: str | None = setting(None, "address the Prometheus /metrics port binds (default: --host)")
+    metrics_port: int = setting(0, "Prometheus /metrics port; 0 picks one", minimum=0, maximum=65535)
+    grace_s: float = setting(30.0, "time in-flight calls get to finish after SIGTERM", unit="s", minimum=0)
+    max_message_bytes: int = setting(
+        DEFAULT_MAX_MESSAGE_BYTES, "largest request accepted; bigger ones get RESOURCE_EXHAUSTED",
+        unit="bytes", minimum=1,
+    )
     tls: TlsConfig | None = None
     #: Share the port with sibling processes (SO_REUSEPORT; `shunter worker --processes`).
     #: Off by default so that a port already in use is an error, not a silent split.
     reuse_port: bool = False
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 class ServiceApp(Protocol):
@@ -146,7 +155,7 @@ class RunningService:
         for name in ("", *self.app.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         print(
-            f"shunter {self.app.name} listening on {self.address} metrics {metrics_host}:{self.metrics_port}",
+            format_ready_line(self.app.name, self.address, f"{metrics_host}:{self.metrics_port}"),
             flush=True,
         )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -11,43 +10,15 @@ import grpc
 from services.common import api_keys
 from services.common.errors import Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
-from services.registry import validation
 from services.registry.catalogue import Catalogue
 from services.registry.service import RegistryService
+from services.registry.settings import RegistrySettings
 from services.registry.store import RedisStore, now_ms
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registry"].full_name
 MIN_BOOTSTRAP_KEY_LEN = 16
-
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    redis_url: str
-    #: Prefix of every Redis key, so several clusters can share one Redis.
-    key_prefix: str = "shunter:"
-    #: File holding the first admin key (its text); only the key's hash is ever stored.
-    admin_key_file: Path | None = None
-    #: Lease TTL a worker gets when it asks for none; a killed worker leaves within it.
-    lease_ttl_s: int = 10
-    #: Safety-net re-read of Redis, on top of pub/sub wakeups (also notices expired leases).
-    refresh_interval_s: float = 1.0
-    #: Directories registered artifacts must lie in (resolved); empty: any local path (warned).
-    artifact_roots: tuple[Path, ...] = ()
-    #: A catalogue write is acknowledged only once this many Redis replicas hold it (``WAIT``);
-    #: 0: once the primary has it. See docs/operations.md for what each mode then survives.
-    redis_wait_replicas: int = 0
-    #: How long a write waits for those replicas before it is answered UNAVAILABLE.
-    redis_wait_timeout_ms: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.redis_wait_replicas < 0 or self.redis_wait_timeout_ms < 1:
-            raise ValueError("--redis-wait-replicas must be >= 0 and --redis-wait-timeout-ms >= 1")
-        if not 1 <= self.lease_ttl_s <= validation.MAX_TTL_S:
-            raise ValueError(f"lease TTL must be between 1 and {validation.MAX_TTL_S} s, got {self.lease_ttl_s}")
-        if self.refresh_interval_s <= 0:
-            raise ValueError("refresh interval must be positive")
 
 
 def bootstrap_key(path: Path) -> rpb.ApiKey:

@@ -17,6 +17,7 @@ from services.common import artifacts
 from services.common.errors import InvalidArgument, NotFound
 from services.common.model_config import ModelConfig, parse_model_config
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.registry.settings import MAX_TTL_S
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 MAX_NAME_LEN = 128
@@ -24,7 +25,6 @@ VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")
 WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-MAX_TTL_S = 3600
 MAX_CACHE_TTL_S = 7 * 24 * 3600
 MAX_CONFIG_BYTES = 256 * 1024
 #: Bound on the optimisation report stored with a version (shunter optimize trims to 32 KiB).

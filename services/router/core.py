@@ -141,8 +141,6 @@ class Router:
             forward_raw = wire.with_model_version(raw, entry.version)
         edge.label(name, entry.version)
         decoded = decode_request(request, entry.signature, materialize=False)
-        if entry.signature.batched and decoded.batch_size == 0:
-            raise InvalidArgument("batch size 0: send at least one row")
         if not entry.workers:
             raise Unavailable(f"no ready worker for model '{name}' version '{entry.version}'")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.model_description import version_order
 from services.common.signature import Signature, TensorSpec
 from services.gen.shunter.registry.v1 import registry_pb2
 from services.router.splitter import Split
@@ -20,11 +21,6 @@ def signature_from_proto(proto: registry_pb2.Signature) -> Signature:
         return tuple(TensorSpec(t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in items)
 
     return Signature(inputs=specs(proto.inputs), outputs=specs(proto.outputs), max_batch_size=proto.max_batch_size)
-
-
-def version_order(version: str) -> tuple[int, int | str]:
-    """Sort key: integer versions numerically ("10" after "9"), anything else after."""
-    return (0, int(version)) if version.isdigit() else (1, version)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,24 +13,42 @@ from services.gen.inference import grpc_service_pb2 as pb
 from services.worker.models import ModelManager
 from services.worker.repository import scan_repository
 from services.worker.servicer import WorkerServicer
+from services.worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
+    """How a cluster-mode worker joins the registry (built from WorkerSettings, which holds the defaults)."""
+
     registry_address: str
     admin_key: str
     serve_models: tuple[str, ...]
-    lease_ttl_s: int = 0
-    #: Address routers dial; defaults to the bound host:port.
-    advertise_address: str | None = None
+    #: 0: the registry's default.
+    lease_ttl_s: int
+    #: Address routers dial; None: the bound host:port.
+    advertise_address: str | None
     #: Directories whose python handlers may run (cluster mode); empty: none allowed.
-    trusted_repositories: tuple[Path, ...] = ()
+    trusted_repositories: tuple[Path, ...]
     #: Directories artifacts may be read from (cluster mode); empty: any local path.
-    artifact_roots: tuple[Path, ...] = ()
+    artifact_roots: tuple[Path, ...]
     #: Seconds a version may take to load and warm up before it is refused (cluster mode).
-    load_timeout_s: float = 900.0
+    load_timeout_s: float
+
+    @classmethod
+    def from_worker_settings(cls, settings: WorkerSettings) -> ClusterSettings:
+        assert settings.registry is not None
+        return cls(
+            registry_address=settings.registry,
+            admin_key=settings.admin_key,
+            serve_models=settings.serve,
+            lease_ttl_s=settings.lease_ttl_s,
+            advertise_address=settings.advertise,
+            trusted_repositories=tuple(p.resolve() for p in settings.trusted_repository),
+            artifact_roots=tuple(p.resolve() for p in settings.artifact_root),
+            load_timeout_s=settings.load_timeout_s,
+        )
 
 
 class WorkerApp:

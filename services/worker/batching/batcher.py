@@ -164,6 +164,11 @@ class Batcher:
         return len(self._queue) + self._running_requests
 
     @property
+    def queued(self) -> int:
+        """Requests waiting for an instance (not yet in a batch)."""
+        return len(self._queue)
+
+    @property
     def rows_per_instance(self) -> float:
         """Rows submitted and not yet answered, per engine instance: the autoscaling gauge."""
         return self._in_flight_rows / len(self._instances)
