@@ -263,11 +263,10 @@ def connect(url: str, *, slot_key: str | None = None, **options: Any) -> Any:
         sentinel_kwargs.update(target.sentinel_auth)
         sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
         return sentinel.master_for(target.master, db=target.db, connection_pool_class=_SentinelPool, **kwargs)
-    cluster_kwargs = {k: v for k, v in kwargs.items() if k not in ("retry_on_timeout",)}
-    cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts], **cluster_kwargs)
+    cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts], **kwargs)
     if slot_key is None:
         return cluster
-    pool = SlotOwnerPool(SlotLocator(cluster, slot_key), **{k: v for k, v in kwargs.items() if k != "retry_on_timeout"})
+    pool = SlotOwnerPool(SlotLocator(cluster, slot_key), **kwargs)
     return aioredis.Redis.from_pool(pool)
 
 
