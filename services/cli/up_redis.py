@@ -13,7 +13,8 @@ service a user that reaches only its own keys with only the commands it runs:
 
 Workers never talk to Redis (their leases go through the registry), so they get no user.
 The URLs with the passwords reach the services through their environment
-(``SHUNTER_REDIS_URL``), never their command line, and are written to ``redis-urls``
+(``SHUNTER_REGISTRY_REDIS_URL``, ``SHUNTER_ROUTER_REDIS_URL``: these win over an inherited
+``SHUNTER_REDIS_URL``), never their command line, and are written to ``redis-urls``
 (mode 0600) in the run directory for operators.
 """
 

@@ -99,10 +99,11 @@ async def test_router_limits_and_caches_through_its_own_user(up):
     env = _env_file(run / "env")
     admin_redis = redis.Redis.from_url(env["SHUNTER_REDIS_URL"])
     async with RegistryClient(env["SHUNTER_REGISTRY"], env["SHUNTER_ADMIN_KEY"]) as registry:
-        limited = (await registry.create_api_key("acl", rate=rpb.RateLimit(per_second=0.1, burst=2))).secret
         policy = await registry.get_traffic_policy("calc")
         policy.cache_enabled, policy.cache_ttl_s = True, 60
         await registry.set_traffic_policy(policy)
+        # Made after the policy: a router that knows the key knows the policy too.
+        limited = (await registry.create_api_key("acl", rate=rpb.RateLimit(per_second=0.1, burst=2))).secret
     async with Client(env["SHUNTER_ROUTER"]) as client:
         deadline = time.monotonic() + 30
         while True:  # until the router's key table holds the new key
@@ -118,7 +119,10 @@ async def test_router_limits_and_caches_through_its_own_user(up):
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # The bucket and the cached responses are in Redis: the router's user wrote them.
     assert list(admin_redis.scan_iter("shunter:rl:*"))
-    assert list(admin_redis.scan_iter("shunter:cache:*"))
+    deadline = time.monotonic() + 10  # the cache is filled after the response is sent
+    while not list(admin_redis.scan_iter("shunter:cache:*")):
+        assert time.monotonic() < deadline, "no cache entry in Redis"
+        await asyncio.sleep(0.1)
 
 
 def test_a_bad_redis_url_is_refused_before_anything_starts(tmp_path):
