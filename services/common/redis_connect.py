@@ -253,6 +253,10 @@ def connect(url: str, *, slot_key: str | None = None, **options: Any) -> Any:
     target = parse_url(url)
     kwargs = _common(target, options)
     if target.mode == SINGLE:
+        # No hidden retries on one server (what from_url gives): callers notice an outage at
+        # once and apply their own policy (the router's local fallback, the stream's backoff);
+        # redis-py's default would retry connects for seconds first.
+        kwargs.setdefault("retry", None)
         if target.path:
             kwargs.pop("ssl", None)
             return aioredis.Redis(unix_socket_path=target.path, db=target.db, **kwargs)
