@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from redis import asyncio as aioredis
 
 from services.common import api_keys
 from services.common.errors import Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.monitoring import service as monitor_service
 from services.registry import validation
 from services.registry.catalogue import Catalogue
 from services.registry.service import RegistryService
@@ -61,7 +63,7 @@ def bootstrap_key(path: Path) -> rpb.ApiKey:
 
 class RegistryApp:
     name = "registry"
-    service_names = (SERVICE_NAME,)
+    service_names = (SERVICE_NAME, monitor_service.SERVICE_NAME)
 
     def __init__(self, settings: RegistrySettings) -> None:
         self.settings = settings
@@ -75,9 +77,14 @@ class RegistryApp:
             self.store, default_ttl_s=settings.lease_ttl_s, bootstrap=self.bootstrap,
             artifact_roots=settings.artifact_roots,
         )
+        # Reference profiles and drift window counts (services/monitoring), in the same Redis.
+        self._monitor_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=3.0)
+        self.monitor = monitor_service.MonitorService(
+            self.service, self.store.current, self._monitor_redis, settings.key_prefix
+        )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((self.service.handler(),))
+        server.add_generic_rpc_handlers((self.service.handler(), self.monitor.handler()))
 
     async def start(self) -> None:
         logger.info("registry: Redis at %s, key prefix %r", self.store.where, self.settings.key_prefix)
@@ -86,6 +93,7 @@ class RegistryApp:
         else:
             logger.warning("registry: no --artifact-root given; any local path may be registered as an artifact")
         await self.store.start()
+        await self.monitor.start()
         if self.store.catalogue is None:
             logger.warning("registry: starting without Redis; serving nothing until it answers")
         if self.bootstrap is None:
@@ -95,6 +103,8 @@ class RegistryApp:
         self.service.drain()
 
     async def close(self) -> None:
+        await self.monitor.close()
+        await self._monitor_redis.aclose()
         await self.store.close()
 
     async def _ensure_bootstrap(self, catalogue: Catalogue) -> None:

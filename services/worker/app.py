@@ -52,6 +52,7 @@ class WorkerApp:
         self._cluster_settings = cluster
         self._strict = strict
         self._cluster = None
+        self._drift = None
         self.bound_address = ""
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -75,6 +76,7 @@ class WorkerApp:
                 load_timeout_s=settings.load_timeout_s,
             )
             await self._cluster.start()
+            self._drift = _drift_reporter(settings)
             # Health stays NOT_SERVING (and the readiness line unprinted) until the first
             # routing table has been reconciled: every assigned version loaded or failed.
             await self._cluster.synced.wait()
@@ -112,6 +114,8 @@ class WorkerApp:
 
     async def drain(self) -> None:
         self.servicer.draining = True
+        if self._drift is not None:
+            await self._drift.stop()
         if self._cluster is not None:
             await self._cluster.stop()
         # After deregistering, so routers have moved on before their streams end.
@@ -120,3 +124,14 @@ class WorkerApp:
     async def close(self) -> None:
         await self.models.drain()
         await self.models.close()
+
+
+def _drift_reporter(settings: ClusterSettings):
+    """Cluster mode: report drift window counts to the registry's Monitor service."""
+    from services.monitoring.client import MonitorClient
+    from services.monitoring.observer import MONITORS
+    from services.monitoring.reporter import DriftReporter
+
+    reporter = DriftReporter(MonitorClient(settings.registry_address, settings.admin_key), MONITORS)
+    reporter.start()
+    return reporter
