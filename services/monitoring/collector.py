@@ -9,6 +9,8 @@
 - ``shunter_monitor_dropped_batches_total{model,version}`` counter: batches the monitor
   thread skipped because it was behind (their outputs and drift counts are missing)
 - ``shunter_monitor_drift_rows_total{model,version}`` counter: rows counted for drift
+- ``shunter_monitor_profile{model,version,profile_id}`` gauge, 1: the reference profile
+  this worker counts drift against (absent: none yet, so no drift counts from here)
 
 A version's series appear while it is loaded with a ``monitoring:`` block.
 """
@@ -47,6 +49,9 @@ def _families() -> dict[str, Metric]:
             labels=["model", "version"]),
         "drift_rows": CounterMetricFamily(
             "shunter_monitor_drift_rows", "Rows counted into drift windows.", labels=["model", "version"]),
+        "profile": GaugeMetricFamily(
+            "shunter_monitor_profile", "The reference profile drift is counted against (1 while there is one).",
+            labels=["model", "version", "profile_id"]),
     }
 
 
@@ -66,6 +71,8 @@ class OutputCollector(Collector):
             mv = [monitor.model, monitor.version]
             families["dropped"].add_metric(mv, monitor.dropped)
             families["drift_rows"].add_metric(mv, monitor.rows)
+            if monitor.profile_id:
+                families["profile"].add_metric([*mv, monitor.profile_id], 1)
             for name, stats in monitor.outputs.items():
                 labels = [*mv, name]
                 snap = stats.snapshot()

@@ -94,13 +94,17 @@ class VersionMonitor:
 
         def monitored(inputs: Arrays) -> Arrays:
             outputs = infer(inputs)
-            thread.submit(self, inputs, outputs)
+            thread.submit(self, inputs, outputs, self._clock())
             return outputs
 
         return monitored
 
-    def observe(self, inputs: Arrays, outputs: Arrays) -> None:
-        """On the monitor thread: one batch into the output statistics and the window."""
+    def observe(self, inputs: Arrays, outputs: Arrays, at: float | None = None) -> None:
+        """On the monitor thread: one batch into the output statistics and the window.
+
+        ``at`` is when the batch ran (wall clock): it picks the window, so a monitor thread
+        that falls behind still counts each batch where it belongs.
+        """
         for name, stats in self.outputs.items():
             array = outputs.get(name)
             if array is not None:
@@ -113,7 +117,7 @@ class VersionMonitor:
         if rows == 0:
             return
         counts = counter.count(self.plan.extract(inputs, rows))
-        window = int(self._clock() // self.drift.window_s)
+        window = int((self._clock() if at is None else at) // self.drift.window_s)
         with self._lock:
             if self._counter is not counter:
                 return  # the profile changed meanwhile
@@ -142,7 +146,7 @@ class MonitorThread:
     _shared_lock = threading.Lock()
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[VersionMonitor, Arrays, Arrays]] = queue.Queue(QUEUE_BATCHES)
+        self._queue: queue.Queue[tuple[VersionMonitor, Arrays, Arrays, float]] = queue.Queue(QUEUE_BATCHES)
         self._thread = threading.Thread(target=self._run, name="shunter-monitor", daemon=True)
         self._thread.start()
 
@@ -153,9 +157,9 @@ class MonitorThread:
                 cls._shared = cls()
             return cls._shared
 
-    def submit(self, monitor: VersionMonitor, inputs: Arrays, outputs: Arrays) -> None:
+    def submit(self, monitor: VersionMonitor, inputs: Arrays, outputs: Arrays, at: float) -> None:
         try:
-            self._queue.put_nowait((monitor, inputs, outputs))
+            self._queue.put_nowait((monitor, inputs, outputs, at))
         except queue.Full:
             monitor.dropped += 1
 
@@ -163,16 +167,16 @@ class MonitorThread:
         """Wait until every batch submitted so far has been observed (tests, shutdown)."""
         done = threading.Event()
         try:
-            self._queue.put((_Marker(done), {}, {}), timeout=timeout_s)  # type: ignore[arg-type]
+            self._queue.put((_Marker(done), {}, {}, 0.0), timeout=timeout_s)  # type: ignore[arg-type]
         except queue.Full:
             return
         done.wait(timeout_s)
 
     def _run(self) -> None:
         while True:
-            monitor, inputs, outputs = self._queue.get()
+            monitor, inputs, outputs, at = self._queue.get()
             try:
-                monitor.observe(inputs, outputs)
+                monitor.observe(inputs, outputs, at)
             except Exception:
                 logger.exception("monitoring %s/%s failed for one batch", monitor.model, monitor.version)
 
@@ -185,7 +189,7 @@ class _Marker:
     def __init__(self, event: threading.Event) -> None:
         self._event = event
 
-    def observe(self, inputs: Arrays, outputs: Arrays) -> None:
+    def observe(self, inputs: Arrays, outputs: Arrays, at: float) -> None:
         self._event.set()
 
 
