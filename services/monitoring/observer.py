@@ -2,10 +2,10 @@
 
 ``VersionMonitor.wrap(infer)`` returns the engine call the batcher runs: it calls the
 engine and hands the batch (references, no copies) to the process's ``MonitorThread``,
-which never blocks the caller: when its queue is full the batch is skipped and counted
+which never blocks the caller: when too much is waiting the batch is skipped and counted
 (``shunter_monitor_dropped_batches_total``). So monitoring stays off the event loop even
 for versions that run batches on it (``run_on_event_loop``), and off the engine thread's
-critical path.
+critical path; the thread wakes every TICK_S and takes everything gathered at once.
 
 On the monitor thread a batch updates the output statistics (outputs.py) and, once the
 version has a reference profile, adds its feature counts to the current tumbling window
@@ -17,9 +17,9 @@ windows to the reporter (drift_link.py).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,8 +33,11 @@ from services.monitoring.profile import BinCounter, Profile
 logger = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
-#: Batches waiting for the monitor thread before new ones are skipped.
-QUEUE_BATCHES = 256
+#: How often the monitor thread takes the batches gathered since its last turn.
+TICK_S = 0.05
+#: Batches, and bytes of their arrays, waiting for the monitor thread before new ones are skipped.
+MAX_PENDING_BATCHES = 4096
+MAX_PENDING_BYTES = 64 << 20
 #: Finished windows kept for the reporter while the registry is unreachable.
 MAX_PENDING_WINDOWS = 8
 
@@ -64,6 +67,8 @@ class VersionMonitor:
         }
         self.plan: FeaturePlan = plan_features(config.inputs, self.drift.max_features)
         self.batched = config.max_batch_size > 0
+        #: Batches can only be concatenated when their non-batch shapes agree.
+        self._variable = any(-1 in t.shape for t in (*config.inputs, *config.outputs))
         self.dropped = 0
         self.rows = 0
         self._lock = threading.Lock()
@@ -99,25 +104,51 @@ class VersionMonitor:
 
         return monitored
 
-    def observe(self, inputs: Arrays, outputs: Arrays, at: float | None = None) -> None:
-        """On the monitor thread: one batch into the output statistics and the window.
+    def observe_batches(self, batches: list[tuple[Arrays, Arrays, float]]) -> None:
+        """On the monitor thread: batches (inputs, outputs, when they ran) into the statistics.
 
-        ``at`` is when the batch ran (wall clock): it picks the window, so a monitor thread
-        that falls behind still counts each batch where it belongs.
+        Consecutive batches of the same window (and, for variable shapes, the same
+        non-batch shapes) are concatenated and counted in one pass: numpy's per-call
+        overhead, not the arithmetic, is what small batches cost.
         """
+        group: list[tuple[Arrays, Arrays]] = []
+        group_key: tuple | None = None
+        window_s = self.drift.window_s
+        variable = self._variable
+        for inputs, outputs, at in batches:
+            if not self.batched:  # one row without a batch dimension: give it one
+                inputs = {k: np.asarray(v)[None, ...] for k, v in inputs.items()}
+                outputs = {k: np.asarray(v)[None, ...] for k, v in outputs.items()}
+            window = int(at // window_s)
+            if variable:
+                key: tuple = (window, tuple(v.shape[1:] for v in inputs.values()),
+                              tuple(v.shape[1:] for v in outputs.values()))
+            else:
+                key = (window,)
+            if group and key != group_key:
+                self._observe_rows(*_concat(group), group_key[0])
+                group = []
+            group.append((inputs, outputs))
+            group_key = key
+        if group:
+            self._observe_rows(*_concat(group), group_key[0])
+
+    def observe(self, inputs: Arrays, outputs: Arrays, at: float | None = None) -> None:
+        """One batch, counted in the window of ``at`` (default: now)."""
+        self.observe_batches([(inputs, outputs, self._clock() if at is None else at)])
+
+    def _observe_rows(self, inputs: Arrays, outputs: Arrays, window: int) -> None:
         for name, stats in self.outputs.items():
             array = outputs.get(name)
             if array is not None:
-                stats.observe(array if self.batched else np.asarray(array)[None, ...])
+                stats.observe(array)
         counter = self._counter
-        if counter is None:
+        if counter is None or not inputs:
             return
-        first = next(iter(inputs.values()))
-        rows = int(np.asarray(first).shape[0]) if self.batched else 1
+        rows = int(np.shape(next(iter(inputs.values())))[0])
         if rows == 0:
             return
         counts = counter.count(self.plan.extract(inputs, rows))
-        window = int((self._clock() if at is None else at) // self.drift.window_s)
         with self._lock:
             if self._counter is not counter:
                 return  # the profile changed meanwhile
@@ -139,14 +170,31 @@ class VersionMonitor:
         return taken[-MAX_PENDING_WINDOWS:]
 
 
+def _concat(group: list[tuple[Arrays, Arrays]]) -> tuple[Arrays, Arrays]:
+    if len(group) == 1:
+        return group[0]
+    inputs = {name: np.concatenate([g[0][name] for g in group]) for name in group[0][0]}
+    outputs = {name: np.concatenate([g[1][name] for g in group]) for name in group[0][1]}
+    return inputs, outputs
+
+
 class MonitorThread:
-    """One daemon thread per process that runs ``VersionMonitor.observe`` for every batch."""
+    """One daemon thread per process that observes every monitored batch, TICK_S at a time.
+
+    ``submit`` only appends to a deque (no lock, no wake-up): waking a thread per batch
+    makes the event loop and the monitor thread trade the GIL on every batch, which cost
+    far more throughput than the numpy work itself. Every TICK_S the thread takes what
+    has gathered and observes it version by version, concatenated.
+    """
 
     _shared: MonitorThread | None = None
     _shared_lock = threading.Lock()
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[VersionMonitor, Arrays, Arrays, float]] = queue.Queue(QUEUE_BATCHES)
+    def __init__(self, tick_s: float = TICK_S) -> None:
+        self._tick_s = tick_s
+        self._pending: deque[tuple[VersionMonitor, Arrays, Arrays, float, int]] = deque()
+        self._pending_bytes = 0
+        self._drains = 0
         self._thread = threading.Thread(target=self._run, name="shunter-monitor", daemon=True)
         self._thread.start()
 
@@ -158,39 +206,43 @@ class MonitorThread:
             return cls._shared
 
     def submit(self, monitor: VersionMonitor, inputs: Arrays, outputs: Arrays, at: float) -> None:
-        try:
-            self._queue.put_nowait((monitor, inputs, outputs, at))
-        except queue.Full:
+        size = sum(getattr(a, "nbytes", 0) for a in inputs.values()) + sum(
+            getattr(a, "nbytes", 0) for a in outputs.values()
+        )
+        if len(self._pending) >= MAX_PENDING_BATCHES or self._pending_bytes + size > MAX_PENDING_BYTES:
             monitor.dropped += 1
+            return
+        # Updated from two threads without a lock: a bound, not an account (reset when drained).
+        self._pending_bytes += size
+        self._pending.append((monitor, inputs, outputs, at, size))
 
     def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until every batch submitted so far has been observed (tests, shutdown)."""
-        done = threading.Event()
-        try:
-            self._queue.put((_Marker(done), {}, {}, 0.0), timeout=timeout_s)  # type: ignore[arg-type]
-        except queue.Full:
-            return
-        done.wait(timeout_s)
+        target = self._drains + 2  # the drain under way may have started before the call
+        deadline = time.monotonic() + timeout_s
+        while self._drains < target and time.monotonic() < deadline:
+            time.sleep(self._tick_s / 4)
 
     def _run(self) -> None:
         while True:
-            monitor, inputs, outputs, at = self._queue.get()
+            time.sleep(self._tick_s)
+            self._drain()
+            self._drains += 1
+
+    def _drain(self) -> None:
+        by_monitor: dict[int, tuple[VersionMonitor, list[tuple[Arrays, Arrays, float]]]] = {}
+        while self._pending:
+            monitor, inputs, outputs, at, size = self._pending.popleft()
+            by_monitor.setdefault(id(monitor), (monitor, []))[1].append((inputs, outputs, at))
+            self._pending_bytes -= size
+        if not self._pending:
+            self._pending_bytes = 0
+        for monitor, batches in by_monitor.values():
             try:
-                monitor.observe(inputs, outputs, at)
+                monitor.observe_batches(batches)
             except Exception:
-                logger.exception("monitoring %s/%s failed for one batch", monitor.model, monitor.version)
-
-
-class _Marker:
-    """A queue entry that only signals it was reached (MonitorThread.flush)."""
-
-    model = version = "-"
-
-    def __init__(self, event: threading.Event) -> None:
-        self._event = event
-
-    def observe(self, inputs: Arrays, outputs: Arrays, at: float) -> None:
-        self._event.set()
+                logger.exception("monitoring %s/%s failed for %d batches", monitor.model, monitor.version,
+                                 len(batches))
 
 
 class MonitorRegistry:

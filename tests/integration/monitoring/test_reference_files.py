@@ -79,3 +79,15 @@ def test_unknown_version_and_missing_key(shunter, digits_v2, digits_sets):
     assert "no version '99'" in done.stderr
     done = shunter("drift", "show", "nomodel", code=1)
     assert "unknown model 'nomodel'" in done.stderr
+
+
+async def test_monitor_rpcs_need_an_admin_key(registry, digits_v2):
+    from services.common.errors import Unauthenticated
+    from services.monitoring.client import MonitorClient
+
+    async with MonitorClient(registry.address, "not-a-key") as client:
+        with pytest.raises(Unauthenticated):
+            await client.drift("digits")
+    async with MonitorClient(registry.address, None) as client:
+        with pytest.raises(Unauthenticated, match="missing"):
+            await client.get_profile("digits", "2")
