@@ -69,6 +69,9 @@ def build_reference(config_yaml: str, source: str, path: Path, model: str, versi
     except ModelConfigError as exc:
         raise RefusedReference(str(exc)) from None
     drift = drift_config(config)
+    if config.monitoring is None or not drift.enabled:
+        print(f"shunter: note: {source} has no monitoring: block with drift enabled, so workers will not count "
+              "drift for this version (the profile is stored anyway)", file=sys.stderr)
     try:
         sample, rows = load_reference(path, config.inputs)
         plan = plan_features(config.inputs, drift.max_features)

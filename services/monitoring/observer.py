@@ -161,6 +161,12 @@ class VersionMonitor:
             current.counts += counts
             self.rows += rows
 
+    def take_all_windows(self) -> list[WindowCounts]:
+        """Every window, the one under way included (a stopping worker's last report)."""
+        with self._lock:
+            taken = [self._windows.pop(w) for w in sorted(self._windows)]
+        return taken[-MAX_PENDING_WINDOWS:]
+
     def take_complete_windows(self) -> list[WindowCounts]:
         """Windows that have ended (oldest first), removed from the monitor."""
         now_window = int(self._clock() // self.drift.window_s)

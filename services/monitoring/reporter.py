@@ -20,12 +20,21 @@ import time
 from services.common.errors import NotFound, ShunterError
 from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
 from services.monitoring.client import MonitorClient
-from services.monitoring.observer import MonitorRegistry, VersionMonitor, WindowCounts
+from services.monitoring.observer import (
+    MAX_PENDING_WINDOWS,
+    MonitorRegistry,
+    MonitorThread,
+    VersionMonitor,
+    WindowCounts,
+)
 from services.monitoring.profile import Profile, ProfileError
+from services.monitoring.windows import report_tick_s
 
 logger = logging.getLogger(__name__)
 
 PROFILE_RETRY_S = 5.0
+#: Seconds a stopping worker spends sending its last counts.
+FINAL_REPORT_S = 2.0
 
 
 class DriftReporter:
@@ -41,15 +50,29 @@ class DriftReporter:
         self._task = asyncio.create_task(self._run(), name="drift-reporter")
 
     async def stop(self) -> None:
+        """Stop; first send what was counted, the window under way included (its counts add
+        to the other workers' like any report), within FINAL_REPORT_S."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._client.close()
+        try:
+            await asyncio.wait_for(self._final_report(), FINAL_REPORT_S)
+        except (TimeoutError, ShunterError) as exc:
+            logger.warning("drift: the last window's counts were not sent: %s", getattr(exc, "message", "timed out"))
+        finally:
+            await self._client.close()
+
+    async def _final_report(self) -> None:
+        await asyncio.to_thread(MonitorThread.shared().flush, 1.0)
+        for monitor in self._monitors.all():
+            if monitor.profile_id:
+                self._unsent.setdefault((monitor.model, monitor.version), []).extend(monitor.take_all_windows())
+                await self.step(monitor)
 
     def _tick_s(self) -> float:
-        windows = [m.drift.window_s for m in self._monitors.all() if m.drift.enabled]
-        return min(5.0, max(0.2, min(windows) / 4)) if windows else 1.0
+        lengths = [m.drift.window_s for m in self._monitors.all() if m.drift.enabled]
+        return report_tick_s(min(lengths)) if lengths else 1.0
 
     async def _run(self) -> None:
         while True:
@@ -76,6 +99,7 @@ class DriftReporter:
             return
         pending = self._unsent.setdefault(key, [])
         pending.extend(monitor.take_complete_windows())
+        del pending[:-MAX_PENDING_WINDOWS]  # a long outage keeps the latest windows only
         while pending:
             window = pending[0]
             reply = await self._client.report(mpb.DriftCounts(

@@ -27,6 +27,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, ModelCon
 from services.common.model_config import ModelConfig, parse_model_config
 from services.common.monitoring_config import DriftConfig
 from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
+from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.monitoring import windows
 from services.monitoring.features import plan_features
 from services.monitoring.profile import BinCounter, Profile, ProfileError
@@ -51,19 +52,25 @@ def drift_config(config: ModelConfig) -> DriftConfig:
 class MonitorService:
     def __init__(
         self, auth: Authoriser, catalogue: Callable[[], Awaitable[Any]], redis: Any, key_prefix: str,
+        rpc_edge: edge.Edge | None = None,
     ) -> None:
         self._auth = auth
         self._catalogue = catalogue
         self._redis = redis
         self._prefix = key_prefix
         self._keys = windows.Keys(key_prefix)
-        self.edge = edge.Edge("registry")
+        #: The registry's own edge, so its interceptors (metrics, tracing) cover these RPCs too.
+        self.edge = rpc_edge or edge.Edge("registry")
         self._task: asyncio.Task | None = None
+        #: Versions are immutable: each one's drift settings, parsed once (None: no monitoring block).
+        self._configs: dict[tuple[str, str, int], DriftConfig | None] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         return self.edge.handler(SERVICE_NAME, edge.generated_methods(SERVICE, self))
 
     async def _caller(self, context: grpc.aio.ServicerContext, model: str, version: str = "") -> Any:
+        if getattr(self._auth, "draining", False):
+            raise Unavailable("the registry is shutting down; try another replica")
         key = await self._auth.authorise(context)
         edge.label(model, version if version.isdigit() else "")
         return key
@@ -172,11 +179,18 @@ class MonitorService:
             raise self._redis_error(exc) from None
         return response
 
+    def _drift_config(self, model: str, version: Any) -> DriftConfig | None:
+        key = (model, version.version, version.created_at_ms)
+        if key not in self._configs:
+            try:
+                config = parse_model_config(version.config_yaml, f"{model} version {version.version}")
+                self._configs[key] = config.monitoring.drift if config.monitoring is not None else None
+            except ModelConfigError:
+                self._configs[key] = None
+        return self._configs[key]
+
     async def _score(self, model: str, version: Any) -> mpb.VersionDrift:
-        try:
-            config = drift_config(parse_model_config(version.config_yaml, f"{model} version {version.version}"))
-        except ModelConfigError:
-            config = DriftConfig()
+        config = self._drift_config(model, version) or DriftConfig()
         return await windows.drift_score(self._redis, model, version.version, key_prefix=self._prefix, config=config)
 
     # ---- the metric ------------------------------------------------------------------
@@ -205,6 +219,8 @@ class MonitorService:
         results: dict[tuple[str, str], mpb.VersionDrift] = {}
         for entry in catalogue.models():
             for version in entry.versions:
+                if version.state == rpb.ARCHIVED or self._drift_config(entry.name, version) is None:
+                    continue  # workers count drift only for live versions with a monitoring block
                 result = await self._score(entry.name, version)
                 if result.scored:
                     results[(entry.name, version.version)] = result

@@ -32,6 +32,18 @@ COUNTS_TTL_S = 7 * 24 * 3600
 DEFAULT_PREFIX = "shunter:"
 
 
+def report_tick_s(window_s: float) -> float:
+    """How often a worker's reporter looks for finished windows (reporter.py)."""
+    return min(5.0, max(0.2, window_s / 4))
+
+
+def report_grace_s(window_s: float) -> float:
+    """How long after a window's end its counts may still be arriving from workers: a
+    reporter tick plus a second for the RPC. A window is scored only after that, so a
+    score never comes from a window some workers have not reported yet."""
+    return report_tick_s(window_s) + 1.0
+
+
 class Keys:
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         if prefix and not prefix.endswith(":"):
@@ -91,9 +103,10 @@ async def drift_score(
     """The cluster's drift of one version: its latest complete window against its profile.
 
     ``redis`` is a redis.asyncio client on the registry's Redis; ``config`` gives the
-    method, thresholds and min_rows (the version's ``monitoring.drift``; default: the
-    defaults). ``scored`` is false (with a ``note``) when there is no profile, no
-    complete window, or too few rows in it. Features come most drifted first by the
+    method, thresholds, window and min_rows (the version's ``monitoring.drift``; default:
+    the defaults). A window counts as complete report_grace_s after its end. ``scored``
+    is false (with a ``note``) when there is no profile, no complete window, or too few
+    rows in it. Features come most drifted first by the
     config's method; ``level`` is ok | warn | drift.
     """
     config = config or DriftConfig()
@@ -107,14 +120,18 @@ async def drift_score(
         return result
     profile = Profile.from_proto(message)
     result.profile_id = profile.profile_id
-    now_ms = int((time.time() if now is None else now) * 1000)
+    now_s = time.time() if now is None else now
     latest = await redis.zrevrangebyscore(
-        keys.windows(model, version, profile.profile_id), now_ms, "-inf", start=0, num=1, withscores=True
+        keys.windows(model, version, profile.profile_id), int(now_s * 1000), "-inf", start=0, num=3, withscores=True
     )
-    if not latest:
+    complete = [
+        (member, end_ms) for member, end_ms in latest
+        if end_ms / 1000 + report_grace_s(_member_window(member)[0]) <= now_s
+    ]
+    if not complete:
         result.note = "no complete window yet"
         return result
-    member, end_ms = latest[0]
+    member, end_ms = complete[0]
     window_s, window = _member_window(member)
     result.window, result.window_s, result.window_end_ms = window, window_s, int(end_ms)
     raw = await redis.hgetall(keys.counts(model, version, profile.profile_id, window_s, window))

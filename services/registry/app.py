@@ -80,7 +80,7 @@ class RegistryApp:
         # Reference profiles and drift window counts (services/monitoring), in the same Redis.
         self._monitor_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=3.0)
         self.monitor = monitor_service.MonitorService(
-            self.service, self.store.current, self._monitor_redis, settings.key_prefix
+            self.service, self.store.current, self._monitor_redis, settings.key_prefix, self.service.edge
         )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:

@@ -41,7 +41,7 @@ async def test_two_workers_merge_to_the_score_of_one(redis_url):
     plan = plan_features([TensorSpec("input__0", "FP32", (64,))], 128)
     profile = build_profile(plan, {"input__0": x_train}, len(x_train), 10)
     redis = aioredis.Redis.from_url(redis_url)
-    now = (WINDOW + 1) * WINDOW_S + 1
+    now = (WINDOW + 1) * WINDOW_S + windows.report_grace_s(WINDOW_S)
     try:
         results = []
         for prefix, parts in (("one:", [x_test]), ("two:", [x_test[::2], x_test[1::2]])):
@@ -57,8 +57,8 @@ async def test_two_workers_merge_to_the_score_of_one(redis_url):
             (f.feature, f.psi, f.js, f.ks, f.level) for f in two.features
         ]
         assert one.features[0].feature == "input__0[5]" and one.features[0].level == "drift"
-        # Before the window has ended it is not scored; nor with fewer rows than min_rows.
-        early = await windows.drift_score(redis, "digits", "2", key_prefix="one:", now=now - WINDOW_S)
+        # Until its reports can all have arrived the window is not scored; nor with fewer rows than min_rows.
+        early = await windows.drift_score(redis, "digits", "2", key_prefix="one:", now=now - 1)
         assert not early.scored and early.note == "no complete window yet"
         strict = await windows.drift_score(
             redis, "digits", "2", key_prefix="one:", now=now, config=DriftConfig(min_rows=10_000)

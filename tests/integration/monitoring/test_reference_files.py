@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from services.common.errors import NotFound
 from services.common.model_config import version_config_text
+from services.monitoring.client import MonitorClient
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,17 @@ def digits_v2(shunter, examples, tmp_path_factory):
          "but the signature says FP32"),
     ],
 )
-def test_bad_reference_is_refused_and_nothing_stored(shunter, digits_v2, tmp_path, name, write, named):
+async def test_bad_reference_is_refused_and_nothing_stored(
+    shunter, registry, admin, digits_v2, tmp_path, name, write, named
+):
     path = tmp_path / name
     write(path)
     done = shunter("drift", "baseline", "digits", "2", "--from", str(path), code=2)
     assert named in done.stderr and "nothing stored" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
-    shown = json.loads(shunter("drift", "show", "digits", "--version", "2", "--json").stdout)
-    assert shown[0]["note"].startswith("no reference profile")
+    async with MonitorClient(registry.address, admin.key) as client:
+        with pytest.raises(NotFound, match="has no reference profile"):
+            await client.get_profile("digits", "2")
 
 
 def test_register_with_a_bad_reference_registers_nothing(shunter, digits_v2, tmp_path, examples):
@@ -83,7 +88,6 @@ def test_unknown_version_and_missing_key(shunter, digits_v2, digits_sets):
 
 async def test_monitor_rpcs_need_an_admin_key(registry, digits_v2):
     from services.common.errors import Unauthenticated
-    from services.monitoring.client import MonitorClient
 
     async with MonitorClient(registry.address, "not-a-key") as client:
         with pytest.raises(Unauthenticated):
