@@ -32,7 +32,7 @@ from services.monitoring.windows import report_tick_s
 
 logger = logging.getLogger(__name__)
 
-PROFILE_RETRY_S = 5.0
+PROFILE_RETRY_S = 15.0
 #: Seconds a stopping worker spends sending its last counts.
 FINAL_REPORT_S = 2.0
 
