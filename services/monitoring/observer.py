@@ -11,7 +11,7 @@ On the monitor thread a batch updates the output statistics (outputs.py) and, on
 version has a reference profile, adds its feature counts to the current tumbling window
 (``floor(unix time / window_s)``, the same on every worker, so the registry can add up
 the counts of all workers window by window). ``take_complete_windows`` hands finished
-windows to the reporter (drift_link.py).
+windows to the reporter (reporter.py).
 """
 
 from __future__ import annotations
@@ -95,11 +95,19 @@ class VersionMonitor:
     # ---- the batch path --------------------------------------------------------------
 
     def wrap(self, infer: Callable[[Arrays], Arrays]) -> Callable[[Arrays], Arrays]:
+        """The engine call plus a hand-off of what monitoring needs: the watched outputs,
+        and the inputs only while there is a profile to count them against."""
         thread = MonitorThread.shared()
+        watched = tuple(self.outputs)
 
         def monitored(inputs: Arrays) -> Arrays:
             outputs = infer(inputs)
-            thread.submit(self, inputs, outputs, self._clock())
+            thread.submit(
+                self,
+                inputs if self._counter is not None else {},
+                {name: outputs[name] for name in watched if name in outputs},
+                self._clock(),
+            )
             return outputs
 
         return monitored

@@ -8,9 +8,11 @@ a discrete feature (a pixel that is 0 in 90 % of images) gets fewer, wider bins,
 anything outside the reference range lands in the first or last bin, empty in the
 reference, which PSI punishes as it should.
 
-Counting a batch (``BinCounter.count``) is one vectorised comparison against the padded
-edge matrix (the same as ``searchsorted(edges, x, side="right")`` per feature, in one
-call) and one ``bincount``. NaN compares false everywhere and lands in bin 0.
+Counting a batch (``BinCounter.count``) is ``searchsorted(edges, x, side="right")`` per
+feature and one ``bincount`` over all of them; for a handful of rows, where 128 small
+searchsorted calls would cost more than the work, one broadcast comparison against the
+padded edge matrix gives the same bins. NaN counts as +Inf: it lands in the last bin,
+above the reference's maximum, where it shows as drift.
 """
 
 from __future__ import annotations
@@ -99,6 +101,11 @@ def build_profile(plan: FeaturePlan, sample: dict[str, np.ndarray], rows: int, b
     return Profile(plan.names, tuple(edges), tuple(counts), rows, bins)
 
 
+#: Below this many rows a batch is binned by one broadcast comparison instead of a
+#: searchsorted per feature (cheaper for few rows; the same bins).
+BROADCAST_ROWS = 16
+
+
 class BinCounter:
     """Counts batches of feature rows into a profile's bins: (features, width) counts."""
 
@@ -106,7 +113,8 @@ class BinCounter:
         self.profile = profile
         self.features = len(profile.names)
         self.width = max(e.size for e in profile.edges) + 1
-        matrix = np.full((self.features, self.width - 1), np.inf)
+        # Padding edges are NaN: nothing compares >= NaN, so no value lands in a padding bin.
+        matrix = np.full((self.features, self.width - 1), np.nan)
         reference = np.zeros((self.features, self.width), dtype=np.int64)
         for j, (e, c) in enumerate(zip(profile.edges, profile.counts, strict=True)):
             matrix[j, : e.size] = e
@@ -118,6 +126,14 @@ class BinCounter:
 
     def count(self, values: np.ndarray) -> np.ndarray:
         """Counts of one batch, shape (features, width); ``values`` is (rows, features)."""
-        index = (values[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+        values = np.where(np.isnan(values), np.inf, values)
+        if values.shape[0] < BROADCAST_ROWS:
+            index = (values[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+        else:
+            columns = np.ascontiguousarray(values.T)
+            index = np.empty(columns.shape, dtype=np.intp)
+            for j, edges in enumerate(self.profile.edges):
+                index[j] = np.searchsorted(edges, columns[j], side="right")
+            index = index.T
         flat = np.bincount((index + self._offsets).ravel(), minlength=self.features * self.width)
         return flat.reshape(self.features, self.width)

@@ -85,3 +85,19 @@ def test_text_features_are_lengths_and_word_counts():
     plan = _plan(TensorSpec("TEXT", "BYTES", (1,)))
     texts = np.array([[b"hello world"], ["d\u00e9j\u00e0 vu".encode()]], dtype=object)
     assert plan.extract({"TEXT": texts}, 2).tolist() == [[11.0, 2.0], [9.0, 2.0]]
+
+
+def test_few_and_many_rows_bin_alike_and_nan_lands_above_the_maximum():
+    rng = np.random.default_rng(1)
+    plan = _plan(TensorSpec("x", "FP32", (4,)))
+    sample = {"x": np.round(rng.normal(size=(300, 4)) * 3).astype(np.float32)}  # discrete: uneven edge counts
+    counter = BinCounter(build_profile(plan, sample, 300, 10))
+    batch = rng.normal(size=(200, 4)) * 4
+    batch[3, 1] = np.nan
+    batch[7, 2] = np.inf
+    many = counter.count(batch)
+    few = sum(counter.count(batch[i:i + 2]) for i in range(0, 200, 2))
+    assert (many == few).all()
+    top = [e.size for e in counter.profile.edges]
+    assert many[1, top[1]] >= 1 and many[2, top[2]] >= 1
+    assert many.sum() == 200 * 4

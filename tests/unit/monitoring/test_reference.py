@@ -30,7 +30,7 @@ def test_texts_from_jsonl_make_a_length_profile(tmp_path):
 def test_numbers_for_a_text_input_are_refused(tmp_path):
     path = tmp_path / "numbers.npy"
     np.save(path, np.zeros((10, 1), np.float32))
-    with pytest.raises(ReferenceError, match="'TEXT' is float32 .*signature says BYTES"):
+    with pytest.raises(ReferenceError, match=r"'TEXT' is float32 .*signature says BYTES"):
         load_reference(path, TEXT)
 
 
