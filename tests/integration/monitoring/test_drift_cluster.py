@@ -16,12 +16,12 @@ import urllib.request
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 import yaml
 
 from services.common.model_config import version_config_text
 from services.common.registry_client import RegistryClient
 from services.monitoring.client import MonitorClient
+from tests.integration.monitoring.support import DigitsClient
 from tests.integration.registry.helpers import eventually
 from tests.support.processes import start_service
 
@@ -81,13 +81,10 @@ async def _wait_for_window(registry, admin, window: int, rows: int):
 
 
 def _send(workers, rows: np.ndarray) -> None:
-    clients = [grpcclient.InferenceServerClient(w.address) for w in workers]
+    clients = [DigitsClient(w.address) for w in workers]
     try:
         for i, start in enumerate(range(0, len(rows), ROWS_PER_REQUEST)):
-            batch = rows[start:start + ROWS_PER_REQUEST]
-            inp = grpcclient.InferInput("input__0", list(batch.shape), "FP32")
-            inp.set_data_from_numpy(batch)
-            clients[i % len(clients)].infer("digits", [inp], model_version="2")
+            clients[i % len(clients)].infer(rows[start:start + ROWS_PER_REQUEST])
     finally:
         for client in clients:
             client.close()

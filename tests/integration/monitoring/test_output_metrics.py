@@ -1,4 +1,4 @@
-"""Model-output metrics on a standalone worker serving the example digits model (tritonclient)."""
+"""Model-output metrics on a standalone worker serving the example digits model."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.monitoring.support import DigitsClient
 from tests.support.processes import start_service
 
 
@@ -27,10 +27,8 @@ def _samples(worker, name: str) -> list:
 
 
 def _infer(worker, rows: np.ndarray) -> np.ndarray:
-    with grpcclient.InferenceServerClient(worker.address) as client:
-        inp = grpcclient.InferInput("input__0", list(rows.shape), "FP32")
-        inp.set_data_from_numpy(rows)
-        return client.infer("digits", [inp], model_version="2").as_numpy("output__0")
+    with DigitsClient(worker.address) as client:
+        return client.infer(rows)
 
 
 def _eventually(probe, check, what: str):
