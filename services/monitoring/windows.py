@@ -12,9 +12,10 @@ Keys, under the registry's ``--key-prefix`` (default ``shunter:``) plus ``monito
 Counts expire after COUNTS_TTL_S. Counts are tied to a profile id, so replacing a
 baseline starts from empty windows instead of mixing two sets of bins.
 
-``drift_score(redis, model, version)`` is the one entry point for readers that are not
-the Monitor service (the rollout controller's gate): the latest complete window's
-scores per feature, most drifted first.
+``drift_score(redis, model, version)`` (or ``version_drift(redis, model_version)``, which
+reads the settings from the version's config.yaml) is the entry point for readers that
+are not the Monitor service (the rollout controller's gate): the latest complete
+window's scores per feature, most drifted first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import time
 
 import numpy as np
 
+from services.common.errors import ModelConfigError
+from services.common.model_config import parse_model_config
 from services.common.monitoring_config import DriftConfig
 from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
 from services.monitoring import stats
@@ -161,3 +164,17 @@ async def drift_score(
         )
     result.scored = True
     return result
+
+
+async def version_drift(
+    redis, version, *, key_prefix: str = DEFAULT_PREFIX, now: float | None = None
+) -> mpb.VersionDrift:
+    """``drift_score`` for a registry ModelVersion, with the drift settings of its own
+    config.yaml (defaults when it has no monitoring block): what a rollout gate calls with
+    the canary's version from the catalogue."""
+    try:
+        config = parse_model_config(version.config_yaml, f"{version.model} version {version.version}")
+        drift = config.monitoring.drift if config.monitoring is not None else DriftConfig()
+    except ModelConfigError:
+        drift = DriftConfig()
+    return await drift_score(redis, version.model, version.version, key_prefix=key_prefix, config=drift, now=now)

@@ -95,3 +95,33 @@ async def test_monitor_rpcs_need_an_admin_key(registry, digits_v2):
     async with MonitorClient(registry.address, None) as client:
         with pytest.raises(Unauthenticated, match="missing"):
             await client.get_profile("digits", "2")
+
+
+async def test_the_registry_checks_profiles_and_counts_itself(registry, admin, digits_v2, digits_sets):
+    """What the CLI checks, the service checks again: a hand-made profile or report must fit."""
+    from services.common.errors import InvalidArgument
+    from services.common.signature import TensorSpec
+    from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
+    from services.monitoring.features import plan_features
+    from services.monitoring.profile import BinCounter, build_profile
+
+    narrow = plan_features([TensorSpec("input__0", "FP32", (32,))], 128)
+    wrong = build_profile(narrow, {"input__0": np.ones((50, 32), np.float32)}, 50, 10)
+    async with MonitorClient(registry.address, admin.key) as client:
+        with pytest.raises(InvalidArgument, match="32 features do not match the 64 of digits version 2"):
+            await client.set_profile(wrong.to_proto("digits", "2"))
+        with pytest.raises(NotFound, match="no version '5'"):
+            await client.set_profile(wrong.to_proto("digits", "5"))
+
+        train = np.load(digits_sets[1])["input__0"]
+        plan = plan_features([TensorSpec("input__0", "FP32", (64,))], 128)
+        good = build_profile(plan, {"input__0": train}, len(train), 10)
+        stored = await client.set_profile(good.to_proto("digits", "2"))
+        assert stored.profile_id == good.profile_id and stored.creator
+        width = BinCounter(good).width
+        report = mpb.DriftCounts(model="digits", version="2", profile_id=good.profile_id, window=1, window_s=60,
+                                 rows=1, bins_per_feature=width, counts=[0] * (64 * width - 1))
+        with pytest.raises(InvalidArgument, match="the profile needs 64 features x"):
+            await client.report(report)
+        report.profile_id = "an-old-profile"  # counted against a replaced baseline: dropped, current id back
+        assert (await client.report(report)).profile_id == good.profile_id
