@@ -81,7 +81,8 @@ def main() -> int:
                     done = subprocess.run(
                         [*SHUNTER, "bench", "--target", worker.address, "--model", model, "--model-version", "2",
                          "--concurrency", str(args.concurrency), "--duration", str(args.duration), "--json"],
-                        cwd=ROOT, check=True, capture_output=True, text=True,
+                        # A cluster worker serves inference to router and admin keys only.
+                        cwd=ROOT, check=True, capture_output=True, text=True, env={**env, "SHUNTER_API_KEY": key},
                     )
                     report = json.loads(done.stdout.strip().splitlines()[-1])
                     assert report["codes"] == {"OK": report["requests"]}, report["codes"]

@@ -21,9 +21,7 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,17 +34,13 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from services.common.ready_line import free_port, parse_ready_line  # noqa: E402
 from services.gen.inference import grpc_service_pb2 as pb  # noqa: E402
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 
 SHUNTER = [sys.executable, "-m", "services.cli.main"]
-READY = re.compile(r"^shunter router listening on (\S+) metrics")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def shunter(*args: str, env: dict[str, str]) -> str:
@@ -138,7 +132,7 @@ def main() -> int:
                                    "--port", "0", "--near-cache-mb", "0"], stdout=subprocess.PIPE, text=True,
                                   env=env, cwd=ROOT)
         procs.append(router)
-        far_router = next(m.group(1) for m in map(READY.match, router.stdout) if m)
+        far_router = next(r.address for r in map(parse_ready_line, router.stdout) if r and r.service == "router")
         rng = np.random.default_rng(0)
         distinct = [rng.random((1, 64), dtype=np.float32) for _ in range(args.requests)]
         asyncio.run(send(env["SHUNTER_ROUTER"], env["SHUNTER_API_KEY"], distinct[:200]))  # warm up

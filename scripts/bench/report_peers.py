@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from report_env import package_versions, venv_versions
-from report_servers import ROOT, Server, free_port, launch
+from report_servers import ROOT, Server, launch
 
 from services.common.model_config import load_version_config
+from services.common.ready_line import free_port
 
 logger = logging.getLogger("bench.report")
 

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,13 +27,13 @@ from typing import Any
 import grpc
 import psutil
 
+from services.common.ready_line import parse_ready_line
 from services.gen.inference import grpc_service_pb2 as pb
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger("bench.report")
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKER_READY = re.compile(r"^shunter worker listening on (\S+):(\d+) metrics", re.MULTILINE)
 
 #: Reads the log so far; returns what it learnt once the server says it is ready, else None.
 ReadyParser = Callable[[str], dict[str, Any] | None]
@@ -107,11 +106,6 @@ class Server:
             self.proc.wait(10)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for servers that cannot bind port 0 themselves)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def launch(
@@ -212,8 +206,11 @@ def shunter_argv(*args: str) -> list[str]:
 
 
 def _worker_ready(text: str) -> dict[str, Any] | None:
-    match = WORKER_READY.search(text)
-    return {"address": f"{match.group(1)}:{match.group(2)}"} if match else None
+    for line in text.splitlines():
+        announced = parse_ready_line(line)
+        if announced and announced.service == "worker":
+            return {"address": announced.address}
+    return None
 
 
 def launch_worker(

@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -51,11 +50,11 @@ from report_engine import measure as measure_engine  # noqa: E402 - shared with 
 
 from services.bench import BenchOptions, run_bench  # noqa: E402
 from services.common.model_config import version_config_text  # noqa: E402
+from services.common.ready_line import parse_ready_line  # noqa: E402
 from services.worker.repository import scan_repository  # noqa: E402
 
 logger = logging.getLogger("bench.worker")
 
-READY_LINE = re.compile(r"^shunter worker listening on (\S+):(\d+) metrics (\S+):(\d+)$")
 CONCURRENCIES = (1, 16, 64)
 #: Enough outstanding requests that a non-batching worker's engine never waits.
 OVERHEAD_CONCURRENCY = 4
@@ -144,9 +143,9 @@ def worker_process(repo: Path, log_path: Path) -> Iterator[str]:
             address = None
             deadline = time.monotonic() + 300
             for line in proc.stdout:
-                match = READY_LINE.match(line.strip())
-                if match:
-                    address = f"{match.group(1)}:{match.group(2)}"
+                announced = parse_ready_line(line)
+                if announced and announced.service == "worker":
+                    address = announced.address
                     break
                 if time.monotonic() > deadline:
                     break

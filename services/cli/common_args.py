@@ -1,24 +1,19 @@
-"""Flags every service shares: where to listen, metrics port, drain grace."""
+"""What every service command shares: its server flags, --processes, and how it reports bad settings."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
+from services.common import settings as settings_source
 from services.common.process_group import REUSE_PORT_FLAG
-from services.common.server import DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
+from services.common.server import ServerSettings
 
 
-def add_server_args(parser: argparse.ArgumentParser, default_port: int) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=default_port, help="gRPC port; 0 picks a free one")
-    parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 picks one")
-    parser.add_argument("--grace-s", type=float, default=30.0, help="seconds in-flight calls get on SIGTERM")
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=DEFAULT_MAX_MESSAGE_BYTES,
-        help="largest request accepted; bigger ones get RESOURCE_EXHAUSTED",
-    )
+def add_server_args(parser: argparse.ArgumentParser, service: str, default_port: int) -> None:
+    settings_source.add_arguments(parser, ServerSettings, service, defaults={"port": default_port})
+    parser.set_defaults(default_port=default_port)
 
 
 def add_process_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -32,22 +27,29 @@ def add_process_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(REUSE_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
 
 
-def run_process_group(service: str, args: argparse.Namespace, shared_port: bool = True) -> int:
+def server_settings(args: argparse.Namespace, service: str, **extra: Any) -> ServerSettings:
+    """The server settings a command was given (SettingsError if one is malformed)."""
+    return settings_source.from_args(
+        ServerSettings,
+        args,
+        service,
+        defaults={"port": args.default_port},
+        reuse_port=getattr(args, "reuse_port", False),
+        **extra,
+    )
+
+
+def run_process_group(service: str, args: argparse.Namespace, server: ServerSettings, shared_port: bool = True) -> int:
     from services.common.process_group import ProcessGroup
 
     group = ProcessGroup(
-        service, args.command_line, args.processes, args.host, args.port, args.metrics_port, args.grace_s, shared_port
+        service, args.command_line, args.processes, server.host, server.port, server.metrics_port, server.grace_s,
+        shared_port,
     )
     return group.run()
 
 
-def server_settings(args: argparse.Namespace, **extra) -> ServerSettings:
-    return ServerSettings(
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
-        grace_s=args.grace_s,
-        max_message_bytes=args.max_message_bytes,
-        reuse_port=getattr(args, "reuse_port", False),
-        **extra,
-    )
+def usage_error(command: str, message: str) -> int:
+    """Print a command-line mistake the way argparse does (stderr) and return its exit code, 2."""
+    print(f"shunter {command}: {message}", file=sys.stderr)
+    return 2

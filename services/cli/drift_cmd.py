@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.cli import tls_args
 from services.cli.admin_cmds import DEFAULT_REGISTRY
 
 
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--admin-key", default=os.environ.get("SHUNTER_ADMIN_KEY"),
                         help="admin API key (env SHUNTER_ADMIN_KEY)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    tls_args.add_dial_args(common, "the registry")
     common.add_argument("--timeout-s", type=float, default=10.0, help=argparse.SUPPRESS)
     parser = subparsers.add_parser(
         "drift", help="input drift: store reference profiles, show the most drifted features",
@@ -90,9 +92,15 @@ def _run(handler: Any, args: argparse.Namespace) -> int:
         print(f"shunter drift {args.action}: no admin key: pass --admin-key or set SHUNTER_ADMIN_KEY", file=sys.stderr)
         return 2
 
+    try:
+        tls = tls_args.client_tls(args)
+    except tls_args.FlagError as exc:
+        print(f"shunter drift {args.action}: {exc}", file=sys.stderr)
+        return 2
+
     async def main() -> int:
-        async with RegistryClient(args.registry, args.admin_key, timeout_s=args.timeout_s) as registry, \
-                MonitorClient(args.registry, args.admin_key, timeout_s=args.timeout_s) as monitor:
+        async with RegistryClient(args.registry, args.admin_key, timeout_s=args.timeout_s, tls=tls) as registry, \
+                MonitorClient(args.registry, args.admin_key, timeout_s=args.timeout_s, tls=tls) as monitor:
             return await handler(registry, monitor, args)
 
     try:

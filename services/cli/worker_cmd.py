@@ -1,57 +1,45 @@
-"""`shunter worker`: serve a model repository, or the models the registry assigns."""
+"""`shunter worker`: serve a model repository, or the models the registry assigns.
+
+Its flags come from WorkerSettings, the TLS settings and ServerSettings
+(services/common/settings.py): each is also a ``SHUNTER_WORKER_<NAME>`` variable.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-from services.cli.common_args import add_process_args, add_server_args, run_process_group, server_settings
+from services.cli import tls_args
+from services.cli.common_args import (
+    add_process_args,
+    add_server_args,
+    run_process_group,
+    server_settings,
+    usage_error,
+)
+from services.common import settings as settings_source
+from services.worker.settings import WorkerSettings
+
+SERVICE = "worker"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "worker",
         help="run a worker (model engines behind dynamic batching)",
-        description="Serve every version in a model repository, or (with --registry) what the registry assigns.",
+        description=(
+            "Serve every version in a model repository, or (with --registry) what the registry assigns. "
+            "Every flag can also be set by the environment variable named in its help."
+        ),
     )
-    parser.add_argument("--model-repository", type=Path, help="directory of <model>/config.yaml and <model>/<N>/")
-    parser.add_argument("--models", help="comma-separated subset of the repository's models to serve")
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="standalone: stop if any version fails to load (default: serve the others, mark it UNAVAILABLE)",
-    )
-    parser.add_argument("--registry", default=None, help="registry HOST:PORT: run in cluster mode")
-    parser.add_argument("--serve", help="cluster mode: comma-separated model names to serve")
-    parser.add_argument(
-        "--admin-key",
-        default=os.environ.get("SHUNTER_ADMIN_KEY"),
-        help="cluster mode: key for the registry (default $SHUNTER_ADMIN_KEY)",
-    )
-    parser.add_argument("--lease-ttl-s", type=int, default=0, help="cluster mode: lease TTL (0: registry default)")
-    parser.add_argument("--advertise", default=None, help="cluster mode: HOST:PORT routers dial (default: bound)")
-    parser.add_argument(
-        "--trusted-repository",
-        action="append",
-        type=Path,
-        default=[],
-        help="cluster mode: a directory whose python handlers may run (repeatable)",
-    )
-    parser.add_argument(
-        "--artifact-root", action="append", type=Path, default=[], metavar="DIR",
-        help="cluster mode: read artifacts only from inside DIR (repeatable; none: any local path)",
-    )
-    parser.add_argument(
-        "--load-timeout-s", type=float, default=900.0,
-        help="cluster mode: refuse a version that has not loaded and warmed up after this many seconds (default 900)",
-    )
+    settings_source.add_arguments(parser, WorkerSettings, SERVICE)
+    tls_args.add_serve_args(parser, SERVICE)
+    tls_args.add_dial_args(parser, "the registry", SERVICE)
     add_process_args(
         parser,
         ", each with its own copy of the models; in cluster mode each process binds a port of its own "
         "(--port + i, or free ones for 0) and registers itself",
     )
-    add_server_args(parser, default_port=8001)
+    add_server_args(parser, SERVICE, default_port=8001)
     parser.set_defaults(func=run)
 
 
@@ -59,39 +47,27 @@ def run(args: argparse.Namespace) -> int:
     from services.common.server import run as run_service
     from services.worker.app import ClusterSettings, WorkerApp
 
-    if args.registry is None and args.model_repository is None:
-        print("shunter worker: give --model-repository DIR, or --registry HOST:PORT with --serve NAMES")
-        return 2
+    try:
+        settings = settings_source.from_args(WorkerSettings, args, SERVICE)
+        tls = tls_args.server_tls(args)
+        registry_tls = tls_args.client_tls(args)
+        server = server_settings(args, SERVICE, tls=tls)
+    except settings_source.SettingsError as exc:
+        return usage_error(SERVICE, str(exc))
     if args.processes < 1:
-        print("shunter worker: --processes must be at least 1")
-        return 2
+        return usage_error(SERVICE, "--processes must be at least 1")
+    cluster_mode = settings.registry is not None
     if args.processes > 1:
-        if args.registry is not None and args.advertise:
-            print("shunter worker: --advertise names one address; with --processes each process advertises its own")
-            return 2
+        if cluster_mode and settings.advertise:
+            return usage_error(
+                SERVICE, "--advertise names one address; with --processes each process advertises its own"
+            )
         # Cluster mode: a port per process, each registered, so routers dial them all.
-        return run_process_group("worker", args, shared_port=args.registry is None)
-    cluster = None
-    if args.registry is not None:
-        if args.load_timeout_s <= 0:
-            print("shunter worker: --load-timeout-s must be positive")
-            return 2
-        if not args.serve:
-            print("shunter worker: --registry needs --serve NAME[,NAME]")
-            return 2
-        if not args.admin_key:
-            print("shunter worker: --registry needs --admin-key or $SHUNTER_ADMIN_KEY")
-            return 2
-        cluster = ClusterSettings(
-            registry_address=args.registry,
-            admin_key=args.admin_key,
-            serve_models=tuple(n.strip() for n in args.serve.split(",") if n.strip()),
-            lease_ttl_s=args.lease_ttl_s,
-            advertise_address=args.advertise,
-            trusted_repositories=tuple(p.resolve() for p in args.trusted_repository),
-            artifact_roots=tuple(p.resolve() for p in args.artifact_root),
-            load_timeout_s=args.load_timeout_s,
-        )
-    only = {n.strip() for n in args.models.split(",") if n.strip()} if args.models else None
-    app = WorkerApp(repository=args.model_repository, only_models=only, cluster=cluster, strict=args.strict)
-    return run_service(app, server_settings(args))
+        return run_process_group(SERVICE, args, server, shared_port=not cluster_mode)
+    cluster = ClusterSettings.from_worker_settings(settings, registry_tls) if cluster_mode else None
+    only = set(settings.models) or None
+    app = WorkerApp(
+        repository=settings.model_repository, only_models=only, cluster=cluster, strict=settings.strict,
+        admission=settings.admission,
+    )
+    return run_service(app, server)

@@ -46,13 +46,6 @@ CONTENTS_FIELD: dict[str, str] = {
 }
 
 
-def element_size(datatype: str) -> int:
-    """Bytes per element of a fixed-size datatype (BYTES has none: returns 0)."""
-    if datatype == "BYTES":
-        return 0
-    return NUMPY_DTYPES[datatype].itemsize
-
-
 def datatype_of(array: np.ndarray) -> str:
     """The OIP datatype name for a NumPy array (object and string arrays are BYTES)."""
     if array.dtype.kind in "OSU":

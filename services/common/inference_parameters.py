@@ -15,6 +15,9 @@ from services.gen.inference import grpc_service_pb2 as pb
 
 TIMEOUT = "timeout"
 STATUS_CODE = "shunter_status_code"
+#: A router's liveness ping on a ModelStreamInfer link: a request that names no model and
+#: sets this; the worker answers it at once, unqueued (services/router/worker_client.py).
+PING = "shunter_ping"
 
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 

@@ -6,9 +6,6 @@ their own modules. Names start with ``shunter_`` and carry their unit.
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 #: Latency buckets in seconds, fine below a millisecond (the router hop) and up to 10 s.
@@ -32,23 +29,3 @@ IN_FLIGHT = Gauge(
     "Requests being handled right now.",
     ["service", "method"],
 )
-
-class RpcObserver:
-    """Records one service's RPCs, caching labelled children (labels() is the slow part)."""
-
-    def __init__(self, service: str) -> None:
-        self._service = service
-        self._counters: dict[tuple[str, str, str, str], Any] = {}
-        self._histograms: dict[tuple[str, str], Any] = {}
-
-    def observe(self, method: str, model: str, version: str, code: grpc.StatusCode, seconds: float) -> None:
-        key = (method, model, version, code.name)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = REQUESTS.labels(self._service, *key)
-        counter.inc()
-        hkey = (method, model)
-        histogram = self._histograms.get(hkey)
-        if histogram is None:
-            histogram = self._histograms[hkey] = REQUEST_LATENCY.labels(self._service, method, model)
-        histogram.observe(seconds)

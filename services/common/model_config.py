@@ -24,16 +24,6 @@ DEFAULT_ARTIFACT: dict[str, str] = {
     "python": "model.py",
 }
 
-#: Triton's platform names for our backends (what tritonclient users expect to see).
-TRITON_PLATFORMS: dict[str, str] = {
-    "torchscript": "pytorch_libtorch",
-    "torch_export": "pytorch_torch_export",
-    "onnx": "onnxruntime_onnx",
-    "tensorrt": "tensorrt_plan",
-    "python": "python",
-}
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -156,14 +146,6 @@ def parse_model_config(text: str, source: str) -> ModelConfig:
             else:
                 problems.append(f"key '{key}': {err['msg']}")
         raise ModelConfigError(f"{source}: " + "; ".join(problems)) from None
-
-
-def load_model_config(path: Path) -> ModelConfig:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ModelConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_model_config(text, str(path))
 
 
 def version_config_text(model_dir: Path, version: str) -> tuple[str, str]:

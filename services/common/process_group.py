@@ -18,7 +18,6 @@ dead one it restarts.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -28,12 +27,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from services.common.ready_line import format_ready_line, parse_ready_line
+
 #: The hidden flag that tells a child to bind with SO_REUSEPORT (the supervisor passes it).
 REUSE_PORT_FLAG = "--reuse-port"
 #: Set in each child's environment: the supervisor's pid, which the child must not outlive.
 GROUP_PID_ENV = "SHUNTER_GROUP_PID"
 _PR_SET_PDEATHSIG = 1
-_READY = re.compile(r"^shunter (\w+) listening on (\S+):(\d+) metrics (\S+):(\d+)$")
 #: Extra seconds beyond the drain grace before a child that ignores SIGTERM is killed.
 KILL_AFTER_S = 10.0
 
@@ -165,7 +165,7 @@ class ProcessGroup:
                 flush=True,
             )
         first = self._children[0]
-        print(f"shunter {self._service} listening on {first.address} metrics {first.metrics}", flush=True)
+        print(format_ready_line(self._service, first.address, first.metrics), flush=True)
         return self._supervise()
 
     def request_stop(self, *_: object) -> None:
@@ -194,10 +194,10 @@ class ProcessGroup:
         """Swallow the child's readiness line (the group prints one); pass anything else on."""
         assert child.process.stdout is not None
         for line in child.process.stdout:
-            match = _READY.match(line.strip())
-            if match and not child.ready.is_set():
-                child.address = f"{match.group(2)}:{match.group(3)}"
-                child.metrics = f"{match.group(4)}:{match.group(5)}"
+            announced = parse_ready_line(line)
+            if announced and not child.ready.is_set():
+                child.address = announced.address
+                child.metrics = announced.metrics
                 child.ready.set()
                 self._changed.set()
             else:

@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -25,8 +24,11 @@ from grpc_reflection.v1alpha import reflection
 from services.common.errors import PermissionDenied, ShunterError, Unauthenticated
 from services.common.metrics_http import start_metrics_server
 from services.common.process_group import die_with_group
+from services.common.ready_line import format_ready_line
 from services.common.reflection_v1 import SERVICE_NAME as REFLECTION_V1
 from services.common.reflection_v1 import enable_reflection_v1
+from services.common.settings import check_bounds, setting
+from services.common.tls import ServerTls, TlsFileError
 
 logger = logging.getLogger(__name__)
 
@@ -34,35 +36,30 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    cert_file: Path
-    key_file: Path
-    #: With a client CA, clients must present a certificate it signed (mTLS).
-    client_ca_file: Path | None = None
-
-    def credentials(self) -> grpc.ServerCredentials:
-        ca = self.client_ca_file.read_bytes() if self.client_ca_file else None
-        return grpc.ssl_server_credentials(
-            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
+#: The server side of TLS (services/common/tls.py); the name the CLIs and tests use.
+TlsConfig = ServerTls
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 0
-    metrics_host: str | None = None
-    metrics_port: int = 0
-    #: Seconds in-flight calls get to finish after SIGTERM.
-    grace_s: float = 30.0
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Where and how a service listens; every field but tls and reuse_port is a flag of each service."""
+
+    host: str = setting("127.0.0.1", "address to bind")
+    port: int = setting(0, "gRPC port; 0 picks a free one", minimum=0, maximum=65535)
+    metrics_host: str | None = setting(None, "address the Prometheus /metrics port binds (default: --host)")
+    metrics_port: int = setting(0, "Prometheus /metrics port; 0 picks one", minimum=0, maximum=65535)
+    grace_s: float = setting(30.0, "time in-flight calls get to finish after SIGTERM", unit="s", minimum=0)
+    max_message_bytes: int = setting(
+        DEFAULT_MAX_MESSAGE_BYTES, "largest request accepted; bigger ones get RESOURCE_EXHAUSTED",
+        unit="bytes", minimum=1,
+    )
     tls: TlsConfig | None = None
     #: Share the port with sibling processes (SO_REUSEPORT; `shunter worker --processes`).
     #: Off by default so that a port already in use is an error, not a silent split.
     reuse_port: bool = False
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 class ServiceApp(Protocol):
@@ -146,7 +143,7 @@ class RunningService:
         for name in ("", *self.app.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         print(
-            f"shunter {self.app.name} listening on {self.address} metrics {metrics_host}:{self.metrics_port}",
+            format_ready_line(self.app.name, self.address, f"{metrics_host}:{self.metrics_port}"),
             flush=True,
         )
 
@@ -204,6 +201,9 @@ def run(app: ServiceApp, settings: ServerSettings) -> int:
         runner(serve_until_signal(app, settings))
     except (Unauthenticated, PermissionDenied) as exc:
         # A credential the cluster refuses at start-up is a configuration error, like a bad flag.
+        print(f"shunter {app.name}: {exc}", file=sys.stderr)
+        return 2
+    except TlsFileError as exc:
         print(f"shunter {app.name}: {exc}", file=sys.stderr)
         return 2
     except (OSError, ShunterError) as exc:

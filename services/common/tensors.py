@@ -215,6 +215,8 @@ def decode_request(request, signature: Signature, *, materialize: bool = True) -
     missing = [spec.name for spec in signature.inputs if spec.name not in seen]
     if missing:
         raise InvalidArgument(f"missing input(s): {', '.join(missing)}")
+    if signature.batched and not batch_size:
+        raise InvalidArgument("batch size 0: send at least one row")
     outputs: list[str] = []
     for requested in request.outputs:
         if requested.name not in signature.output_names:

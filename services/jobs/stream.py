@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.crc import key_slot
 
+from services.common import redis_connect
 from services.common.signature import Signature
+from services.common.tls import ClientTls
 from services.jobs import stream_metrics as m
 from services.jobs.infer import InferClient, JobFailed, RowsRejected
 from services.jobs.retry import RetryPolicy
@@ -67,7 +70,7 @@ if #ids > 0 then redis.call('XACK', KEYS[2], group, unpack(ids)) end
 return written
 """
 
-REDIS_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError)
+REDIS_ERRORS = (redis_errors.BusyLoadingError, *redis_connect.OUTAGE_ERRORS)
 
 
 class StreamSetupError(Exception):
@@ -84,6 +87,8 @@ class StreamOptions:
     consumer: str
     target: str
     api_key: str | None = None
+    #: TLS to the target (--tls-ca); None: plaintext.
+    tls: ClientTls | None = None
     version: str = ""
     batch: int = 64
     block_ms: int = 100
@@ -115,6 +120,16 @@ async def check_setup(r: aioredis.Redis, opts: StreamOptions) -> None:
              "--dead-letter-stream": opts.dlq}
     if len(set(names.values())) < 3:
         raise StreamSetupError(f"input, output and dead-letter streams must differ ({names})")
+    if redis_connect.is_cluster(opts.redis_url):
+        # One Lua step writes a result, its dedupe key and the XACK: one slot on a cluster.
+        slots = {key_slot(k.encode()) for k in
+                 [*names.values(), dedupe_key(opts.output_stream, opts.input_stream, "0-0"),
+                  dedupe_key(opts.dlq, opts.input_stream, "0-0")]}
+        if len(slots) > 1:
+            raise StreamSetupError(
+                "on a Redis Cluster the input, output and dead-letter streams must share one hash tag, "
+                "e.g. --input-stream '{digits}:in' --output-stream '{digits}:out' (dead letters default to IN:dlq)"
+            )
     try:
         kind = (await r.type(opts.input_stream)).decode()
     except REDIS_ERRORS as exc:
@@ -147,10 +162,7 @@ async def check_setup(r: aioredis.Redis, opts: StreamOptions) -> None:
 
 def _safe_url(url: str) -> str:
     """The URL without its password, for messages."""
-    if "@" in url:
-        scheme, rest = url.split("://", 1) if "://" in url else ("", url)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    return redis_connect.redacted(url)
 
 
 class Consumer:
@@ -161,6 +173,7 @@ class Consumer:
         self.signature = signature
         self.stopping = asyncio.Event()
         self.write = r.register_script(WRITE_AND_ACK)
+        self._cluster = redis_connect.is_cluster(opts.redis_url)
         self.datatypes = {spec.name: spec.datatype for spec in signature.outputs}
         self.max_rows = signature.max_batch_size if signature.batched else 1
         self.labels = {"group": opts.group}
@@ -338,16 +351,22 @@ class Consumer:
             (opts.dlq, [(entry_id, dead_letter_fields(entry_id, fields, reason))
                         for entry_id, fields, reason, _label in dead]),
         )
-        async with self.r.pipeline(transaction=False) as pipe:
-            for stream, items in batches:
-                if not items:
-                    continue
-                keys = [stream, opts.input_stream, *(dedupe_key(stream, opts.input_stream, i) for i, _ in items)]
-                args: list = [opts.group, opts.dedupe_ttl_s, opts.maxlen]
-                for entry_id, fields in items:
-                    args += [entry_id, len(fields), *fields]
-                await self.write(keys=keys, args=args, client=pipe)
-            written = await pipe.execute()
+        calls = []
+        for stream, items in batches:
+            if not items:
+                continue
+            keys = [stream, opts.input_stream, *(dedupe_key(stream, opts.input_stream, i) for i, _ in items)]
+            args: list = [opts.group, opts.dedupe_ttl_s, opts.maxlen]
+            for entry_id, fields in items:
+                args += [entry_id, len(fields), *fields]
+            calls.append((keys, args))
+        if self._cluster:  # a cluster pipeline does not load scripts; two calls at most
+            written = [await self.write(keys=keys, args=args) for keys, args in calls]
+        else:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await self.write(keys=keys, args=args, client=pipe)
+                written = await pipe.execute()
         if results:
             m.DUPLICATES.labels(**self.labels).inc(len(results) - int(written[0]))
         self.processed += len(results)
@@ -403,12 +422,13 @@ async def serve_stream(opts: StreamOptions, metrics_host: str, metrics_port: int
     from prometheus_client import start_http_server
 
     try:
-        r = aioredis.from_url(opts.redis_url, socket_connect_timeout=5, socket_timeout=max(10, opts.block_ms / 500))
+        r = redis_connect.connect(opts.redis_url, socket_connect_timeout=5,
+                                  socket_timeout=max(10, opts.block_ms / 500))
     except ValueError as exc:
-        raise StreamSetupError(f"bad --redis-url '{_safe_url(opts.redis_url)}': {exc}") from None
+        raise StreamSetupError(f"bad --redis-url: {exc}") from None
     try:
         await check_setup(r, opts)
-        async with InferClient(opts.target, opts.model, version=opts.version, api_key=opts.api_key,
+        async with InferClient(opts.target, opts.model, version=opts.version, api_key=opts.api_key, tls=opts.tls,
                                timeout_s=opts.timeout_s, policy=opts.policy) as client:
             signature = await client.describe()
             consumer = Consumer(opts, r, client, signature)

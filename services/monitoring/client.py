@@ -6,23 +6,21 @@ import grpc
 
 from services.common.api_keys import auth_metadata
 from services.common.registry_client import channel_options, to_shunter_error
+from services.common.tls import ClientTls
+from services.common.tls import channel as make_channel
 from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
 from services.gen.shunter.monitor.v1 import monitor_pb2_grpc as mpb_grpc
 
 
 class MonitorClient:
     def __init__(
-        self, address: str, admin_key: str | None, *, timeout_s: float = 10.0,
-        credentials: grpc.ChannelCredentials | None = None,
+        self, address: str, key: str | None, *, timeout_s: float = 10.0, tls: ClientTls | None = None,
     ) -> None:
         # Several registry addresses (comma-separated): the monitor service is on each; use the first.
         self.address = address.split(",")[0].strip()
         self.timeout_s = timeout_s
-        self._metadata = auth_metadata(admin_key) if admin_key else ()
-        if credentials is not None:
-            self._channel = grpc.aio.secure_channel(self.address, credentials, options=channel_options())
-        else:
-            self._channel = grpc.aio.insecure_channel(self.address, options=channel_options())
+        self._metadata = auth_metadata(key) if key else ()
+        self._channel = make_channel(self.address, options=channel_options(), tls=tls)
         self._stub = mpb_grpc.MonitorStub(self._channel)
 
     async def __aenter__(self) -> MonitorClient:

@@ -42,7 +42,9 @@ MAX_PROFILE_FEATURES = 1024
 
 
 class Authoriser(Protocol):
-    async def authorise(self, context: grpc.aio.ServicerContext) -> Any: ...
+    """The registry's key check: the caller's key if its role may call ``method``."""
+
+    async def authorise(self, context: grpc.aio.ServicerContext, method: str) -> Any: ...
 
 
 def drift_config(config: ModelConfig) -> DriftConfig:
@@ -52,13 +54,14 @@ def drift_config(config: ModelConfig) -> DriftConfig:
 class MonitorService:
     def __init__(
         self, auth: Authoriser, catalogue: Callable[[], Awaitable[Any]], redis: Any, key_prefix: str,
-        rpc_edge: edge.Edge | None = None,
+        rpc_edge: edge.Edge | None = None, *, cluster: bool = False,
     ) -> None:
         self._auth = auth
         self._catalogue = catalogue
         self._redis = redis
         self._prefix = key_prefix
-        self._keys = windows.Keys(key_prefix)
+        self._cluster = cluster
+        self._keys = windows.Keys(key_prefix, cluster=cluster)
         #: The registry's own edge, so its interceptors (metrics, tracing) cover these RPCs too.
         self.edge = rpc_edge or edge.Edge("registry")
         self._task: asyncio.Task | None = None
@@ -68,10 +71,10 @@ class MonitorService:
     def handler(self) -> grpc.GenericRpcHandler:
         return self.edge.handler(SERVICE_NAME, edge.generated_methods(SERVICE, self))
 
-    async def _caller(self, context: grpc.aio.ServicerContext, model: str, version: str = "") -> Any:
+    async def _caller(self, context: grpc.aio.ServicerContext, method: str, model: str, version: str = "") -> Any:
         if getattr(self._auth, "draining", False):
             raise Unavailable("the registry is shutting down; try another replica")
-        key = await self._auth.authorise(context)
+        key = await self._auth.authorise(context, method)
         edge.label(model, version if version.isdigit() else "")
         return key
 
@@ -97,7 +100,7 @@ class MonitorService:
 
     async def SetReferenceProfile(self, request, context):
         sent = request.profile
-        caller = await self._caller(context, sent.model, sent.version)
+        caller = await self._caller(context, "SetReferenceProfile", sent.model, sent.version)
         _, config = await self._version(sent.model, sent.version)
         if len(sent.features) > MAX_PROFILE_FEATURES:
             raise InvalidArgument(f"the profile has {len(sent.features)} features; at most {MAX_PROFILE_FEATURES}")
@@ -129,7 +132,7 @@ class MonitorService:
         return stored
 
     async def GetReferenceProfile(self, request, context):
-        await self._caller(context, request.model, request.version)
+        await self._caller(context, "GetReferenceProfile", request.model, request.version)
         try:
             found = await windows.load_profile(self._redis, self._keys, request.model, request.version)
         except RedisError as exc:
@@ -139,7 +142,7 @@ class MonitorService:
         return found
 
     async def ReportDriftCounts(self, request, context):
-        await self._caller(context, request.model, request.version)
+        await self._caller(context, "ReportDriftCounts", request.model, request.version)
         try:
             found = await windows.load_profile(self._redis, self._keys, request.model, request.version)
             if found is None:
@@ -161,7 +164,7 @@ class MonitorService:
         return mpb.ReportDriftCountsResponse(profile_id=found.profile_id)
 
     async def GetDrift(self, request, context):
-        await self._caller(context, request.model, request.version)
+        await self._caller(context, "GetDrift", request.model, request.version)
         catalogue = await self._catalogue()
         entry = next((m for m in catalogue.models() if m.name == request.model), None)
         if entry is None:
@@ -191,7 +194,14 @@ class MonitorService:
 
     async def _score(self, model: str, version: Any) -> mpb.VersionDrift:
         config = self._drift_config(model, version) or DriftConfig()
-        return await windows.drift_score(self._redis, model, version.version, key_prefix=self._prefix, config=config)
+        return await windows.drift_score(
+            self._redis, model, version.version, key_prefix=self._prefix, config=config, cluster=self._cluster
+        )
+
+    async def version_drift(self, version: Any) -> mpb.VersionDrift:
+        """The cluster's drift of one registry ModelVersion (for the rollout controller in
+        this process: no Redis client or key layout of its own needed)."""
+        return await self._score(version.model, version)
 
     # ---- the metric ------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ Keys, under the registry's ``--key-prefix`` (default ``shunter:``) plus ``monito
 - ``windows:{model}:{version}:{profile_id}``: sorted set of ``{window_s}:{window}`` by the
   window's end (unix ms), to find the latest complete window.
 
+On a Redis Cluster the ``monitor:`` part is one hash tag (``{shunter:monitor}:profile:...``).
+
 Counts expire after COUNTS_TTL_S. Counts are tied to a profile id, so replacing a
 baseline starts from empty windows instead of mixing two sets of bins.
 
@@ -27,6 +29,7 @@ import numpy as np
 from services.common.errors import ModelConfigError
 from services.common.model_config import parse_model_config
 from services.common.monitoring_config import DriftConfig
+from services.common.redis_connect import hash_tagged
 from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
 from services.monitoring import stats
 from services.monitoring.profile import BinCounter, Profile
@@ -48,10 +51,14 @@ def report_grace_s(window_s: float) -> float:
 
 
 class Keys:
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    """``cluster``: on a Redis Cluster every name carries one hash tag (``{shunter:monitor}:``),
+    so one slot-pinned client (services/common/redis_connect.py) reaches them all, as the
+    registry's own keys do."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, *, cluster: bool = False) -> None:
         if prefix and not prefix.endswith(":"):
             prefix += ":"
-        self.base = prefix + "monitor:"
+        self.base = hash_tagged(prefix + "monitor:") if cluster else prefix + "monitor:"
 
     def profile(self, model: str, version: str) -> str:
         return f"{self.base}profile:{model}:{version}"
@@ -102,6 +109,7 @@ async def drift_score(
     key_prefix: str = DEFAULT_PREFIX,
     config: DriftConfig | None = None,
     now: float | None = None,
+    cluster: bool = False,
 ) -> mpb.VersionDrift:
     """The cluster's drift of one version: its latest complete window against its profile.
 
@@ -113,7 +121,7 @@ async def drift_score(
     config's method; ``level`` is ok | warn | drift.
     """
     config = config or DriftConfig()
-    keys = Keys(key_prefix)
+    keys = Keys(key_prefix, cluster=cluster)
     result = mpb.VersionDrift(model=model, version=version, method=config.method)
     for name, (warn, drift) in config.thresholds().items():
         result.thresholds[name].warn, result.thresholds[name].drift = warn, drift
@@ -167,7 +175,7 @@ async def drift_score(
 
 
 async def version_drift(
-    redis, version, *, key_prefix: str = DEFAULT_PREFIX, now: float | None = None
+    redis, version, *, key_prefix: str = DEFAULT_PREFIX, now: float | None = None, cluster: bool = False
 ) -> mpb.VersionDrift:
     """``drift_score`` for a registry ModelVersion, with the drift settings of its own
     config.yaml (defaults when it has no monitoring block): what a rollout gate calls with
@@ -177,4 +185,6 @@ async def version_drift(
         drift = config.monitoring.drift if config.monitoring is not None else DriftConfig()
     except ModelConfigError:
         drift = DriftConfig()
-    return await drift_score(redis, version.model, version.version, key_prefix=key_prefix, config=drift, now=now)
+    return await drift_score(
+        redis, version.model, version.version, key_prefix=key_prefix, config=drift, now=now, cluster=cluster
+    )

@@ -3,46 +3,24 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from redis import asyncio as aioredis
 
-from services.common import api_keys
+from services.common import api_keys, redis_connect
 from services.common.errors import Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.monitoring import service as monitor_service
-from services.registry import validation
+from services.monitoring import windows as monitor_windows
 from services.registry.catalogue import Catalogue
 from services.registry.service import RegistryService
+from services.registry.settings import RegistrySettings
 from services.registry.store import RedisStore, now_ms
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registry"].full_name
 MIN_BOOTSTRAP_KEY_LEN = 16
-
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    redis_url: str
-    #: Prefix of every Redis key, so several clusters can share one Redis.
-    key_prefix: str = "shunter:"
-    #: File holding the first admin key (its text); only the key's hash is ever stored.
-    admin_key_file: Path | None = None
-    #: Lease TTL a worker gets when it asks for none; a killed worker leaves within it.
-    lease_ttl_s: int = 10
-    #: Safety-net re-read of Redis, on top of pub/sub wakeups (also notices expired leases).
-    refresh_interval_s: float = 1.0
-    #: Directories registered artifacts must lie in (resolved); empty: any local path (warned).
-    artifact_roots: tuple[Path, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.lease_ttl_s <= validation.MAX_TTL_S:
-            raise ValueError(f"lease TTL must be between 1 and {validation.MAX_TTL_S} s, got {self.lease_ttl_s}")
-        if self.refresh_interval_s <= 0:
-            raise ValueError("refresh interval must be positive")
 
 
 def bootstrap_key(path: Path) -> rpb.ApiKey:
@@ -70,7 +48,8 @@ class RegistryApp:
         self.bootstrap = bootstrap_key(settings.admin_key_file) if settings.admin_key_file else None
         self.store = RedisStore(
             settings.redis_url, settings.key_prefix, refresh_interval_s=settings.refresh_interval_s,
-            lease_grace_s=settings.lease_ttl_s,
+            lease_grace_s=settings.lease_ttl_s, wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         self.store.on_snapshot = self._ensure_bootstrap
         self.service = RegistryService(
@@ -78,9 +57,14 @@ class RegistryApp:
             artifact_roots=settings.artifact_roots,
         )
         # Reference profiles and drift window counts (services/monitoring), in the same Redis.
-        self._monitor_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=3.0)
+        cluster = redis_connect.is_cluster(settings.redis_url)
+        monitor_keys = monitor_windows.Keys(settings.key_prefix, cluster=cluster)
+        self._monitor_redis = redis_connect.connect(
+            settings.redis_url, slot_key=monitor_keys.profile("", ""), socket_timeout=3.0
+        )
         self.monitor = monitor_service.MonitorService(
-            self.service, self.store.current, self._monitor_redis, settings.key_prefix, self.service.edge
+            self.service, self.store.current, self._monitor_redis, settings.key_prefix, self.service.edge,
+            cluster=cluster,
         )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:

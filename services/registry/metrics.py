@@ -28,3 +28,8 @@ STORE_RESETS = Counter(
 LEASE_GRACE = Gauge(
     "shunter_registry_lease_grace", "1 while leases are not swept (after start, or after Redis returned)."
 )
+WAIT_REPLICAS = Histogram(
+    "shunter_registry_wait_replicas",
+    "Replicas that confirmed a catalogue write (WAIT), with --redis-wait-replicas set.",
+    buckets=(0, 1, 2, 3, 4, 8),
+)

@@ -1,7 +1,14 @@
 """Lua scripts the registry runs in Redis, and the key layout they share.
 
 Every script gets the same KEYS (see ``KeyLayout.script_keys``) and, as ARGV[1], the
-pub/sub channel that wakes the watchers of every registry replica. Scripts run
+pub/sub channel that wakes the watchers of every registry replica.
+
+On a Redis Cluster every key, the per-model ``versions:`` hashes the scripts read from
+ARGV included, carries one hash tag (``{shunter:registry}:revision`` for the default
+prefix), so they all live in one slot and the scripts and WATCH transactions stay atomic.
+On one server or behind Sentinel the names are unchanged (``shunter:registry:revision``),
+so existing data keeps working; moving to a cluster goes through
+``shunter registry export`` / ``import``. Scripts run
 atomically, so a lease change and its revision bump can never be seen apart. Time
 comes from Redis (``TIME``), so replicas with skewed clocks agree on lease expiry.
 """
@@ -9,6 +16,8 @@ comes from Redis (``TIME``), so replicas with skewed clocks agree on lease expir
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from services.common.redis_connect import hash_tagged
 
 
 @dataclass(frozen=True)
@@ -18,13 +27,18 @@ class KeyLayout:
     prefix: str
 
     @classmethod
-    def for_prefix(cls, prefix: str) -> KeyLayout:
+    def for_prefix(cls, prefix: str, *, cluster: bool = False) -> KeyLayout:
+        """``cluster``: every name carries one hash tag (see the module docstring)."""
         if prefix and not prefix.endswith(":"):
             prefix += ":"
-        return cls(prefix + "registry:")
+        base = prefix + "registry:"
+        if cluster:
+            base = hash_tagged(base)
+        return cls(base)
 
     def __getattr__(self, name: str) -> str:  # revision, models, policies, ... (see SCRIPT_KEYS)
-        if name in SCRIPT_KEYS or name == "events":
+        # events: the pub/sub channel; wait_fence: written before WAIT (store.py).
+        if name in SCRIPT_KEYS or name in ("events", "wait_fence"):
             return self.prefix + name
         raise AttributeError(name)
 

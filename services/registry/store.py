@@ -34,13 +34,12 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, WatchError
 
+from services.common import redis_connect
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.registry import merge, metrics, scripts
@@ -50,14 +49,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _MAX_WRITE_ATTEMPTS = 200
-
-
-def redacted_url(url: str) -> str:
-    """``host:port/db`` of a Redis URL, without the password it may hold."""
-    parsed = urlparse(url)
-    if parsed.scheme == "unix":
-        return f"unix:{parsed.path}"
-    return f"{parsed.hostname or 'localhost'}:{parsed.port or 6379}{parsed.path or ''}"
 
 
 def status_fingerprint(statuses: Any) -> str:
@@ -83,17 +74,26 @@ class RedisStore:
         refresh_interval_s: float = 1.0,
         socket_timeout_s: float = 3.0,
         lease_grace_s: float = 10.0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
-        self.where = redacted_url(redis_url)
-        self.keys = scripts.KeyLayout.for_prefix(key_prefix)
-        self._redis = aioredis.Redis.from_url(
+        target = redis_connect.parse_url(redis_url)
+        self.where = target.describe()
+        self.keys = scripts.KeyLayout.for_prefix(key_prefix, cluster=target.is_cluster)
+        # On a cluster every key shares one hash tag, so one plain client pinned to that
+        # slot's primary runs the scripts, transactions and pub/sub as on one server.
+        self._redis = redis_connect.connect(
             redis_url,
+            slot_key=self.keys.revision,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=min(socket_timeout_s, 2.0),
             # One quick retry covers a pooled connection that died with a Redis restart;
             # anything longer is an outage, reported at once rather than hidden.
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1),
         )
+        #: Acknowledge a catalogue write only once this many replicas confirm it (``WAIT``).
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._interval = refresh_interval_s
         self._catalogue: Catalogue | None = None
         self._changed = asyncio.Event()
@@ -263,6 +263,7 @@ class RedisStore:
                     pipe.set(self.keys.revision, revision)
                     pipe.publish(self.keys.events, b"merge")
                     await pipe.execute()
+                await self._replicated()
                 return present, revision
             except WatchError:
                 await asyncio.sleep(random.uniform(0, 0.01))
@@ -381,6 +382,7 @@ class RedisStore:
                     pipe.publish(self.keys.events, b"write")
                     replies = await pipe.execute()
                 revision = int(replies[-2])
+                await self._replicated()
                 metrics.WRITE_RETRIES.observe(attempt)
                 self._mark_up()
                 return result, revision
@@ -389,6 +391,35 @@ class RedisStore:
             except RedisError as exc:
                 raise self.unavailable(exc) from None
         raise Unavailable("too many concurrent registry writes; try again")
+
+    async def _replicated(self) -> None:
+        """With ``wait_replicas``: return once that many replicas hold the last write.
+
+        ``WAIT`` counts what the replicas acknowledged of the writes made on *its*
+        connection, and a transaction's connection goes back to the pool with ``EXEC``; so
+        a small write (the fence) and ``WAIT`` go together on one connection after it.
+        Replication is ordered, so replicas that have the fence have the write before it.
+        The write is applied on the primary either way: a shortfall raises UNAVAILABLE
+        saying the write may not survive a failover (re-reading shows whether it is there).
+        """
+        if self._wait_replicas <= 0:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incr(self.keys.wait_fence)
+        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        try:
+            _fence, confirmed = await pipe.execute()
+        except RedisError as exc:
+            raise self.unavailable(exc) from None
+        metrics.WAIT_REPLICAS.observe(int(confirmed))
+        if int(confirmed) < self._wait_replicas:
+            # Maybe a primary that was failed over and not yet demoted: look again.
+            await redis_connect.rediscover(self._redis)
+            raise Unavailable(
+                f"the write was applied on Redis's primary, but only {confirmed} of {self._wait_replicas} "
+                f"replica(s) confirmed it within {self._wait_timeout_ms} ms; it may be lost if the "
+                "primary fails now (read it back before retrying)"
+            )
 
     async def run_script(self, name: str, *args: Any) -> Any:
         try:

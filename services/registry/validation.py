@@ -13,10 +13,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.common import artifacts
+from services.common import api_keys, artifacts
 from services.common.errors import InvalidArgument, NotFound
 from services.common.model_config import ModelConfig, parse_model_config
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.registry.settings import MAX_TTL_S
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 MAX_NAME_LEN = 128
@@ -24,7 +25,6 @@ VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")
 WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-MAX_TTL_S = 3600
 MAX_CACHE_TTL_S = 7 * 24 * 3600
 MAX_CONFIG_BYTES = 256 * 1024
 #: Bound on the optimisation report stored with a version (shunter optimize trims to 32 KiB).
@@ -245,7 +245,13 @@ def check_statuses(statuses: object) -> None:
         check_version(status.version, "version in a version status")
 
 
-def check_key_request(request: rpb.CreateApiKeyRequest) -> None:
+def check_key_request(request: rpb.CreateApiKeyRequest) -> str:
+    """Check a key request; returns the role the key gets."""
+    role = request.role or (api_keys.ADMIN if request.admin else api_keys.CLIENT)
+    if role not in api_keys.ROLES:
+        raise InvalidArgument(f"unknown key role {role!r}; expected one of {', '.join(api_keys.ROLES)}")
+    if request.admin and role != api_keys.ADMIN:
+        raise InvalidArgument(f"admin is set but role is {role!r}; an admin key has role admin")
     check_name(request.tenant, "tenant")
     for model in request.models:
         check_name(model, "model name in the key's models")
@@ -254,3 +260,4 @@ def check_key_request(request: rpb.CreateApiKeyRequest) -> None:
         raise InvalidArgument(f"rate per_second {rate.per_second} must be a finite number >= 0")
     if rate.burst and not rate.per_second:
         raise InvalidArgument("rate burst is set but per_second is 0 (unlimited)")
+    return role

@@ -19,6 +19,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from services.common import edge, inference_parameters
+from services.common.admission import Admission
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.tensors import decode_request
 from services.gen.inference import grpc_service_pb2 as pb
@@ -31,7 +32,7 @@ from services.router.redis_link import RedisLink
 from services.router.settings import RouterSettings
 from services.router.shadow import ShadowMirror
 from services.router.table import KeyEntry, ModelEntry, RoutingSnapshot, VersionEntry
-from services.router.upstream import WorkerTransport, forward_infer
+from services.router.worker_client import Forward, Liveness, WorkerTransport, forward_infer
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,21 @@ class Router:
             timeout_s=settings.redis_timeout_s,
             retry_after_s=settings.redis_retry_after_s,
         )
+        liveness = Liveness(settings.liveness_interval_s, settings.liveness_timeout_s)
         self.balancer = Balancer(
-            lambda address: WorkerTransport(address, settings.max_message_bytes, settings.worker_link),
+            lambda address: WorkerTransport(
+                address, settings.max_message_bytes, settings.worker_link, liveness,
+                tls=settings.client_tls, key=settings.admin_key,
+            ),
             eject_after=settings.eject_after_failures,
             cooloff_s=settings.eject_cooloff_s,
+            max_outstanding=settings.max_in_flight_per_worker,
+            outlier_ratio=settings.outlier_ratio,
+            outlier_min_gap_s=settings.outlier_min_gap_s,
+            outlier_cooloff_s=settings.outlier_cooloff_s,
         )
+        #: Added to the servicer's edge; ``infer`` admits each request once its version is known.
+        self.admission = Admission("router", settings.admission)
         self.limiter = RateLimiter(self.redis, settings.key_prefix)
         self.cache = ResponseCache(self.redis, settings.key_prefix, settings.near_cache_bytes)
         self.shadow = ShadowMirror(pb.ModelInferResponse, settings.shadow_max_in_flight)
@@ -140,9 +151,8 @@ class Router:
             entry = self.choose_version(model, headers)
             forward_raw = wire.with_model_version(raw, entry.version)
         edge.label(name, entry.version)
+        self.admission.admit(name, entry.version, deadline - time.monotonic())
         decoded = decode_request(request, entry.signature, materialize=False)
-        if entry.signature.batched and decoded.batch_size == 0:
-            raise InvalidArgument("batch size 0: send at least one row")
         if not entry.workers:
             raise Unavailable(f"no ready worker for model '{name}' version '{entry.version}'")
 
@@ -155,17 +165,21 @@ class Router:
             if cached is not None:
                 return InferResult(cached, name, entry.version)
 
-        trace = tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None
-        timeout_us = inference_parameters.timeout_us(request)
-        response = await forward_infer(
-            self.balancer, entry.workers, forward_raw, deadline, trace, request.id, timeout_us
+        forward = Forward(
+            raw=forward_raw,
+            deadline=deadline,
+            trace=tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None,
+            caller_id=request.id,
+            caller_timeout_us=inference_parameters.timeout_us(request),
         )
+        hedge = self.settings.hedge_after_s if name in self.settings.hedge_models else None
+        response = await forward_infer(self.balancer, entry.workers, forward, hedge)
 
         if cache_key is not None:
             await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
         shadow_version = policy.shadow_version
         if shadow_version and shadow_version != entry.version:
-            self._mirror(model, shadow_version, raw, response, trace, request.id, timeout_us)
+            self._mirror(model, shadow_version, forward, response)
         return InferResult(response, name, entry.version)
 
     def choose_version(self, model: ModelEntry, headers: Mapping[str, str]) -> VersionEntry:
@@ -186,28 +200,21 @@ class Router:
         counter.inc()
         return entry
 
-    def _mirror(
-        self,
-        model: ModelEntry,
-        version: str,
-        raw: bytes,
-        primary: bytes,
-        trace: tuple[tuple[str, str], ...] | None,
-        caller_id: str,
-        timeout_us: int | None,
-    ) -> None:
+    def _mirror(self, model: ModelEntry, version: str, primary: Forward, response: bytes) -> None:
+        """A copy of the request to the shadow ``version``, its answer compared with ``response``."""
         entry = model.versions.get(version)
         if entry is None or not entry.workers:
             metrics.SHADOW.labels(model.name, version, "error").inc()
             return
-        shadow_raw = wire.with_model_version(raw, version)
+        # Appended last, the shadow's version overrides any the split appended.
+        shadow_raw = wire.with_model_version(primary.raw, version)
         timeout_s = self.settings.shadow_timeout_s
 
         async def send() -> bytes:
-            deadline = time.monotonic() + timeout_s
-            return await forward_infer(self.balancer, entry.workers, shadow_raw, deadline, trace, caller_id, timeout_us)
+            copy = primary.to(shadow_raw, time.monotonic() + timeout_s)
+            return await forward_infer(self.balancer, entry.workers, copy)
 
-        self.shadow.mirror(model.name, version, primary, send)
+        self.shadow.mirror(model.name, version, response, send)
 
     # -- statistics -----------------------------------------------------------------
 

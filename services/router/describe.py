@@ -10,15 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from services.common import edge
+from services.common import edge, model_description
 from services.common.errors import NotFound
-from services.common.model_config import TRITON_PLATFORMS
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router.table import ModelEntry, RoutingSnapshot, VersionEntry
-
-
-def config_datatype(datatype: str) -> int:
-    return pb.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
 
 
 def find(snapshot: RoutingSnapshot, name: str, version: str) -> tuple[ModelEntry, VersionEntry]:
@@ -36,39 +31,19 @@ def find(snapshot: RoutingSnapshot, name: str, version: str) -> tuple[ModelEntry
 
 
 def model_metadata(model: ModelEntry, entry: VersionEntry) -> pb.ModelMetadataResponse:
-    signature = entry.signature
-    batch = [-1] if signature.batched else []
-    response = pb.ModelMetadataResponse(
-        name=model.name,
-        versions=list(model.ordered),
-        platform=TRITON_PLATFORMS.get(entry.proto.backend, entry.proto.backend),
-    )
-    for spec in signature.inputs:
-        response.inputs.add(name=spec.name, datatype=spec.datatype, shape=[*batch, *spec.shape])
-    for spec in signature.outputs:
-        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[*batch, *spec.shape])
-    return response
+    return model_description.metadata_response(model.name, model.ordered, entry.proto.backend, entry.signature)
 
 
 def model_config(model: ModelEntry, entry: VersionEntry) -> pb.ModelConfigResponse:
-    signature = entry.signature
-    backend = entry.proto.backend
-    config = pb.ModelConfig(
-        name=model.name,
-        platform=TRITON_PLATFORMS.get(backend, backend),
-        backend=backend,
-        max_batch_size=signature.max_batch_size,
-    )
-    for spec in signature.inputs:
-        config.input.add(name=spec.name, data_type=config_datatype(spec.datatype), dims=list(spec.shape))
-    for spec in signature.outputs:
-        config.output.add(name=spec.name, data_type=config_datatype(spec.datatype), dims=list(spec.shape))
     batching = entry.proto.batching
-    if batching.enabled:
-        config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
-        config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
-        config.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
-    return pb.ModelConfigResponse(config=config)
+    described = (
+        model_description.Batching(
+            tuple(batching.preferred_batch_sizes), batching.max_queue_delay_us, batching.max_queue_size
+        )
+        if batching.enabled
+        else None
+    )
+    return model_description.config_response(model.name, entry.proto.backend, entry.signature, described)
 
 
 def model_ready(model: ModelEntry, version: str, usable: Callable[[VersionEntry], bool]) -> bool:

@@ -43,8 +43,24 @@ RETRIES = Counter(
 )
 EJECTIONS = Counter(
     "shunter_router_worker_ejections",
-    "Workers ejected for a cool-off after repeated failures.",
+    "Workers ejected for a cool-off: repeated failures, a missed liveness ping, or latency far above their peers.",
     ["worker"],
+)
+WORKER_REFUSALS = Counter(
+    "shunter_router_worker_refusals",
+    "Requests a worker refused at admission (overloaded, UNAVAILABLE); retried elsewhere, never ejected for.",
+)
+WORKERS_AT_CAP = Counter(
+    "shunter_router_workers_at_cap",
+    "Requests refused at once because every worker of the version was at the per-worker in-flight cap.",
+)
+HEDGES = Counter(
+    "shunter_router_hedged_requests",
+    "Second attempts sent because the first had not answered in --hedge-after-s (idempotent models only).",
+)
+LIVENESS_FAILURES = Counter(
+    "shunter_router_liveness_failures",
+    "Worker streams broken because the worker did not answer a liveness ping in time (hung or stopped).",
 )
 TABLE_REVISION = Gauge(
     "shunter_router_routing_table_revision",

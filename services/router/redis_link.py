@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.common import redis_connect
 from services.router import metrics
 
 logger = logging.getLogger(__name__)
 
-#: Exceptions that mean "Redis is unreachable" (as opposed to a bad command).
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Exceptions that mean "Redis is unreachable" (as opposed to a bad command), in any mode.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = redis_connect.OUTAGE_ERRORS
 
 
 class RedisLink:
@@ -35,12 +35,13 @@ class RedisLink:
         retry_after_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client: aioredis.Redis | None = (
-            aioredis.Redis.from_url(
+        # The limiter and the cache touch one key per call, so on a Redis Cluster the
+        # cluster client spreads them over every primary by key.
+        self.client: Any = (
+            redis_connect.connect(
                 url,
                 socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s,
-                retry_on_timeout=False,
                 # One immediate retry on a fresh connection: after a Redis restart every
                 # pooled connection is dead, and each would otherwise fail one request
                 # (a spurious outage: local limits, a cache bypass) before being replaced.

@@ -43,6 +43,7 @@ class RouterServicer:
         self.router = router
         self.draining = False
         self.edge = edge.Edge("router")
+        self.edge.add(router.admission)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return self.edge.handler(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.api_keys import DATA_PLANE_ROLES, role_of
+from services.common.model_description import version_order
 from services.common.signature import Signature, TensorSpec
 from services.gen.shunter.registry.v1 import registry_pb2
 from services.router.splitter import Split
@@ -20,11 +22,6 @@ def signature_from_proto(proto: registry_pb2.Signature) -> Signature:
         return tuple(TensorSpec(t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in items)
 
     return Signature(inputs=specs(proto.inputs), outputs=specs(proto.outputs), max_batch_size=proto.max_batch_size)
-
-
-def version_order(version: str) -> tuple[int, int | str]:
-    """Sort key: integer versions numerically ("10" after "9"), anything else after."""
-    return (0, int(version)) if version.isdigit() else (1, version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +126,8 @@ def build_snapshot(table: registry_pb2.RoutingTable) -> RoutingSnapshot:
             admin=k.admin,
         )
         for k in table.keys
-        if not k.revoked and k.secret_sha256
+        # Service keys (worker, router roles) buy no inference here: only client and admin keys.
+        if not k.revoked and k.secret_sha256 and role_of(k) in DATA_PLANE_ROLES
     }
     return RoutingSnapshot(
         revision=table.revision, models=models, keys=keys, worker_addresses=frozenset(addresses)

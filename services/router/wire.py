@@ -114,11 +114,12 @@ def int64_parameter_field(name: str, value: int) -> bytes:
     return _field(_TAG_PARAMETERS, entry)
 
 
-def split_stream_response(buf: bytes) -> tuple[str | None, bytes]:
+def split_stream_response(buf: bytes) -> tuple[str | None, bytes | memoryview]:
     """A serialised ModelStreamInferResponse as (error message or None, infer_response bytes).
 
     Repeated occurrences merge as protobuf does: the last error wins, and the
-    infer_response payloads concatenate (a sub-message's fields merge).
+    infer_response payloads concatenate (a sub-message's fields merge). The usual single
+    part comes back as a view into ``buf``, uncopied (replace_id makes the one copy).
     """
     error: str | None = None
     parts: list[memoryview] = []
@@ -127,10 +128,12 @@ def split_stream_response(buf: bytes) -> tuple[str | None, bytes]:
             error = str(payload, "utf-8", "replace") or None
         elif number == _FIELD_STREAM_RESPONSE:
             parts.append(payload)
+    if len(parts) == 1:
+        return error, parts[0]
     return error, b"".join(parts)
 
 
-def find_id(infer_response: bytes) -> tuple[str, int, int]:
+def find_id(infer_response: bytes | memoryview) -> tuple[str, int, int]:
     """The id a worker put on a serialised ModelInferResponse, and where its field lies.
 
     Returns (id, start, stop) with ``infer_response[start:stop]`` the whole field (an
@@ -153,12 +156,13 @@ def find_id(infer_response: bytes) -> tuple[str, int, int]:
     return "", end, end
 
 
-def replace_id(infer_response: bytes, start: int, stop: int, new_id: str) -> bytes:
-    """The response with the id field found by find_id replaced by ``new_id``.
+def replace_id(infer_response: bytes | memoryview, start: int, stop: int, new_id: str) -> bytes:
+    """The response with the id field found by find_id replaced by ``new_id``: one copy.
 
     The result is the bytes the worker would have sent for a request with ``new_id``
     (an empty id is left out, as serialisers do).
     """
+    view = memoryview(infer_response)
     if not new_id:
-        return infer_response[:start] + infer_response[stop:]
-    return b"".join((infer_response[:start], id_field(new_id), infer_response[stop:]))
+        return b"".join((view[:start], view[stop:]))
+    return b"".join((view[:start], id_field(new_id), view[stop:]))

@@ -2,35 +2,63 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from services.common.admission import Admission, AdmissionSettings
 from services.common.errors import ModelConfigError
+from services.common.tls import ClientTls
 from services.gen.inference import grpc_service_pb2 as pb
+from services.worker.guard import InferenceGuard
 from services.worker.models import ModelManager
 from services.worker.repository import scan_repository
 from services.worker.servicer import WorkerServicer
+from services.worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
+    """How a cluster-mode worker joins the registry (built from WorkerSettings, which holds the defaults)."""
+
     registry_address: str
     admin_key: str
     serve_models: tuple[str, ...]
-    lease_ttl_s: int = 0
-    #: Address routers dial; defaults to the bound host:port.
-    advertise_address: str | None = None
+    #: 0: the registry's default.
+    lease_ttl_s: int
+    #: Address routers dial; None: the bound host:port.
+    advertise_address: str | None
     #: Directories whose python handlers may run (cluster mode); empty: none allowed.
-    trusted_repositories: tuple[Path, ...] = ()
+    trusted_repositories: tuple[Path, ...]
     #: Directories artifacts may be read from (cluster mode); empty: any local path.
-    artifact_roots: tuple[Path, ...] = ()
+    artifact_roots: tuple[Path, ...]
     #: Seconds a version may take to load and warm up before it is refused (cluster mode).
-    load_timeout_s: float = 900.0
+    load_timeout_s: float
+    #: Serve inference to any caller, not only router and admin keys (loudly logged).
+    open_inference: bool = False
+    #: How to dial the registry over TLS; None: plaintext.
+    registry_tls: ClientTls | None = None
+
+    @classmethod
+    def from_worker_settings(cls, settings: WorkerSettings, registry_tls: ClientTls | None = None) -> ClusterSettings:
+        assert settings.registry is not None
+        return cls(
+            registry_address=settings.registry,
+            admin_key=settings.admin_key,
+            serve_models=settings.serve,
+            lease_ttl_s=settings.lease_ttl_s,
+            advertise_address=settings.advertise,
+            trusted_repositories=tuple(p.resolve() for p in settings.trusted_repository),
+            artifact_roots=tuple(p.resolve() for p in settings.artifact_root),
+            load_timeout_s=settings.load_timeout_s,
+            open_inference=settings.open_inference,
+            registry_tls=registry_tls,
+        )
 
 
 class WorkerApp:
@@ -43,10 +71,15 @@ class WorkerApp:
         only_models: set[str] | None = None,
         cluster: ClusterSettings | None = None,
         strict: bool = False,
+        admission: AdmissionSettings | None = None,
     ) -> None:
         trusted = cluster.trusted_repositories if cluster is not None and repository is None else None
-        self.models = ModelManager(trusted_roots=trusted)
-        self.servicer = WorkerServicer(self.models)
+        admission = admission or AdmissionSettings()
+        self.models = ModelManager(trusted_roots=trusted, admission=admission)
+        # The edge counts calls (process and version bounds); each version's batcher,
+        # which knows its queue and batch time exactly, does the time bounds.
+        edge_admission = dataclasses.replace(admission, max_queue_wait_s=0.0, deadline_aware=False)
+        self.servicer = WorkerServicer(self.models, Admission("worker", edge_admission))
         self._repository = repository
         self._only = only_models
         self._cluster_settings = cluster
@@ -54,11 +87,15 @@ class WorkerApp:
         self._cluster = None
         self._drift = None
         self.bound_address = ""
+        # Standalone workers (no registry, so no key table) are open; cluster workers serve
+        # routers and admins only unless told otherwise.
+        self.guard = InferenceGuard(open_mode=cluster is None or cluster.open_inference)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((self.servicer.handler(),))
+        server.add_generic_rpc_handlers((self.guard.wrap(self.servicer.handler()),))
 
     async def start(self) -> None:
+        self.guard.log_mode(self.bound_address)
         if self._repository is not None:
             await self._load_repository(self._repository)
         if self._cluster_settings is not None:
@@ -74,6 +111,8 @@ class WorkerApp:
                 lease_ttl_s=settings.lease_ttl_s,
                 artifact_roots=settings.artifact_roots,
                 load_timeout_s=settings.load_timeout_s,
+                on_keys=self.guard.update,
+                registry_tls=settings.registry_tls,
             )
             await self._cluster.start()
             self._drift = _drift_reporter(settings)
@@ -132,6 +171,7 @@ def _drift_reporter(settings: ClusterSettings):
     from services.monitoring.observer import MONITORS
     from services.monitoring.reporter import DriftReporter
 
-    reporter = DriftReporter(MonitorClient(settings.registry_address, settings.admin_key), MONITORS)
+    client = MonitorClient(settings.registry_address, settings.admin_key, tls=settings.registry_tls)
+    reporter = DriftReporter(client, MONITORS)
     reporter.start()
     return reporter

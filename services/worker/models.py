@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from services.common.admission import AdmissionSettings
 from services.common.errors import NotFound, Unavailable
 from services.common.model_config import ModelConfig
 from services.common.signature import Signature
@@ -42,8 +43,10 @@ class VersionState(enum.Enum):
 class LoadedVersion:
     """One model version: its engines (one per instance), its batcher and statistics."""
 
-    def __init__(self, spec: EngineSpec) -> None:
+    def __init__(self, spec: EngineSpec, admission: AdmissionSettings | None = None) -> None:
         self.spec = spec
+        #: The time bounds of the version's queue (the counts are the edge's: admission.py).
+        self.admission = admission or AdmissionSettings()
         self.model = spec.model
         self.version = spec.version
         self.config: ModelConfig = spec.config
@@ -113,6 +116,8 @@ class LoadedVersion:
             on_batch=self._record_batch,
             on_loop=config.run_on_event_loop,
             name=f"{self.model}/{self.version}",
+            max_queue_wait_s=self.admission.max_queue_wait_s,
+            deadline_aware=self.admission.deadline_aware,
         )
         self.batcher.start()
         metrics.ROWS_PER_INSTANCE.track(self.model, self.version, self.batcher)
@@ -181,8 +186,11 @@ class ModelManager:
     names the artifact).
     """
 
-    def __init__(self, trusted_roots: tuple[Path, ...] | None = None) -> None:
+    def __init__(
+        self, trusted_roots: tuple[Path, ...] | None = None, admission: AdmissionSettings | None = None
+    ) -> None:
         self._trusted_roots = trusted_roots
+        self._admission = admission
         self._models: dict[str, dict[str, LoadedVersion]] = {}
         self._latest: dict[str, LoadedVersion] = {}
 
@@ -200,7 +208,7 @@ class ModelManager:
                 config = config.model_copy(update={"device": device})
         except EngineLoadError as exc:
             device_error = str(exc)
-        loaded = LoadedVersion(EngineSpec(model, version, version_dir, config))
+        loaded = LoadedVersion(EngineSpec(model, version, version_dir, config), self._admission)
         self._models.setdefault(model, {})[version] = loaded
         if device_error:
             loaded.state, loaded.error = VersionState.FAILED, device_error

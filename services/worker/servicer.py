@@ -11,10 +11,9 @@ import logging
 
 import grpc
 
-from services.common import edge, inference_parameters
-from services.common.datatypes import DATATYPES
-from services.common.errors import InvalidArgument, ShunterError, Unavailable
-from services.common.model_config import TRITON_PLATFORMS
+from services.common import edge, inference_parameters, model_description
+from services.common.admission import Admission
+from services.common.errors import ShunterError, Unavailable
 from services.common.tensors import decode_request, fill_outputs
 from services.gen.inference import grpc_service_pb2 as pb
 from services.worker.models import LoadedVersion, ModelManager
@@ -27,14 +26,13 @@ SERVER_NAME = "shunter"
 SERVER_VERSION = "0.1.0"
 
 
-_TYPE_ENUM = {name: pb.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}") for name in DATATYPES}
-
-
 class WorkerServicer:
-    def __init__(self, models: ModelManager) -> None:
+    def __init__(self, models: ModelManager, admission: Admission | None = None) -> None:
         self._models = models
         self.draining = False
         self.edge = edge.Edge("worker")
+        self.admission = admission or Admission("worker")
+        self.edge.add(self.admission)
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = edge.generated_methods(SERVICE, self)
@@ -72,37 +70,22 @@ class WorkerServicer:
 
     async def ModelMetadata(self, request, context):
         loaded = self._lookup(request.name, request.version)
-        versions = sorted(self._models.models().get(request.name, {}), key=int)
-        response = pb.ModelMetadataResponse(
-            name=loaded.model, versions=versions, platform=TRITON_PLATFORMS[loaded.config.backend]
-        )
-        batch = [-1] if loaded.signature.batched else []
-        for spec, target in ((loaded.signature.inputs, response.inputs), (loaded.signature.outputs, response.outputs)):
-            for tensor in spec:
-                target.add(name=tensor.name, datatype=tensor.datatype, shape=[*batch, *tensor.shape])
-        return response
+        versions = self._models.models().get(request.name, {})
+        return model_description.metadata_response(loaded.model, versions, loaded.config.backend, loaded.signature)
 
     async def ModelConfig(self, request, context):
         loaded = self._lookup(request.name, request.version)
         config = loaded.config
-        message = pb.ModelConfig(
-            name=loaded.model,
-            platform=TRITON_PLATFORMS[config.backend],
-            backend=config.backend,
-            max_batch_size=config.max_batch_size,
+        batching = config.dynamic_batching
+        described = (
+            model_description.Batching(
+                tuple(batching.preferred_batch_sizes), batching.max_queue_delay_us, batching.max_queue_size
+            )
+            if batching is not None
+            else None
         )
-        for tensor in config.inputs:
-            message.input.add(name=tensor.name, data_type=_TYPE_ENUM[tensor.datatype], dims=tensor.shape)
-        for tensor in config.outputs:
-            message.output.add(name=tensor.name, data_type=_TYPE_ENUM[tensor.datatype], dims=tensor.shape)
-        kind = pb.ModelInstanceGroup.KIND_CPU if config.device == "cpu" else pb.ModelInstanceGroup.KIND_GPU
-        message.instance_group.add(name=f"{loaded.model}_0", count=config.instances, kind=kind)
-        if config.dynamic_batching is not None:
-            batching = config.dynamic_batching
-            message.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
-            message.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
-            message.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
-        return pb.ModelConfigResponse(config=message)
+        instances = model_description.Instances(config.instances, config.device)
+        return model_description.config_response(loaded.model, config.backend, loaded.signature, described, instances)
 
     async def ModelStatistics(self, request, context):
         response = pb.ModelStatisticsResponse()
@@ -121,7 +104,7 @@ class WorkerServicer:
     async def RepositoryIndex(self, request, context):
         response = pb.RepositoryIndexResponse()
         for model, versions in sorted(self._models.models().items()):
-            for version, loaded in sorted(versions.items(), key=lambda kv: int(kv[0])):
+            for version, loaded in sorted(versions.items(), key=lambda kv: model_description.version_order(kv[0])):
                 if request.ready and not loaded.ready:
                     continue
                 response.models.add(name=model, version=version, state=loaded.state.value, reason=loaded.error)
@@ -135,9 +118,8 @@ class WorkerServicer:
         if self.draining:
             raise Unavailable("worker is shutting down")
         loaded = self._lookup(request.model_name, request.model_version)
+        self.admission.admit(loaded.model, loaded.version, timeout_s)
         decoded = decode_request(request, loaded.signature)
-        if loaded.signature.batched and decoded.batch_size == 0:
-            raise InvalidArgument("batch size 0: send at least one row")
         outputs = await loaded.infer(decoded.inputs, decoded.batch_size, timeout_s)
         response.model_name = loaded.model
         response.model_version = loaded.version
@@ -162,6 +144,10 @@ class WorkerServicer:
         """
         request = edge.parse(pb.ModelInferRequest, raw)
         message = pb.ModelStreamInferResponse()
+        if not request.model_name and inference_parameters.PING in request.parameters:
+            # A router's liveness ping (services/router/worker_client.py): answered at once, unqueued.
+            message.infer_response.id = request.id
+            return message.SerializeToString()
         await self._infer(request, _time_limit(request, context), message.infer_response)
         return message.SerializeToString()
 

@@ -5,6 +5,7 @@ Safe to import next to tritonclient (no generated inference protos here).
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
@@ -15,8 +16,9 @@ from tests.support.processes import ROOT
 EXAMPLES = ROOT / "examples" / "models"
 
 
+@functools.cache
 def build_examples() -> Path:
-    """Build (or reuse) examples/models via the same script scripts/test runs."""
+    """Build (or reuse) examples/models via the same script scripts/test runs (once per session)."""
     subprocess.run([sys.executable, "scripts/build_examples.py"], cwd=ROOT, check=True, capture_output=True)
     return EXAMPLES
 

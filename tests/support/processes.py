@@ -9,7 +9,6 @@ registers the same proto package) can use it too.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -22,8 +21,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.ready_line import free_port, parse_ready_line
+
 ROOT = Path(__file__).resolve().parents[2]
-READY_LINE = re.compile(r"^shunter (\w+) listening on (\S+):(\d+) metrics (\S+):(\d+)$")
 
 
 @dataclass
@@ -95,29 +95,22 @@ def start_service(
                 + "\n".join(stderr_tail)
             )
         lines.append(line.rstrip("\n"))
-        match = READY_LINE.match(line.strip())
-        if match:
+        announced = parse_ready_line(line)
+        if announced:
             break
         if time.monotonic() > deadline:
             proc.kill()
             raise TimeoutError(f"`shunter {' '.join(args)}` not ready after {timeout}s")
     service = ServiceProcess(
         proc=proc,
-        host=match.group(2),
-        port=int(match.group(3)),
-        metrics_port=int(match.group(5)),
+        host=announced.host,
+        port=announced.port,
+        metrics_port=announced.metrics_port,
         stderr_tail=stderr_tail,
         stdout_lines=lines,
     )
     threading.Thread(target=_pump, args=(proc.stdout, service.stdout_lines), daemon=True).start()
     return service
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (only for servers that cannot bind 0 themselves)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_server_binary() -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from services.common.errors import DeadlineExceeded, EngineError, ShunterError, Unavailable
 from services.worker.batching.policy import BatchPolicy, Dispatch, Wait, decide
+from services.worker.batching.queue_time import QueueTime
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class BatchTiming:
     infer_ns: int
     output_ns: int
     queue_ns: list[int] = field(default_factory=list)
+    #: The batch's wall time on its instance, from the dead-request check to the split.
+    wall_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -118,6 +121,8 @@ class Batcher:
         clock: Callable[[], float] = time.monotonic,
         on_loop: bool = False,
         name: str = "",
+        max_queue_wait_s: float = 0.0,
+        deadline_aware: bool = True,
     ) -> None:
         if not instances:
             raise ValueError("a batcher needs at least one engine instance")
@@ -132,6 +137,12 @@ class Batcher:
         self._loop_ewma_s = 0.0
         self._name = name
         self._queue: deque[PendingRequest] = deque()
+        #: Rows in ``_queue`` (kept as requests are queued and popped).
+        self._queued_rows = 0
+        #: The queue sized in time: refuses before queueing (queue_time.py).
+        self.queue_time = QueueTime(
+            policy.max_batch_size if batched else 1, len(instances), max_queue_wait_s, deadline_aware
+        )
         #: The batch loop's wait for the next arrival (None while it is not waiting). A bare
         #: future and call_later cost a fraction of asyncio.Event plus wait_for, which the
         #: loop would otherwise pay on most batches.
@@ -164,6 +175,11 @@ class Batcher:
         return len(self._queue) + self._running_requests
 
     @property
+    def queued(self) -> int:
+        """Requests waiting for an instance (not yet in a batch)."""
+        return len(self._queue)
+
+    @property
     def rows_per_instance(self) -> float:
         """Rows submitted and not yet answered, per engine instance: the autoscaling gauge."""
         return self._in_flight_rows / len(self._instances)
@@ -182,10 +198,12 @@ class Batcher:
             raise Unavailable("model version is unloading or the worker is shutting down")
         if len(self._queue) >= self._max_queue_size:
             raise Unavailable(f"queue full ({self._max_queue_size} requests waiting); retry on another worker")
+        self.queue_time.admit(self._queued_rows, len(self._running), timeout_s, self._name)
         now = self._clock()
         future = self._loop.create_future()
         deadline = now + timeout_s if timeout_s is not None else None
         self._queue.append(PendingRequest(inputs, rows, now, deadline, future, shape_key))
+        self._queued_rows += rows
         self._in_flight_rows += rows
         self._peak.observe(self._in_flight_rows, now)
         _resolve(self._arrival)
@@ -215,11 +233,16 @@ class Batcher:
         if self._running:
             await asyncio.wait(set(self._running))
         while self._queue:
-            pending = self._queue.popleft()
+            pending = self._pop()
             if not pending.future.done():
                 pending.future.set_exception(Unavailable("model version was unloaded"))
         for instance in self._instances:
             instance.executor.shutdown(wait=True)
+
+    def _pop(self) -> PendingRequest:
+        pending = self._queue.popleft()
+        self._queued_rows -= pending.rows
+        return pending
 
     def _drop_dead_head(self, now: float) -> None:
         """Drop cancelled and expired requests at the head of the queue."""
@@ -227,9 +250,9 @@ class Batcher:
         while queue:
             head = queue[0]
             if head.future.done():
-                queue.popleft()
+                self._pop()
             elif head.deadline is not None and head.deadline <= now:
-                queue.popleft()
+                self._pop()
                 head.future.set_exception(DeadlineExceeded("deadline passed while queued"))
             else:
                 return
@@ -256,7 +279,7 @@ class Batcher:
                 await self._wait_for_arrival(None)
                 continue
             if not self._batched:
-                return [self._queue.popleft()]
+                return [self._pop()]
             head_key = self._queue[0].shape_key
             rows = []
             for pending in self._queue:
@@ -268,7 +291,7 @@ class Batcher:
                 # The next request cannot join this batch: waiting would not grow it.
                 decision = Dispatch(len(rows), sum(rows))
             if isinstance(decision, Dispatch):
-                return [self._queue.popleft() for _ in range(decision.count)]
+                return [self._pop() for _ in range(decision.count)]
             if isinstance(decision, Wait):
                 await self._wait_for_arrival(decision.seconds)
 
@@ -308,8 +331,10 @@ class Batcher:
                     pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
                 else:
                     pending.future.set_result(result)
-            if timing is not None and self._on_batch is not None:
-                self._on_batch(timing)
+            if timing is not None:
+                self.queue_time.observe_batch(timing.wall_s)
+                if self._on_batch is not None:
+                    self._on_batch(timing)
         finally:
             self._running_requests -= len(batch)
             self._free.put_nowait(instance)
@@ -400,6 +425,7 @@ def _run_batch(
         infer_ns=t2 - t1,
         output_ns=t3 - t2,
         queue_ns=[int((start - p.enqueued_at) * 1e9) for p in live],
+        wall_s=clock() - start,
     )
     return results, timing
 

@@ -17,6 +17,9 @@ from services.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "deploy" / "docker-compose.yml"
+#: What the file's header asks the operator to export.
+ENV = {"SHUNTER_ADMIN_KEY": "shk_000000000000_example", **{
+    f"SHUNTER_REDIS_{user}_PASSWORD": "0" * 48 for user in ("REGISTRY", "ROUTER", "ADMIN")}}
 
 
 def compose_binary() -> Path:
@@ -37,17 +40,22 @@ def compose_config(*extra: str, env: dict[str, str]) -> subprocess.CompletedProc
 
 
 def test_compose_file_is_valid():
-    result = compose_config("-q", env={"SHUNTER_ADMIN_KEY": "shk_000000000000_example"})
+    result = compose_config("-q", env=ENV)
     assert result.returncode == 0, result.stderr
 
 
 def test_compose_refuses_to_run_without_an_admin_key():
-    result = compose_config("-q", env={})
+    result = compose_config("-q", env={k: v for k, v in ENV.items() if k != "SHUNTER_ADMIN_KEY"})
     assert result.returncode != 0 and "SHUNTER_ADMIN_KEY" in result.stderr
 
 
+def test_compose_refuses_to_run_without_the_redis_passwords():
+    result = compose_config("-q", env={"SHUNTER_ADMIN_KEY": ENV["SHUNTER_ADMIN_KEY"]})
+    assert result.returncode != 0 and "SHUNTER_REDIS_" in result.stderr
+
+
 def test_service_commands_are_real_shunter_flags():
-    result = compose_config(env={"SHUNTER_ADMIN_KEY": "shk_000000000000_example"})
+    result = compose_config(env=ENV)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     parser = build_parser()
@@ -77,7 +85,6 @@ def test_compose_rejects_a_field_the_specification_does_not_define(tmp_path):
     path.write_text(yaml.safe_dump(broken))
     result = subprocess.run(
         [str(compose_binary()), "-f", str(path), "config", "-q"], capture_output=True, text=True, timeout=60,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-             "SHUNTER_ADMIN_KEY": "shk_000000000000_example"},
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), **ENV},
     )
     assert result.returncode != 0 and "healthchek" in result.stderr

@@ -80,8 +80,8 @@ async def _wait_for_window(registry, admin, window: int, rows: int):
             await asyncio.sleep(0.2)
 
 
-def _send(workers, rows: np.ndarray) -> None:
-    clients = [DigitsClient(w.address) for w in workers]
+def _send(workers, rows: np.ndarray, key: str) -> None:
+    clients = [DigitsClient(w.address, key) for w in workers]
     try:
         for i, start in enumerate(range(0, len(rows), ROWS_PER_REQUEST)):
             clients[i % len(clients)].infer(rows[start:start + ROWS_PER_REQUEST])
@@ -101,7 +101,7 @@ def _window_of(rows: np.ndarray, workers, shunter, registry, admin) -> dict:
         while time.time() % WINDOW_S > 0.2 * WINDOW_S:
             time.sleep(0.02)
         started = time.time()
-        _send(workers, rows)
+        _send(workers, rows, admin.key)
         window = int(started // WINDOW_S)
         if int(time.time() // WINDOW_S) != window:
             time.sleep(WINDOW_S)  # let that window pass; its partial counts are not used

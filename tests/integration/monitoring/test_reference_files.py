@@ -125,3 +125,21 @@ async def test_the_registry_checks_profiles_and_counts_itself(registry, admin, d
             await client.report(report)
         report.profile_id = "an-old-profile"  # counted against a replaced baseline: dropped, current id back
         assert (await client.report(report)).profile_id == good.profile_id
+
+
+async def test_a_worker_key_reads_profiles_and_reports_but_sets_nothing(registry, admin, digits_v2):
+    from services.common.errors import PermissionDenied
+    from services.common.registry_client import RegistryClient
+    from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
+
+    async with RegistryClient(registry.address, admin.key) as client:
+        worker_key = (await client.create_api_key("workers", role="worker")).secret
+    async with MonitorClient(registry.address, worker_key) as client:
+        try:
+            await client.get_profile("digits", "2")
+        except NotFound:
+            pass  # allowed; whether a profile is stored depends on the tests before
+        with pytest.raises(PermissionDenied, match="role worker, which may not call SetReferenceProfile"):
+            await client.set_profile(mpb.ReferenceProfile(model="digits", version="2"))
+        with pytest.raises(PermissionDenied, match="may not call GetDrift"):
+            await client.drift("digits")

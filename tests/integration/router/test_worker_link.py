@@ -16,13 +16,17 @@ import pytest
 
 from services.gen.inference import grpc_service_pb2 as pb
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
-from services.router.errors import UpstreamError
-from services.router.upstream import WorkerTransport
+from services.router.worker_client import Forward, UpstreamError, WorkerTransport
 from tests.integration.router.cluster import metric
 from tests.support.models import build_examples, write_python_model
 from tests.support.processes import free_port, start_service
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def fwd(raw: bytes, caller_id: str = "") -> Forward:
+    """The Forward record the router would hand the link (deadlines here are the calls' own)."""
+    return Forward(raw, 0.0, caller_id=caller_id)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +69,11 @@ async def test_concurrent_requests_get_their_own_answers_as_unary_calls_do(worke
         raws = [r.SerializeToString() for r in requests]
         # One at a time each request is its own batch: the bytes must be exactly a unary call's.
         for raw, request in zip(raws[:5], requests[:5], strict=True):
-            assert await link.infer(raw, 10.0, None, request.id) == await unary.infer(raw, 10.0)
+            assert await link.infer(fwd(raw, request.id), 10.0) == await unary.infer(fwd(raw), 10.0)
         # All at once they batch together, and each must still come back to its own caller.
-        calls = (link.infer(raw, 10.0, None, r.id) for raw, r in zip(raws, requests, strict=True))
+        calls = (link.infer(fwd(raw, r.id), 10.0) for raw, r in zip(raws, requests, strict=True))
         streamed = [pb.ModelInferResponse.FromString(b) for b in await asyncio.gather(*calls)]
-        answers = await asyncio.gather(*(unary.infer(raw, 10.0) for raw in raws))
+        answers = await asyncio.gather(*(unary.infer(fwd(raw), 10.0) for raw in raws))
         direct = [pb.ModelInferResponse.FromString(b) for b in answers]
         assert [r.id for r in streamed] == [r.id for r in requests]
         for got, want in zip(streamed, direct, strict=True):
@@ -91,16 +95,16 @@ async def test_worker_statuses_reach_the_caller_and_the_stream_keeps_serving(wor
     try:
         unknown = pb.ModelInferRequest(model_name="nope", id="a").SerializeToString()
         with pytest.raises(UpstreamError) as info:
-            await link.infer(unknown, 10.0, None, "a")
+            await link.infer(fwd(unknown, "a"), 10.0)
         assert info.value.code == grpc.StatusCode.NOT_FOUND and "nope" in info.value.message
 
         wrong = digits_request(0, "b")
         wrong.inputs[0].name = "not_an_input"
         with pytest.raises(UpstreamError) as info:
-            await link.infer(wrong.SerializeToString(), 10.0, None, "b")
+            await link.infer(fwd(wrong.SerializeToString(), "b"), 10.0)
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "not_an_input" in info.value.message
 
-        ok = await link.infer(digits_request(1, "c").SerializeToString(), 10.0, None, "c")
+        ok = await link.infer(fwd(digits_request(1, "c").SerializeToString(), "c"), 10.0)
         assert pb.ModelInferResponse.FromString(ok).id == "c"
     finally:
         await link.close()
@@ -110,10 +114,10 @@ async def test_the_deadline_reaches_the_worker_which_drops_the_late_request(work
     link = WorkerTransport(worker.address, MAX_MESSAGE_BYTES, "stream")
     dropped_before = metric(worker.metrics_url, "shunter_requests_total", model="slow", code="DEADLINE_EXCEEDED")
     try:
-        first = asyncio.ensure_future(link.infer(slow_request("first").SerializeToString(), 10.0, None, "first"))
+        first = asyncio.ensure_future(link.infer(fwd(slow_request("first").SerializeToString(), "first"), 10.0))
         await asyncio.sleep(0.05)  # the first holds the only slot for 0.4 s
         with pytest.raises(UpstreamError) as info:
-            await link.infer(slow_request("late").SerializeToString(), 0.15, None, "late")
+            await link.infer(fwd(slow_request("late").SerializeToString(), "late"), 0.15)
         assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert pb.ModelInferResponse.FromString(await first).id == "first"
         # The worker saw the deadline too: it dropped the late request instead of computing it.
@@ -136,7 +140,7 @@ async def test_a_request_at_the_size_limit_goes_unary_and_the_stream_keeps_its_r
     )
     link = WorkerTransport(service.address, limit, "stream")
     try:
-        held = asyncio.ensure_future(link.infer(slow_request("held").SerializeToString(), 10.0, None, "held"))
+        held = asyncio.ensure_future(link.infer(fwd(slow_request("held").SerializeToString(), "held"), 10.0))
         await asyncio.sleep(0.05)  # on the stream, being computed
         big = pb.ModelInferRequest(model_name="nope", id="big")
         big.raw_input_contents.append(b"")
@@ -145,7 +149,7 @@ async def test_a_request_at_the_size_limit_goes_unary_and_the_stream_keeps_its_r
         raw = big.SerializeToString()
         assert limit - 16 < len(raw) <= limit
         with pytest.raises(UpstreamError) as info:
-            await link.infer(raw, 10.0, None, "big")
+            await link.infer(fwd(raw, "big"), 10.0)
         # The worker's own verdict on the request, not a broken stream.
         assert info.value.code == grpc.StatusCode.NOT_FOUND, info.value.message
         assert pb.ModelInferResponse.FromString(await held).id == "held"
@@ -161,7 +165,7 @@ async def test_a_killed_worker_fails_what_it_held_as_unavailable_then_a_new_stre
     link = WorkerTransport(service.address, MAX_MESSAGE_BYTES, "stream")
     try:
         raw = slow_request().SerializeToString()
-        held = [asyncio.ensure_future(link.infer(raw, 30.0, None, "")) for _ in range(3)]
+        held = [asyncio.ensure_future(link.infer(fwd(raw, ""), 30.0)) for _ in range(3)]
         await asyncio.sleep(0.2)
         service.kill()
         results = await asyncio.wait_for(asyncio.gather(*held, return_exceptions=True), 10)
@@ -170,7 +174,7 @@ async def test_a_killed_worker_fails_what_it_held_as_unavailable_then_a_new_stre
         service = start_service(args)
         for _ in range(100):  # the channel reconnects with backoff
             try:
-                response = await link.infer(digits_request(2, "again").SerializeToString(), 5.0, None, "again")
+                response = await link.infer(fwd(digits_request(2, "again").SerializeToString(), "again"), 5.0)
                 break
             except UpstreamError as exc:
                 assert exc.code == grpc.StatusCode.UNAVAILABLE, exc

@@ -169,4 +169,4 @@ def test_a_port_held_by_another_program_is_refused_at_once():
 def test_bad_process_counts_are_refused(args, message):
     done = run_cli("worker", "--model-repository", str(build_examples()), *args)
     assert done.returncode == 2
-    assert message in done.stdout
+    assert message in done.stderr

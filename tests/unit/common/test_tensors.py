@@ -225,3 +225,10 @@ def test_bytes_roundtrip_and_outputs_are_raw():
     assert [o.datatype for o in response.outputs] == ["FP32", "BYTES"]
     assert np.frombuffer(response.raw_output_contents[0], np.float32).tolist() == [1.0] * 4
     assert parse_bytes_tensor(response.raw_output_contents[1], 3, "s").tolist() == items.tolist()
+
+
+@pytest.mark.parametrize("materialize", [True, False])
+def test_zero_rows_are_refused_by_the_decoder(materialize):
+    with pytest.raises(InvalidArgument, match="batch size 0"):
+        empty = request(x=np.zeros((0, 4), dtype=np.float32), t=np.zeros((0, 1), dtype=object))
+        decode_request(empty, SIG, materialize=materialize)

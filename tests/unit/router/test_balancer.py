@@ -11,7 +11,7 @@ import pytest
 
 from services.common.errors import DeadlineExceeded
 from services.router.balancer import Balancer
-from services.router.upstream import UpstreamError, forward_infer
+from services.router.worker_client import Forward, UpstreamError, forward_infer
 
 
 class FakeClock:
@@ -32,7 +32,8 @@ class FakeWorker:
         self.calls = 0
         self.seen_timeouts: list[float] = []
 
-    async def infer(self, raw: bytes, timeout_s: float, metadata=None, caller_id="", timeout_us=None) -> bytes:
+    async def infer(self, forward: Forward, timeout_s: float) -> bytes:
+        raw = forward.raw
         self.calls += 1
         self.seen_timeouts.append(timeout_s)
         if self.fail_with is not None:
@@ -99,7 +100,7 @@ async def test_forward_retries_once_on_another_worker():
     workers = {"dead": FakeWorker("dead", grpc.StatusCode.UNAVAILABLE), "live": FakeWorker("live")}
     balancer = make(workers)
     for _ in range(10):
-        response = await forward_infer(balancer, ["dead", "live"], b"x", time.monotonic() + 5, None)
+        response = await forward_infer(balancer, ["dead", "live"], Forward(b"x", time.monotonic() + 5))
         assert response == b"ok:live:x"
     assert all(r.outstanding == 0 for r in balancer.replicas.values())
     # The dead worker was ejected after 3 failures, so it stopped being tried.
@@ -110,7 +111,7 @@ async def test_forward_no_retry_for_other_codes_and_passes_code_on():
     workers = {"bad": FakeWorker("bad", grpc.StatusCode.INVALID_ARGUMENT), "live": FakeWorker("live")}
     balancer = make(workers)
     with pytest.raises(UpstreamError) as info:
-        await forward_infer(balancer, ["bad"], b"x", time.monotonic() + 5, None)
+        await forward_infer(balancer, ["bad"], Forward(b"x", time.monotonic() + 5))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert workers["bad"].calls == 1
 
@@ -119,7 +120,7 @@ async def test_forward_gives_up_after_one_retry():
     workers = {a: FakeWorker(a, grpc.StatusCode.UNAVAILABLE) for a in "abc"}
     balancer = make(workers, eject_after=100)
     with pytest.raises(UpstreamError) as info:
-        await forward_infer(balancer, list("abc"), b"x", time.monotonic() + 5, None)
+        await forward_infer(balancer, list("abc"), Forward(b"x", time.monotonic() + 5))
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     assert sum(w.calls for w in workers.values()) == 2
 
@@ -127,7 +128,7 @@ async def test_forward_gives_up_after_one_retry():
 async def test_forward_passes_remaining_deadline_and_respects_it():
     workers = {"a": FakeWorker("a")}
     balancer = make(workers)
-    await forward_infer(balancer, ["a"], b"x", time.monotonic() + 2.0, None)
+    await forward_infer(balancer, ["a"], Forward(b"x", time.monotonic() + 2.0))
     assert 0 < workers["a"].seen_timeouts[0] <= 2.0
     with pytest.raises(DeadlineExceeded):
-        await forward_infer(balancer, ["a"], b"x", time.monotonic() - 0.1, None)
+        await forward_infer(balancer, ["a"], Forward(b"x", time.monotonic() - 0.1))

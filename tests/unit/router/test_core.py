@@ -22,9 +22,9 @@ class RecordingWorker:
         self.address = address
         self.seen: list[tuple[pb.ModelInferRequest, dict]] = []
 
-    async def infer(self, raw: bytes, timeout_s: float, metadata=None, caller_id="", timeout_us=None) -> bytes:
-        request = pb.ModelInferRequest.FromString(raw)
-        self.seen.append((request, dict(metadata or ())))
+    async def infer(self, forward, timeout_s: float) -> bytes:
+        request = pb.ModelInferRequest.FromString(forward.raw)
+        self.seen.append((request, dict(forward.trace or ())))
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
                                          id=request.id)
         response.outputs.add(name="output__0", datatype="FP32", shape=[1, 4])

@@ -19,11 +19,13 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.batches: list[int] = []
+        self.entered = 0
         self.fail = False
         self.gate = threading.Event()
         self.gate.set()
 
     def infer(self, inputs):
+        self.entered += 1
         self.gate.wait(5)
         x = inputs["x"]
         self.batches.append(x.shape[0])
@@ -32,11 +34,30 @@ class FakeEngine:
         return {"y": x * 2}
 
 
-def make_batcher(engine, instances=1, max_batch=8, delay_s=0.05, queue=100, batched=True):
+class FakeClock:
+    """The batcher's clock, moved by hand: deadlines pass when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_batcher(engine, instances=1, max_batch=8, delay_s=0.05, queue=100, batched=True, clock=time.monotonic):
     pool = [EngineInstance(engine.infer, ThreadPoolExecutor(1)) for _ in range(instances)]
-    batcher = Batcher(pool, BatchPolicy(max_batch, delay_s), queue, batched=batched)
+    batcher = Batcher(pool, BatchPolicy(max_batch, delay_s), queue, batched=batched, clock=clock)
     batcher.start()
     return batcher
+
+
+async def until(condition, what: str) -> None:
+    """Wait for a state of the batcher (its loop runs on this event loop; engines on threads)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
 
 
 def rows(n, value):
@@ -68,29 +89,33 @@ async def test_engine_failure_fails_every_request_of_the_batch_and_the_batcher_k
 
 async def test_full_queue_is_rejected_at_once_with_unavailable():
     engine = FakeEngine()
-    engine.gate.clear()  # the first batch blocks the only instance; the second waits behind it
+    engine.gate.clear()  # the first batch blocks the only instance; the rest wait behind it
     batcher = make_batcher(engine, max_batch=1, delay_s=0.0, queue=2)
     first = asyncio.create_task(batcher.submit(rows(1, 0), 1))
-    second = asyncio.create_task(batcher.submit(rows(1, 0), 1))
-    await asyncio.sleep(0.05)
-    queued = [asyncio.create_task(batcher.submit(rows(1, i), 1)) for i in range(2)]
-    await asyncio.sleep(0.01)
+    await until(lambda: engine.entered == 1, "the first batch reaches the engine")
+    # Behind it: one batch staged in the instance's executor, then the queue of 2.
+    queued = []
+    while batcher.queued < 2:
+        queued.append(asyncio.create_task(batcher.submit(rows(1, len(queued)), 1)))
+        await until(lambda: batcher.in_flight == 1 + len(queued), "the request is taken in")
     with pytest.raises(Unavailable, match="queue full"):
         await batcher.submit(rows(1, 9), 1)
     engine.gate.set()
-    await asyncio.gather(first, second, *queued)
+    await asyncio.gather(first, *queued)
     await batcher.close()
 
 
 async def test_expired_and_cancelled_requests_are_dropped_before_compute():
     engine = FakeEngine()
     engine.gate.clear()
-    batcher = make_batcher(engine, max_batch=1, delay_s=0.0)
+    clock = FakeClock()
+    batcher = make_batcher(engine, max_batch=1, delay_s=0.0, clock=clock)
     blocker = asyncio.create_task(batcher.submit(rows(1, 0), 1))
-    await asyncio.sleep(0.05)
-    expired = asyncio.create_task(batcher.submit(rows(1, 1), 1, timeout_s=0.01))
+    await until(lambda: engine.entered == 1, "the blocker reaches the engine")
+    expired = asyncio.create_task(batcher.submit(rows(1, 1), 1, timeout_s=5.0))
     cancelled = asyncio.create_task(batcher.submit(rows(1, 2), 1))
-    await asyncio.sleep(0.05)
+    await until(lambda: batcher.in_flight == 3, "both requests are taken in")
+    clock.now += 10.0  # past the first one's deadline
     cancelled.cancel()
     engine.gate.set()
     await blocker
@@ -107,12 +132,13 @@ async def test_close_resolves_queued_requests_with_unavailable():
     engine.gate.clear()
     batcher = make_batcher(engine, max_batch=1, delay_s=0.0)
     running = asyncio.create_task(batcher.submit(rows(1, 0), 1))
-    next_up = asyncio.create_task(batcher.submit(rows(1, 0), 1))
-    await asyncio.sleep(0.05)
+    await until(lambda: engine.entered == 1, "the first request reaches the engine")
+    next_up = asyncio.create_task(batcher.submit(rows(1, 0), 1))  # staged in the instance's executor
+    await until(lambda: batcher.in_flight == 2, "the second request is staged")
     queued = asyncio.create_task(batcher.submit(rows(1, 1), 1))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queued == 1, "the third request queues")
     closing = asyncio.create_task(batcher.close())
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher._draining, "close() starts")
     engine.gate.set()
     await closing
     await asyncio.gather(running, next_up)

@@ -1,0 +1,78 @@
+"""Redis ACL users for the Redis that `shunter up` starts: one per service, no anonymous access.
+
+`up` writes an ACL file (``redis.acl``, passwords stored as sha256 only) that its
+redis-server loads with ``--aclfile``, turns the ``default`` user off, and gives each
+service a user that reaches only its own keys with only the commands it runs:
+
+- ``registry``: ``shunter:registry:*`` keys and the ``shunter:registry:events`` channel;
+  reads, writes, Lua scripts, WATCH / MULTI, pub/sub, ``WAIT``.
+- ``router``: the rate-limit buckets (``shunter:rl:*``) and the cache (``shunter:cache:*``);
+  reads, writes and Lua scripts, no pub/sub.
+- ``admin``: everything, for operators (``shunter registry export``, ``shunter stream``,
+  ``redis-cli``); it is the ``SHUNTER_REDIS_URL`` in up's env file.
+
+Workers never talk to Redis (their leases go through the registry), so they get no user.
+The URLs with the passwords reach the services through their environment
+(``SHUNTER_REDIS_URL``), never their command line, and are written to ``redis-urls``
+(mode 0600) in the run directory for operators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.redis_connect import with_user
+
+#: Commands every service user needs, whatever its keys (scripts call TIME).
+_BASE = "-@all +@connection +ping +time"
+
+
+@dataclass(frozen=True)
+class RedisUser:
+    name: str
+    password: str
+    #: The ACL rule text after the password (keys, channels, commands).
+    rules: str
+
+    def acl_line(self) -> str:
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        return f"user {self.name} on #{digest} {self.rules}"
+
+
+def service_users(prefix: str = "shunter:") -> dict[str, RedisUser]:
+    """Fresh users (random passwords) for the registry, the router and operators."""
+    registry = prefix + "registry:"
+    rules = {
+        "registry": (f"resetchannels ~{registry}* &{registry}events "
+                     f"{_BASE} +@read +@write +@scripting +@transaction +@pubsub +wait -@dangerous"),
+        "router": f"resetchannels ~{prefix}rl:* ~{prefix}cache:* {_BASE} +@read +@write +@scripting -@dangerous",
+        "admin": "~* &* +@all",
+    }
+    return {name: RedisUser(name, secrets.token_urlsafe(24), rule) for name, rule in rules.items()}
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
+
+
+def write_acl_file(path: Path, users: dict[str, RedisUser]) -> None:
+    """The redis-server ``--aclfile``: the default user off, then one line per user."""
+    lines = ["user default off resetkeys resetchannels -@all", *(u.acl_line() for u in users.values())]
+    _write_private(path, "".join(line + "\n" for line in lines))
+
+
+def user_urls(base_url: str, users: dict[str, RedisUser]) -> dict[str, str]:
+    """user name → ``base_url`` with that user's credentials."""
+    return {name: with_user(base_url, name, user.password) for name, user in users.items()}
+
+
+def write_url_file(path: Path, urls: dict[str, str]) -> None:
+    """``NAME=URL`` per user, owner-readable only, for operators and scripts."""
+    _write_private(path, "".join(f"{name}={url}\n" for name, url in urls.items()))
