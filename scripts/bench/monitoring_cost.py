@@ -5,8 +5,8 @@ Starts a private redis-server, a registry and one worker in cluster mode serving
 models that differ only in monitoring: ``digits`` (output metrics, plus drift counting
 against the training split's reference profile) and ``digitsplain`` (no monitoring
 block). Then runs ``shunter bench`` closed-loop at ``--concurrency`` (default 64) against
-the worker, alternating plain / monitored for ``--rounds`` rounds so a change in machine
-load hits both, and prints each run's requests/s and the median cost. On a shared
+the worker, alternating plain / monitored (ABBA) for ``--rounds`` rounds so a change in
+machine load hits both, and prints each run's requests/s and the median cost. On a shared
 machine throughput swings with the neighbours' load, so it also prints the worker
 process's CPU time per 1000 requests (Linux /proc), which those swings move much less.
 
@@ -75,9 +75,11 @@ def main() -> int:
             _wait_for_profile(worker)
             runs: dict[str, list[float]] = {"digitsplain": [], "digits": []}
             cpu: dict[str, list[float]] = {"digitsplain": [], "digits": []}
-            for _ in range(args.rounds):
-                for model in runs:
-                    before = _cpu_s(worker.proc.pid)
+            monitor_cpu: list[float] = []
+            for round_ in range(args.rounds):
+                # ABBA order: neither model always runs first on a worker still warming up.
+                for model in (list(runs) if round_ % 2 == 0 else list(runs)[::-1]):
+                    before, monitor_before = _cpu_s(worker.proc.pid), _monitor_cpu_s(worker.proc.pid)
                     done = subprocess.run(
                         [*SHUNTER, "bench", "--target", worker.address, "--model", model, "--model-version", "2",
                          "--concurrency", str(args.concurrency), "--duration", str(args.duration), "--json"],
@@ -90,6 +92,8 @@ def main() -> int:
                     # Includes the warm-up's calls: count them at the measured rate.
                     calls = report["requests"] * (1 + 0.5 / args.duration)
                     cpu[model].append(1000 * (_cpu_s(worker.proc.pid) - before) / calls)
+                    if model == "digits":
+                        monitor_cpu.append(1000 * (_monitor_cpu_s(worker.proc.pid) - monitor_before) / calls)
             metrics = urllib.request.urlopen(worker.metrics_url, timeout=10).read().decode()
             dropped = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                           if line.startswith("shunter_monitor_dropped_batches_total{"))
@@ -105,6 +109,8 @@ def main() -> int:
         "cost_percent": round(100 * (1 - on / off), 2),
         "plain_cpu_s_per_1000": cpu["digitsplain"], "monitored_cpu_s_per_1000": cpu["digits"],
         "cpu_cost_percent": round(100 * (cpu_on / cpu_off - 1), 2),
+        "monitor_thread_cpu_s_per_1000": monitor_cpu,
+        "monitor_thread_share_percent": round(100 * statistics.median(monitor_cpu) / cpu_on, 2),
         "dropped_batches": dropped, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
     }
     if args.json:
@@ -117,6 +123,8 @@ def main() -> int:
         print(f"  cost:       {result['cost_percent']:.1f} % of throughput; {dropped:.0f} batches not monitored")
         print(f"  worker CPU: plain {cpu_off:.3f} s, monitored {cpu_on:.3f} s per 1000 requests "
               f"({result['cpu_cost_percent']:+.1f} %); load average {result['load_average']:.1f}")
+        print(f"  monitor thread: {statistics.median(monitor_cpu) * 1000:.1f} ms CPU per 1000 requests, "
+              f"{result['monitor_thread_share_percent']:.1f} % of the monitored worker's CPU")
     return 0
 
 
@@ -124,6 +132,18 @@ def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _monitor_cpu_s(pid: int) -> float:
+    """CPU seconds of the worker's monitor thread (named by services/monitoring/observer.py)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == "shunter-monitor":
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+    return 0.0
 
 
 def _wait_for_profile(worker) -> None:

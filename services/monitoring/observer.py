@@ -40,6 +40,9 @@ MAX_PENDING_BATCHES = 4096
 MAX_PENDING_BYTES = 64 << 20
 #: Finished windows kept for the reporter while the registry is unreachable.
 MAX_PENDING_WINDOWS = 8
+#: The monitor thread's name, also given to the OS thread (Linux), so `top -H` and
+#: /proc/PID/task/*/comm show what monitoring costs (scripts/bench/monitoring_cost.py).
+THREAD_NAME = "shunter-monitor"
 
 
 @dataclass(slots=True)
@@ -184,6 +187,16 @@ class VersionMonitor:
         return taken[-MAX_PENDING_WINDOWS:]
 
 
+def _name_os_thread(name: str) -> None:
+    """Name the calling OS thread (Linux prctl PR_SET_NAME; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _concat(group: list[tuple[Arrays, Arrays]]) -> tuple[Arrays, Arrays]:
     if len(group) == 1:
         return group[0]
@@ -209,7 +222,7 @@ class MonitorThread:
         self._pending: deque[tuple[VersionMonitor, Arrays, Arrays, float, int]] = deque()
         self._pending_bytes = 0
         self._drains = 0
-        self._thread = threading.Thread(target=self._run, name="shunter-monitor", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
     @classmethod
@@ -238,6 +251,7 @@ class MonitorThread:
             time.sleep(self._tick_s / 4)
 
     def _run(self) -> None:
+        _name_os_thread(THREAD_NAME)
         while True:
             time.sleep(self._tick_s)
             self._drain()
