@@ -8,7 +8,8 @@ block). Then runs ``shunter bench`` closed-loop at ``--concurrency`` (default 64
 the worker, alternating plain / monitored (ABBA) for ``--rounds`` rounds so a change in
 machine load hits both, and prints each run's requests/s and the median cost. On a shared
 machine throughput swings with the neighbours' load, so it also prints the worker
-process's CPU time per 1000 requests (Linux /proc), which those swings move much less.
+process's CPU time per 1000 requests and its monitor thread's share of it (Linux /proc),
+which those swings move much less.
 
   .venv/bin/python scripts/bench/monitoring_cost.py [--duration 5] [--rounds 2] [--concurrency 64] [--json]
 """
