@@ -7,9 +7,11 @@ from pathlib import Path
 
 import grpc
 
-from services.common import api_keys
+from services.common import api_keys, redis_connect
 from services.common.errors import Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.monitoring import service as monitor_service
+from services.monitoring import windows as monitor_windows
 from services.registry.catalogue import Catalogue
 from services.registry.service import RegistryService
 from services.registry.settings import RegistrySettings
@@ -39,7 +41,7 @@ def bootstrap_key(path: Path) -> rpb.ApiKey:
 
 class RegistryApp:
     name = "registry"
-    service_names = (SERVICE_NAME,)
+    service_names = (SERVICE_NAME, monitor_service.SERVICE_NAME)
 
     def __init__(self, settings: RegistrySettings) -> None:
         self.settings = settings
@@ -54,9 +56,19 @@ class RegistryApp:
             self.store, default_ttl_s=settings.lease_ttl_s, bootstrap=self.bootstrap,
             artifact_roots=settings.artifact_roots,
         )
+        # Reference profiles and drift window counts (services/monitoring), in the same Redis.
+        cluster = redis_connect.is_cluster(settings.redis_url)
+        monitor_keys = monitor_windows.Keys(settings.key_prefix, cluster=cluster)
+        self._monitor_redis = redis_connect.connect(
+            settings.redis_url, slot_key=monitor_keys.profile("", ""), socket_timeout=3.0
+        )
+        self.monitor = monitor_service.MonitorService(
+            self.service, self.store.current, self._monitor_redis, settings.key_prefix, self.service.edge,
+            cluster=cluster,
+        )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((self.service.handler(),))
+        server.add_generic_rpc_handlers((self.service.handler(), self.monitor.handler()))
 
     async def start(self) -> None:
         logger.info("registry: Redis at %s, key prefix %r", self.store.where, self.settings.key_prefix)
@@ -65,6 +77,7 @@ class RegistryApp:
         else:
             logger.warning("registry: no --artifact-root given; any local path may be registered as an artifact")
         await self.store.start()
+        await self.monitor.start()
         if self.store.catalogue is None:
             logger.warning("registry: starting without Redis; serving nothing until it answers")
         if self.bootstrap is None:
@@ -74,6 +87,8 @@ class RegistryApp:
         self.service.drain()
 
     async def close(self) -> None:
+        await self.monitor.close()
+        await self._monitor_redis.aclose()
         await self.store.close()
 
     async def _ensure_bootstrap(self, catalogue: Catalogue) -> None:
