@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "batch_cmd",
     "stream_cmd",
     "optimize_cmd",
+    "drift_cmd",
 )
 
 

@@ -32,7 +32,9 @@ ADMIN, ROUTER, WORKER, CLIENT = "admin", "router", "worker", "client"
 ROLES = (ADMIN, ROUTER, WORKER, CLIENT)
 #: Registry methods each role other than admin may call (admin may call all of them).
 REGISTRY_METHODS: dict[str, frozenset[str]] = {
-    WORKER: frozenset({"RegisterWorker", "Heartbeat", "DeregisterWorker", "WatchRoutingTable"}),
+    WORKER: frozenset({"RegisterWorker", "Heartbeat", "DeregisterWorker", "WatchRoutingTable",
+                       # shunter.monitor.v1.Monitor: drift profiles in, window counts out
+                       "GetReferenceProfile", "ReportDriftCounts"}),
     ROUTER: frozenset({"WatchRoutingTable", "ListModels", "GetModel", "GetTrafficPolicy", "ListWorkers"}),
     CLIENT: frozenset(),
 }

@@ -20,6 +20,8 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
+from services.common.redis_connect import hash_tagged
+
 #: Upper bounds (ms) of the latency buckets: 0.25 ms × 1.25^i up to about a minute, so a
 #: quantile read from them is within 25 % of the true one (interpolation narrows it).
 LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(round(0.25 * 1.25**i, 4) for i in range(56))
@@ -37,6 +39,21 @@ MINUTE_TTL_S = MINUTE[2]
 def bucket_of(latency_ms: float) -> int:
     """The histogram bucket of one latency."""
     return bisect.bisect_left(LATENCY_BOUNDS_MS, latency_ms)
+
+
+def stats_prefix(key_prefix: str, *, cluster: bool = False) -> str:
+    """The prefix of every statistics key. On a Redis Cluster all of them carry one hash tag
+    (``{shunter:stats}:``), so the registry reads any window through one slot-pinned client
+    (``redis_connect.connect(url, slot_key=...)``), as it reads its own keys."""
+    if key_prefix and not key_prefix.endswith(":"):
+        key_prefix += ":"
+    return hash_tagged(key_prefix + "stats:") if cluster else key_prefix
+
+
+def acl_patterns(key_prefix: str, *, cluster: bool = False) -> tuple[str, ...]:
+    """Key patterns of the statistics, for Redis ACL rules (routers write, the registry reads)."""
+    base = stats_prefix(key_prefix, cluster=cluster)
+    return tuple(f"{base}{name}:*" for name in ("vstats", "sstats", "shadow_samples"))
 
 
 def slot_key(prefix: str, resolution: str, model: str, version: str, slot: int) -> str:

@@ -70,7 +70,7 @@ return fence
 
 @dataclass(frozen=True)
 class ControllerSettings:
-    #: Prefix of the routers' statistics keys (the routers' ``--key-prefix``).
+    #: Prefix of the routers' statistics keys (``version_windows.stats_prefix`` of their ``--key-prefix``).
     stats_prefix: str = "shunter:"
     #: How often the controller looks at running rollouts (and renews its lease).
     tick_s: float = 0.5
@@ -95,8 +95,10 @@ def judgement_gates(gates: opb.Gates) -> Gates:
 
 
 class RolloutController:
-    def __init__(self, store: RedisStore, settings: ControllerSettings) -> None:
+    def __init__(self, store: RedisStore, settings: ControllerSettings, stats_redis: Any = None) -> None:
         self.store = store
+        #: Where the routers' statistics are (a client of its own on a Redis Cluster).
+        self.stats_redis = stats_redis if stats_redis is not None else store.redis
         self.settings = settings
         self.rkeys = records.RolloutKeys(store.keys)
         self.holder = secrets.token_hex(8)
@@ -188,7 +190,7 @@ class RolloutController:
 
     async def step(self, rollout: opb.Rollout, now: int) -> opb.Decision:
         windows = await read_window(
-            self.store.redis, self.settings.stats_prefix, rollout.model, [rollout.baseline, rollout.version],
+            self.stats_redis, self.settings.stats_prefix, rollout.model, [rollout.baseline, rollout.version],
             rollout.window_start_ms, now,
         )
         progress = Progress(tuple(rollout.steps), rollout.step, rollout.failures, rollout.consecutive_failures,

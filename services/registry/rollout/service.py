@@ -74,8 +74,9 @@ def check_gates(gates: opb.Gates, max_inconclusive: int) -> opb.Gates:
 
 
 class RolloutService:
-    def __init__(self, registry: RegistryService, settings: ControllerSettings) -> None:
+    def __init__(self, registry: RegistryService, settings: ControllerSettings, stats_redis: Any = None) -> None:
         self.registry = registry
+        self.stats_redis = stats_redis if stats_redis is not None else registry.store.redis
         self.store = registry.store
         self.keys = registry.store.keys
         self.rkeys = records.RolloutKeys(registry.store.keys)
@@ -361,7 +362,7 @@ class RolloutService:
         end = now_ms()
         start = end - int(since_s * 1000)
         try:
-            windows = await read_window(self.store.redis, self.settings.stats_prefix, model, versions, start, end)
+            windows = await read_window(self.stats_redis, self.settings.stats_prefix, model, versions, start, end)
         except RedisError as exc:
             raise self.store.unavailable(exc) from None
         windows = {v: w for v, w in windows.items() if w.requests or weights.get(v)}
@@ -390,7 +391,7 @@ class RolloutService:
         end = now_ms()
         start = end - int(since_s * 1000)
         try:
-            stats, samples = await read_shadow_window(self.store.redis, self.settings.stats_prefix, model, versions,
+            stats, samples = await read_shadow_window(self.stats_redis, self.settings.stats_prefix, model, versions,
                                                       start, end)
         except RedisError as exc:
             raise self.store.unavailable(exc) from None
