@@ -73,7 +73,6 @@ class RegistryApp:
             max_inconclusive=settings.rollout_max_inconclusive,
         )
         self.rollouts = RolloutService(self.service, controller_settings, self._stats_redis)
-        self.controller = RolloutController(self.store, controller_settings, self._stats_redis)
 
         # Reference profiles and drift window counts (services/monitoring), in the same Redis.
         cluster = redis_connect.is_cluster(settings.redis_url)
@@ -85,6 +84,9 @@ class RegistryApp:
             self.service, self.store.current, self._monitor_redis, settings.key_prefix, self.service.edge,
             cluster=cluster,
         )
+        # The canary's drift, from the monitor in this process, is the rollout's drift gate.
+        self.controller = RolloutController(self.store, controller_settings, self._stats_redis,
+                                            drift=self.monitor.version_drift)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers(

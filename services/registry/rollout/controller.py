@@ -11,8 +11,9 @@ taken twice (``rollout history`` shows each step once).
 
 **One judgement per interval.** When a running rollout's ``next_judgement_at_ms`` has
 passed, the controller reads both versions' statistics over the same window (from the
-step's start, or the last conclusive judgement, to now), calls the pure
-``judgement.judge``, and writes the rollout, the decision with its evidence and any
+step's start, or the last conclusive judgement, to now) and the canary's drift score from the
+monitor in the same process (the largest feature score by its method; none without a
+reference profile), calls the pure ``judgement.judge``, and writes the rollout, the decision with its evidence and any
 policy change in one transaction: advance (canary weight up), hold, pause, rollback
 (baseline 100 % in one write, the canary archived a few seconds later) or promote (canary 100 % and
 production; the old version stays loaded at weight 0 for ``keep_baseline_s``, then it is
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +84,26 @@ class ControllerSettings:
     max_inconclusive: int = 3
 
 
+#: ``drift(version)`` -> the monitor's VersionDrift of one registry ModelVersion.
+DriftSource = Callable[[rpb.ModelVersion], Awaitable[Any]]
+
+
+async def drift_score(source: DriftSource | None, version: rpb.ModelVersion | None) -> float | None:
+    """The canary's largest feature drift by its monitoring method (psi, js or ks), or None
+    where there is no monitor, no reference profile or no scored window yet."""
+    if source is None or version is None:
+        return None
+    try:
+        result = await source(version)
+    except Exception as exc:  # a monitor problem is missing evidence, never a failed step
+        logger.debug("rollout: no drift for %s v%s: %s", version.model, version.version, exc)
+        return None
+    if not getattr(result, "scored", False) or not result.features:
+        return None
+    method = result.method if result.method in ("psi", "js", "ks") else "psi"
+    return max(float(getattr(f, method)) for f in result.features)
+
+
 class Stale(Exception):
     """The rollout changed, or the lease moved, since it was read: nothing was written."""
 
@@ -95,8 +117,13 @@ def judgement_gates(gates: opb.Gates) -> Gates:
 
 
 class RolloutController:
-    def __init__(self, store: RedisStore, settings: ControllerSettings, stats_redis: Any = None) -> None:
+    def __init__(
+        self, store: RedisStore, settings: ControllerSettings, stats_redis: Any = None,
+        drift: DriftSource | None = None,
+    ) -> None:
         self.store = store
+        #: The canary's drift score, where the monitor has one (services/monitoring).
+        self.drift = drift
         #: Where the routers' statistics are (a client of its own on a Redis Cluster).
         self.stats_redis = stats_redis if stats_redis is not None else store.redis
         self.settings = settings
@@ -195,7 +222,11 @@ class RolloutController:
         )
         progress = Progress(tuple(rollout.steps), rollout.step, rollout.failures, rollout.consecutive_failures,
                             rollout.inconclusive)
-        result = judge(progress, judgement_gates(rollout.gates), windows[rollout.baseline], windows[rollout.version])
+        catalogue = self.store.catalogue
+        canary = catalogue.versions.get(rollout.model, {}).get(rollout.version) if catalogue else None
+        drift = await drift_score(self.drift, canary)
+        result = judge(progress, judgement_gates(rollout.gates), windows[rollout.baseline], windows[rollout.version],
+                       drift)
         model, version, baseline = rollout.model, rollout.version, rollout.baseline
 
         async def prepare(pipe: Any) -> tuple[opb.Decision, Any]:

@@ -34,3 +34,26 @@ def test_a_split_keeps_the_other_options_and_drops_a_weighted_shadow() -> None:
 def test_without_version_clears_every_role() -> None:
     cleared = without_version(policy({"1": 90, "2": 10}, shadow_version="2", fallback_version="2"), "2")
     assert dict(cleared.weights) == {"1": 90} and not cleared.shadow_version and not cleared.fallback_version
+
+
+async def test_drift_score_is_the_largest_feature_score_by_the_method() -> None:
+    from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
+    from services.registry.rollout.controller import drift_score
+
+    version = rpb.ModelVersion(model="m", version="2")
+    scored = mpb.VersionDrift(scored=True, method="js", features=[
+        mpb.FeatureScore(feature="a", psi=0.9, js=0.1), mpb.FeatureScore(feature="b", psi=0.1, js=0.3)])
+
+    async def source(v):
+        return scored
+
+    async def failing(v):
+        raise RuntimeError("monitor down")
+
+    async def unscored(v):
+        return mpb.VersionDrift(scored=False, note="no window yet")
+
+    assert await drift_score(source, version) == 0.3
+    assert await drift_score(failing, version) is None
+    assert await drift_score(unscored, version) is None
+    assert await drift_score(None, version) is None
