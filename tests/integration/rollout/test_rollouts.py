@@ -85,6 +85,12 @@ async def rolled_back_by_itself(cluster: RolloutCluster, model: str, gate: str) 
     assert {"baseline_requests", "canary_requests", "baseline_error_rate", "canary_error_rate", "canary_p99_ms",
             "error_rate_pvalue"} <= set(judged["evidence"])
     assert judged["gates"]["min_requests"] == 40 and judged["window_end_ms"] > judged["window_start_ms"]
+    # Metrics: every replica exports the rollout's state; the deciding one counted the verdict.
+    alive = [r for r in cluster.registries if r.proc.poll() is None]
+    assert sum(metric(r.metrics_url, "shunter_rollout_decisions_total", verdict="rollback") for r in alive) >= 1
+    await eventually(
+        lambda: asyncio.to_thread(lambda: [metric(r.metrics_url, "shunter_rollout_state", model=model) for r in alive]),
+        lambda states: states == [opb.ROLLED_BACK] * len(alive), timeout_s=10, what="shunter_rollout_state")
 
 
 async def test_a_version_failing_20_percent_is_rolled_back(rollout_cluster: RolloutCluster) -> None:
