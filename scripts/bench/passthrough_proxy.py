@@ -9,6 +9,7 @@ what the router's own work costs from what any grpc.aio hop costs on the same ma
 
 from __future__ import annotations
 
+import os
 import sys
 
 import grpc
@@ -18,12 +19,15 @@ METHODS = ("ModelInfer", "ModelMetadata", "ModelConfig", "ModelReady", "ServerRe
 
 async def serve(target: str) -> None:
     channel = grpc.aio.insecure_channel(target)
+    # A cluster worker serves routers and admins only: the key to present, as a router does.
+    key = os.environ.get("SHUNTER_PROXY_KEY", "")
+    metadata = (("authorization", f"Bearer {key}"),) if key else None
 
     def forward(name: str) -> grpc.RpcMethodHandler:
         call = channel.unary_unary(f"/inference.GRPCInferenceService/{name}")
 
         async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            return await call(raw, timeout=context.time_remaining())
+            return await call(raw, timeout=context.time_remaining(), metadata=metadata)
 
         return grpc.unary_unary_rpc_method_handler(handler)
 

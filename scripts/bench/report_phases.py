@@ -284,7 +284,8 @@ def phase_router(ctx: Context) -> None:
                 label=f"c{c}",
                 server=cluster,
                 target=cluster.address if routed else target,
-                api_key=cluster.info["api_key"] if routed else None,
+                # A cluster worker serves routers and admins only.
+                api_key=cluster.info["api_key"] if routed else cluster.info["admin_key"],
                 concurrency=c,
                 cpu=(cpu_one if cluster is one else {"cluster": (cluster, None)})
                 if routed

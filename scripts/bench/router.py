@@ -117,13 +117,15 @@ def main() -> int:
         router, key = env["SHUNTER_ROUTER"], env["SHUNTER_API_KEY"]
         targets = [("router vs worker", router, key)]
         if args.baseline:
+            # Cluster workers serve routers and admins only: the proxy presents the admin key.
             proxy = subprocess.Popen([sys.executable, str(ROOT / "scripts/bench/passthrough_proxy.py"), worker],
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "SHUNTER_PROXY_KEY": env["SHUNTER_ADMIN_KEY"]})
             assert proxy.stdout is not None
             targets.append(("bare proxy", f"127.0.0.1:{proxy.stdout.readline().strip()}", None))
         for concurrency in args.concurrency:
             for what, target, api_key in targets:
-                direct = measure(worker, args.model, concurrency, args.duration, None)
+                direct = measure(worker, args.model, concurrency, args.duration, env["SHUNTER_ADMIN_KEY"])
                 routed = measure(target, args.model, concurrency, args.duration, api_key)
                 rows.append({"what": what, "concurrency": concurrency,
                              "direct": direct["latency_ms"], "router": routed["latency_ms"],

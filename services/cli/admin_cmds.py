@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from services.cli import tls_args
+
 DEFAULT_REGISTRY = "127.0.0.1:50051"
 STATES = ("staged", "canary", "production", "shadow", "archived")
 _RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)/(s|sec|m|min|h|hour)$")
@@ -40,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--admin-key", default=os.environ.get("SHUNTER_ADMIN_KEY"),
                         help="admin API key (env SHUNTER_ADMIN_KEY)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    tls_args.add_dial_args(common, "the registry")
     common.add_argument("--timeout-s", type=float, default=10.0, help=argparse.SUPPRESS)
 
     def group(name: str, help_text: str) -> argparse._SubParsersAction:
@@ -102,7 +105,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", default="", help="rate limit, e.g. 100/s, 600/m (default unlimited)")
     p.add_argument("--burst", type=int, default=0, help="burst size (default: the per-second rate)")
     p.add_argument("--per-model", action="store_true", help="apply the rate limit per key and model")
-    p.add_argument("--admin", action="store_true", help="an admin key (registry and admin operations)")
+    p.add_argument("--admin", action="store_true", help="an admin key (the same as --role admin)")
+    p.add_argument(
+        "--role", choices=("admin", "router", "worker", "client"), default=None,
+        help="what the key may do: client (inference through routers; the default), worker (register, "
+        "heartbeat, watch), router (watch, read the catalogue, call workers), admin (everything)",
+    )
     leaf(keys, "list", keys_list, "list API keys (never their secrets)")
     p = leaf(keys, "revoke", keys_revoke, "revoke an API key")
     p.add_argument("key_id", metavar="ID")
@@ -118,7 +126,11 @@ def run_command(handler: Callable[[Any, argparse.Namespace], Awaitable[int]], ar
     async def main() -> int:
         if not args.admin_key:
             raise CommandError("no admin key: pass --admin-key or set SHUNTER_ADMIN_KEY")
-        async with RegistryClient(args.registry, args.admin_key, timeout_s=args.timeout_s) as client:
+        try:
+            tls = tls_args.client_tls(args)
+        except tls_args.FlagError as exc:
+            raise CommandError(str(exc)) from None
+        async with RegistryClient(args.registry, args.admin_key, timeout_s=args.timeout_s, tls=tls) as client:
             return await handler(client, args)
 
     try:
@@ -403,15 +415,30 @@ def rate_text(key: Any) -> str:
     return text + (" per model" if key.rate.per_model else "")
 
 
+def role_of(key: Any) -> str:
+    from services.common.api_keys import role_of as role
+
+    return role(key)
+
+
+def key_kind(key: Any) -> str:
+    """How ``keys create`` names a key: admin, data (a client key), or its service role."""
+    role = role_of(key)
+    return "data" if role == "client" else role
+
+
 async def keys_create(client: Any, args: argparse.Namespace) -> int:
+    if args.admin and args.role not in (None, "admin"):
+        print(f"shunter keys create: --admin and --role {args.role} disagree; give one of them", file=sys.stderr)
+        return 2
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     rate = parse_rate(args.rate, args.burst, args.per_model)
-    created = await client.create_api_key(args.tenant, models, rate=rate, admin=args.admin)
+    created = await client.create_api_key(args.tenant, models, rate=rate, admin=args.admin, role=args.role or "")
     if args.json:
         emit_json(created)
         return 0
     key = created.key
-    print(f"created key {key.key_id} for tenant {key.tenant} ({'admin' if key.admin else 'data'}; "
+    print(f"created key {key.key_id} for tenant {key.tenant} ({key_kind(key)}; "
           f"models {','.join(key.models) or 'all'}; {rate_text(key)})")
     print(f"key: {created.secret}")
     print("Store it now: the registry keeps only its hash and cannot show it again.", file=sys.stderr)
@@ -425,10 +452,10 @@ async def keys_list(client: Any, args: argparse.Namespace) -> int:
         return 0
     rows = [
         (k.key_id, k.tenant, "yes" if k.admin else "no", ",".join(k.models) or "all", rate_text(k),
-         when(k.created_at_ms), "revoked" if k.revoked else "active")
+         when(k.created_at_ms), "revoked" if k.revoked else "active", role_of(k))
         for k in keys
     ]
-    table(("ID", "TENANT", "ADMIN", "MODELS", "RATE", "CREATED", "STATUS"), rows)
+    table(("ID", "TENANT", "ADMIN", "MODELS", "RATE", "CREATED", "STATUS", "ROLE"), rows)
     return 0
 
 

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from services.cli import tls_args
+
 EPILOG = """\
 The input is streamed (parquet by record batches, jsonl by lines, csv in blocks, npy
 memory-mapped). Columns map to the model's inputs by name: a column X holds input X's
@@ -43,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", default=None, metavar="HOST:PORT",
                         help="router or worker address (default $SHUNTER_ROUTER)")
     parser.add_argument("--api-key", default=None, metavar="K", help="API key (default $SHUNTER_API_KEY)")
+    tls_args.add_dial_args(parser, "the target")
     parser.add_argument("--version", default="", metavar="V", help="model version (default: the traffic split)")
     parser.add_argument("--input-format", choices=("parquet", "jsonl", "npy", "csv"), default=None,
                         help="default: from the extension")
@@ -78,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     target = args.target or os.environ.get("SHUNTER_ROUTER")
     if not target:
         return _fail(EXIT_BAD_INPUT, "no --target and no $SHUNTER_ROUTER: say where the router or worker is")
+    try:
+        tls = tls_args.client_tls(args)
+    except tls_args.FlagError as exc:
+        return _fail(EXIT_BAD_INPUT, str(exc))
     for flag, value in (("--rows-per-request", args.rows_per_request), ("--concurrency", args.concurrency),
                         ("--chunk-rows", args.chunk_rows)):
         if value < 1:
@@ -90,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(EXIT_BAD_INPUT, str(exc))
     opts = BatchOptions(
         model=args.model, input=args.input, output=args.output, target=target,
-        api_key=args.api_key or os.environ.get("SHUNTER_API_KEY"), version=args.version,
+        api_key=args.api_key or os.environ.get("SHUNTER_API_KEY"), version=args.version, tls=tls,
         input_format=args.input_format, output_format=args.output_format,
         rows_per_request=args.rows_per_request, concurrency=args.concurrency, resume=args.resume,
         shard=shard, max_errors=args.max_errors, chunk_rows=args.chunk_rows, timeout_s=args.timeout,

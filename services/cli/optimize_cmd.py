@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from services.cli import tls_args
+
 DEFAULT_REGISTRY = "127.0.0.1:50051"
 EXIT_INPUT = 2
 EXIT_NO_WINNER = 3
@@ -51,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"registry HOST:PORT (env SHUNTER_REGISTRY, default {DEFAULT_REGISTRY})")
     p.add_argument("--admin-key", default=os.environ.get("SHUNTER_ADMIN_KEY"),
                    help="admin API key (env SHUNTER_ADMIN_KEY)")
+    tls_args.add_dial_args(p, "the registry")
     p.add_argument("--transfer", type=Path, metavar="FILE",
                    help="inputs (and --label-column labels) to distil and fine-tune on; default the eval set")
     p.add_argument("--trusted-dir", type=Path, metavar="DIR",
@@ -90,7 +93,11 @@ def _client(args: argparse.Namespace) -> Any:
 
     if not args.admin_key:
         raise OptimizeError("no admin key for the registry: pass --admin-key or set SHUNTER_ADMIN_KEY")
-    return RegistryClient(args.registry, args.admin_key)
+    try:
+        tls = tls_args.client_tls(args)
+    except tls_args.FlagError as exc:
+        raise OptimizeError(str(exc)) from None
+    return RegistryClient(args.registry, args.admin_key, tls=tls)
 
 
 def _load_original(args: argparse.Namespace) -> Any:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from services.cli import tls_args
 from services.cli.common_args import add_server_args, server_settings, usage_error
 from services.common import settings as settings_source
 from services.registry.settings import RegistrySettings
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the registry service. Several replicas may share one Redis.",
     )
     settings_source.add_arguments(parser, RegistrySettings, SERVICE)
+    tls_args.add_serve_args(parser, SERVICE)
     add_server_args(parser, SERVICE, default_port=DEFAULT_PORT)
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="backup_action", metavar="{export,import}")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_source.from_args(RegistrySettings, args, SERVICE)
-        server = server_settings(args, SERVICE)
+        server = server_settings(args, SERVICE, tls=tls_args.server_tls(args))
         if not settings.redis_url:
             return usage_error(SERVICE, "--redis-url (or SHUNTER_REDIS_URL) is required")
         _check_redis_url(settings.redis_url)

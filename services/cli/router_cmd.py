@@ -1,14 +1,14 @@
 """`shunter router`: the stateless front door (auth, limits, splits, cache, balancing).
 
-Its flags come from RouterSettings and ServerSettings (services/common/settings.py):
-each is also a ``SHUNTER_ROUTER_<NAME>`` variable.
+Its flags come from RouterSettings, the TLS settings and ServerSettings
+(services/common/settings.py): each is also a ``SHUNTER_ROUTER_<NAME>`` variable.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from services.cli import tls_args
 from services.cli.common_args import (
     add_process_args,
     add_server_args,
@@ -33,28 +33,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     settings_source.add_arguments(parser, RouterSettings, SERVICE)
-    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
-    parser.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
-    parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    tls_args.add_serve_args(parser, SERVICE)
+    tls_args.add_dial_args(parser, "the registry and workers", SERVICE)
     add_process_args(parser, "")
     add_server_args(parser, SERVICE, default_port=8001)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.common.server import TlsConfig
     from services.common.server import run as run_service
     from services.router.app import RouterApp
 
-    if bool(args.tls_cert) != bool(args.tls_key):
-        return usage_error(SERVICE, "--tls-cert and --tls-key go together")
     if args.processes < 1:
         return usage_error(SERVICE, "--processes must be at least 1")
-    tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     try:
+        tls = tls_args.server_tls(args)
+        client_tls = tls_args.client_tls(args)
         server = server_settings(args, SERVICE, tls=tls)
         settings = settings_source.from_args(
-            RouterSettings, args, SERVICE, max_message_bytes=server.max_message_bytes
+            RouterSettings, args, SERVICE, max_message_bytes=server.max_message_bytes, client_tls=client_tls
         )
     except settings_source.SettingsError as exc:
         return usage_error(SERVICE, str(exc))

@@ -9,6 +9,8 @@ import os
 import socket
 import sys
 
+from services.cli import tls_args
+
 EPILOG = """\
 Each input entry is one row: a field `inputs` holding JSON (input name → value), or raw
 tensors (`X:data`, `X:datatype`, `X:shape` per input X). Each result goes to the output
@@ -42,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", default=None, metavar="HOST:PORT",
                         help="router or worker address (default $SHUNTER_ROUTER)")
     parser.add_argument("--api-key", default=None, metavar="K", help="API key (default $SHUNTER_API_KEY)")
+    tls_args.add_dial_args(parser, "the target")
     parser.add_argument("--version", default="", metavar="V", help="model version (default: the traffic split)")
     parser.add_argument("--batch", type=int, default=64, metavar="N", help="entries per read (default 64)")
     parser.add_argument("--block-ms", type=int, default=100, metavar="MS", help="XREADGROUP BLOCK (default 100)")
@@ -73,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     target = args.target or os.environ.get("SHUNTER_ROUTER")
     if not target:
         return _fail(2, "no --target and no $SHUNTER_ROUTER: say where the router or worker is")
+    try:
+        tls = tls_args.client_tls(args)
+    except tls_args.FlagError as exc:
+        return _fail(2, str(exc))
     for flag, value in (("--batch", args.batch), ("--block-ms", args.block_ms),
                         ("--max-deliveries", args.max_deliveries), ("--claim-idle-ms", args.claim_idle_ms),
                         ("--dedupe-ttl-s", args.dedupe_ttl_s)):
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     opts = StreamOptions(
         model=args.model, redis_url=args.redis_url, input_stream=args.input_stream,
         output_stream=args.output_stream, group=args.group, consumer=args.consumer or socket.gethostname(),
-        target=target, api_key=args.api_key or os.environ.get("SHUNTER_API_KEY"), version=args.version,
+        target=target, api_key=args.api_key or os.environ.get("SHUNTER_API_KEY"), version=args.version, tls=tls,
         batch=args.batch, block_ms=args.block_ms, dead_letter_stream=args.dead_letter_stream,
         max_deliveries=args.max_deliveries, claim_idle_ms=args.claim_idle_ms, maxlen=args.maxlen,
         dedupe_ttl_s=args.dedupe_ttl_s, timeout_s=args.timeout,

@@ -29,6 +29,7 @@ import ctypes.util
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -71,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how long to wait for every worker to load its models")
     parser.add_argument("--env-file", type=Path,
                         help="write the export lines here (mode 0600) for `source` (default <run dir>/env)")
+    parser.add_argument("--tls", action="store_true",
+                        help="make a local CA in <run dir>/tls and run every hop on TLS (workers on mutual TLS)")
     parser.set_defaults(func=run)
 
 
@@ -402,10 +405,48 @@ def write_env_file(path: Path, exports: list[str]) -> None:
     path.chmod(0o600)
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """``text`` in ``path``, readable by the owner only (a key)."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class UpTls:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_tls(directory: Path, host: str) -> UpTls:
+    """A local CA and one certificate every service serves and dials with (both EKUs)."""
+    from services.common.local_ca import LocalCa
+
+    ca = LocalCa.create(directory, name="Shunter up local CA")
+    hosts = dict.fromkeys([host, "127.0.0.1", "localhost", socket.gethostname()])
+    if host in ("0.0.0.0", "::"):
+        hosts.pop(host)
+    issued = ca.issue(directory, "shunter", hosts=list(hosts))
+    return UpTls(ca.cert_file, issued.cert_file, issued.key_file)
+
+
+def tls_flags(tls: UpTls | None) -> tuple[list[str], list[str], list[str]]:
+    """Flags to serve TLS, to dial over TLS (with the client certificate), and to serve mutual TLS."""
+    if tls is None:
+        return [], [], []
+    serve = ["--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file)]
+    dial = ["--tls-ca", str(tls.ca_file), "--tls-client-cert", str(tls.cert_file),
+            "--tls-client-key", str(tls.key_file)]
+    return serve, dial, [*serve, "--tls-client-ca", str(tls.ca_file)]
+
+
 async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
     from services.cli.up_checks import check_repository, port_problem
     from services.common import api_keys
     from services.common.registry_client import RegistryClient
+    from services.common.tls import ClientTls
 
     args = cluster.args
     repository = args.model_repository.expanduser().resolve()
@@ -440,31 +481,39 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         progress(f"redis ready at {redis_url} (ACL users registry, router, admin: {cluster.run_dir / 'redis-urls'})")
     from services.common.redis_connect import redacted
     _key_id, admin_key = api_keys.new_key()
-    key_file = cluster.run_dir / "admin.key"
-    key_file.write_text(admin_key + "\n")
-    key_file.chmod(0o600)
+    key_file = write_secret(cluster.run_dir / "admin.key", admin_key)
     common = ["--host", host, "--metrics-port", "0"]
+    tls = make_tls(cluster.run_dir / "tls", host) if args.tls else None
+    serve_tls, dial_tls, worker_tls = tls_flags(tls)
+    if tls is not None:
+        progress(f"TLS on every hop; local CA at {tls.ca_file}")
     registry = await cluster.service(
         "registry",
         ["registry", "--admin-key-file", str(key_file), "--port", "0",
-         "--artifact-root", str(repository.resolve()), *common],
+         "--artifact-root", str(repository.resolve()), *common, *serve_tls],
         # The Redis URL (a password in it) goes in the environment, where `ps` does not show it.
         timeout_s=60, keep_port=True, env={"SHUNTER_REDIS_URL": cluster.redis_urls["registry"]},
     )
     progress(f"registry ready at {registry.address}")
-    key_env = {"SHUNTER_ADMIN_KEY": admin_key}
-    async with RegistryClient(registry.address, admin_key) as client:
+    # No child holds the admin key: each service gets a key scoped to its role, in a file.
+    no_admin_env = {"SHUNTER_ADMIN_KEY": ""}
+    client_tls = ClientTls(ca_file=tls.ca_file) if tls is not None else None
+    async with RegistryClient(registry.address, admin_key, tls=client_tls) as client:
         await register_plans(client, repository, plans)
         data_key = (await client.create_api_key("default")).secret
+        worker_key = write_secret(cluster.run_dir / "worker.key",
+                                  (await client.create_api_key("shunter-workers", role="worker")).secret)
+        router_key = write_secret(cluster.run_dir / "router.key",
+                                  (await client.create_api_key("shunter-routers", role="router")).secret)
         serve = ",".join(models)
         workers = [
             await cluster.spawn(
                 f"worker-{i + 1}",
                 [sys.executable, "-m", "services.cli.main", "worker", "--registry", registry.address,
                  "--serve", serve, "--trusted-repository", str(repository),
-                 "--artifact-root", str(repository.resolve()), "--port", "0",
-                 "--processes", str(args.worker_processes), *common],
-                env=key_env,
+                 "--artifact-root", str(repository.resolve()), "--port", "0", "--key-file", str(worker_key),
+                 "--processes", str(args.worker_processes), *common, *worker_tls, *dial_tls],
+                env=no_admin_env,
             )
             for i in range(args.workers)
         ]
@@ -481,8 +530,9 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
     router = await cluster.service(
         "router",
         ["router", "--registry", registry.address, "--port", str(args.port),
-         "--processes", str(args.router_processes), *common],
-        timeout_s=60, env={**key_env, "SHUNTER_REDIS_URL": cluster.redis_urls["router"]}, keep_port=True,
+         "--admin-key-file", str(router_key), "--processes", str(args.router_processes), *common,
+         *serve_tls, *dial_tls],
+        timeout_s=60, env={**no_admin_env, "SHUNTER_REDIS_URL": cluster.redis_urls["router"]}, keep_port=True,
     )
     exports = [
         f"export SHUNTER_ROUTER={router.address}",
@@ -491,6 +541,8 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         f"export SHUNTER_API_KEY={data_key}",
         f"export SHUNTER_REDIS_URL={cluster.redis_urls['admin']}",
     ]
+    if tls is not None:
+        exports.append(f"export SHUNTER_TLS_CA={tls.ca_file}")
     env_file = (args.env_file or cluster.run_dir / "env").expanduser().resolve()
     write_env_file(env_file, exports)
     cluster.env_file = env_file
@@ -506,6 +558,10 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         print(f"#   {worker.name} {worker.address}{group} metrics http://{worker.metrics}/metrics")
     print(f"#   logs and admin key file in {cluster.run_dir}")
     print("#   SHUNTER_API_KEY is a data key; SHUNTER_ADMIN_KEY is for `shunter models|traffic|keys ...`")
+    print(f"#   services hold scoped keys ({worker_key.name}: role worker, {router_key.name}: role router)")
+    if tls is not None:
+        print(f"#   TLS: CA {tls.ca_file}; clients trust it (shunter bench --cacert {tls.ca_file}; "
+              "SHUNTER_TLS_CA for shunter models|traffic|keys)")
     print(f"#   in another shell: source {env_file}")
     print("# Ctrl-C stops the cluster.", flush=True)
     return await supervise(cluster, stop)
@@ -591,7 +647,8 @@ async def main(args: argparse.Namespace) -> int:
             print("# shunter up: stopping", file=sys.stderr, flush=True)
         await cluster.stop()
         if args.run_dir is None:
-            for name in ("admin.key", "env", "redis-urls", "redis.acl"):
+            for name in ("admin.key", "worker.key", "router.key", "env", "redis-urls", "redis.acl",
+                         "tls/ca.key", "tls/shunter.key"):
                 with contextlib.suppress(OSError):
                     (run_dir / name).unlink()
 

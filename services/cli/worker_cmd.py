@@ -1,13 +1,14 @@
 """`shunter worker`: serve a model repository, or the models the registry assigns.
 
-Its flags come from WorkerSettings and ServerSettings (services/common/settings.py):
-each is also a ``SHUNTER_WORKER_<NAME>`` variable.
+Its flags come from WorkerSettings, the TLS settings and ServerSettings
+(services/common/settings.py): each is also a ``SHUNTER_WORKER_<NAME>`` variable.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from services.cli import tls_args
 from services.cli.common_args import (
     add_process_args,
     add_server_args,
@@ -31,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     settings_source.add_arguments(parser, WorkerSettings, SERVICE)
+    tls_args.add_serve_args(parser, SERVICE)
+    tls_args.add_dial_args(parser, "the registry", SERVICE)
     add_process_args(
         parser,
         ", each with its own copy of the models; in cluster mode each process binds a port of its own "
@@ -46,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_source.from_args(WorkerSettings, args, SERVICE)
-        server = server_settings(args, SERVICE)
+        tls = tls_args.server_tls(args)
+        registry_tls = tls_args.client_tls(args)
+        server = server_settings(args, SERVICE, tls=tls)
     except settings_source.SettingsError as exc:
         return usage_error(SERVICE, str(exc))
     if args.processes < 1:
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             )
         # Cluster mode: a port per process, each registered, so routers dial them all.
         return run_process_group(SERVICE, args, server, shared_port=not cluster_mode)
-    cluster = ClusterSettings.from_worker_settings(settings) if cluster_mode else None
+    cluster = ClusterSettings.from_worker_settings(settings, registry_tls) if cluster_mode else None
     only = set(settings.models) or None
     app = WorkerApp(
         repository=settings.model_repository, only_models=only, cluster=cluster, strict=settings.strict,

@@ -5,6 +5,17 @@ logs and ``shunter keys revoke``; the secret is 256 random bits. Only
 ``sha256(whole key)`` in hex is kept (in Redis, in the routing table routers hold), so a
 leak of either reveals no usable key. Routers authenticate a request by hashing the
 presented key and looking the hash up in the key table of the registry's watch stream.
+
+Each key has a **role** that bounds what it may do, so no service needs the admin key:
+
+- ``admin``: everything (operators; the bootstrap key);
+- ``worker``: register, heartbeat, deregister and watch the routing table;
+- ``router``: watch the routing table and read the catalogue; call workers' inference;
+- ``client``: inference through routers only (the data plane; what ``keys create`` makes
+  by default).
+
+The registry checks ``allowed(role, method)`` at its edge; workers in cluster mode accept
+inference only from ``INFERENCE_CALLERS``.
 """
 
 from __future__ import annotations
@@ -16,7 +27,40 @@ import secrets
 from grpc.aio import ServicerContext
 
 KEY_PREFIX = "shk_"
+
+ADMIN, ROUTER, WORKER, CLIENT = "admin", "router", "worker", "client"
+ROLES = (ADMIN, ROUTER, WORKER, CLIENT)
+#: Registry methods each role other than admin may call (admin may call all of them).
+REGISTRY_METHODS: dict[str, frozenset[str]] = {
+    WORKER: frozenset({"RegisterWorker", "Heartbeat", "DeregisterWorker", "WatchRoutingTable"}),
+    ROUTER: frozenset({"WatchRoutingTable", "ListModels", "GetModel", "GetTrafficPolicy", "ListWorkers"}),
+    CLIENT: frozenset(),
+}
+#: Roles a worker in cluster mode serves inference to.
+INFERENCE_CALLERS = frozenset({ROUTER, ADMIN})
+#: Roles a router serves inference to: a leaked worker or router key buys no inference.
+DATA_PLANE_ROLES = frozenset({CLIENT, ADMIN})
 _KEY_RE = re.compile(r"^shk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
+
+
+def role_of(key: object) -> str:
+    """The role of an ``ApiKey`` record; keys made before roles existed get theirs from ``admin``."""
+    role = getattr(key, "role", "")
+    if role:
+        return role
+    return ADMIN if getattr(key, "admin", False) else CLIENT
+
+
+def check_role(role: str) -> str:
+    """``role`` if it is one of ROLES, else ValueError naming the choices."""
+    if role not in ROLES:
+        raise ValueError(f"unknown key role {role!r}; expected one of {', '.join(ROLES)}")
+    return role
+
+
+def allowed(role: str, method: str) -> bool:
+    """Whether a key of ``role`` may call the registry's ``method``."""
+    return role == ADMIN or method in REGISTRY_METHODS.get(role, frozenset())
 
 
 def new_key() -> tuple[str, str]:

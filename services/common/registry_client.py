@@ -30,6 +30,8 @@ import grpc
 
 from services.common import errors
 from services.common.api_keys import auth_metadata
+from services.common.tls import ClientTls
+from services.common.tls import channel as make_channel
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.gen.shunter.registry.v1 import registry_pb2_grpc
 
@@ -97,6 +99,7 @@ class RegistryClient:
         *,
         timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         addresses = address.split(",") if isinstance(address, str) else list(address)
         self.addresses = [a.strip() for a in addresses if a.strip()]
@@ -106,6 +109,7 @@ class RegistryClient:
         self.last_revision = 0
         self._metadata = auth_metadata(admin_key) if admin_key else ()
         self._credentials = credentials
+        self._tls = tls
         self._index = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
 
@@ -131,7 +135,7 @@ class RegistryClient:
             if self._credentials is not None:
                 channel = grpc.aio.secure_channel(address, self._credentials, options=channel_options())
             else:
-                channel = grpc.aio.insecure_channel(address, options=channel_options())
+                channel = make_channel(address, options=channel_options(), tls=self._tls)
             self._channels[address] = channel
         return registry_pb2_grpc.RegistryStub(channel)
 
@@ -212,10 +216,14 @@ class RegistryClient:
     # ---- API keys --------------------------------------------------------------------
 
     async def create_api_key(
-        self, tenant: str, models: Iterable[str] = (), *, rate: rpb.RateLimit | None = None, admin: bool = False
+        self, tenant: str, models: Iterable[str] = (), *, rate: rpb.RateLimit | None = None, admin: bool = False,
+        role: str = "",
     ) -> rpb.CreateApiKeyResponse:
-        """Create a key; the response's ``secret`` is the whole key, shown only this once."""
-        request = rpb.CreateApiKeyRequest(tenant=tenant, models=list(models), rate=rate, admin=admin)
+        """Create a key; the response's ``secret`` is the whole key, shown only this once.
+
+        ``role`` is one of ``api_keys.ROLES``; "" means admin when ``admin`` is set, else client.
+        """
+        request = rpb.CreateApiKeyRequest(tenant=tenant, models=list(models), rate=rate, admin=admin, role=role)
         return await self._call("CreateApiKey", request, write=True)
 
     async def list_api_keys(self) -> list[rpb.ApiKey]:

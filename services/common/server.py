@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -29,6 +28,7 @@ from services.common.ready_line import format_ready_line
 from services.common.reflection_v1 import SERVICE_NAME as REFLECTION_V1
 from services.common.reflection_v1 import enable_reflection_v1
 from services.common.settings import check_bounds, setting
+from services.common.tls import ServerTls, TlsFileError
 
 logger = logging.getLogger(__name__)
 
@@ -36,20 +36,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    cert_file: Path
-    key_file: Path
-    #: With a client CA, clients must present a certificate it signed (mTLS).
-    client_ca_file: Path | None = None
-
-    def credentials(self) -> grpc.ServerCredentials:
-        ca = self.client_ca_file.read_bytes() if self.client_ca_file else None
-        return grpc.ssl_server_credentials(
-            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
+#: The server side of TLS (services/common/tls.py); the name the CLIs and tests use.
+TlsConfig = ServerTls
 
 
 @dataclass(frozen=True)
@@ -213,6 +201,9 @@ def run(app: ServiceApp, settings: ServerSettings) -> int:
         runner(serve_until_signal(app, settings))
     except (Unauthenticated, PermissionDenied) as exc:
         # A credential the cluster refuses at start-up is a configuration error, like a bad flag.
+        print(f"shunter {app.name}: {exc}", file=sys.stderr)
+        return 2
+    except TlsFileError as exc:
         print(f"shunter {app.name}: {exc}", file=sys.stderr)
         return 2
     except (OSError, ShunterError) as exc:

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -49,6 +50,8 @@ class Setting:
     maximum: float | None = None
     #: A secret: never printed as a default, and also readable from ``--<flag>-file``.
     secret: bool = False
+    #: The secret's file flag when it is not ``--<flag>-file``.
+    file_flag: str | None = None
     #: Not listed in --help (internal knobs tests turn).
     hidden: bool = False
     metavar: str | None = None
@@ -95,13 +98,16 @@ def _kind(annotation: Any) -> tuple[str, bool]:
 
 
 def specs(cls: type) -> list[_Spec]:
-    hints = typing.get_type_hints(cls)
+    # Only the settings' own annotations are resolved: other fields (a TLS config object)
+    # may name types their module imports for type checking only.
+    namespace = vars(sys.modules[cls.__module__])
     found = []
     for f in dataclasses.fields(cls):
         meta = f.metadata.get(_META)
         if meta is None:
             continue
-        kind, optional = _kind(hints[f.name])
+        annotation = eval(f.type, namespace) if isinstance(f.type, str) else f.type
+        kind, optional = _kind(annotation)
         found.append(_Spec(f.name, kind, optional, f.default, meta))
     return found
 
@@ -196,12 +202,12 @@ def add_arguments(
         parser.add_argument(spec.flag, **kwargs)
         if meta.secret:
             parser.add_argument(
-                spec.flag + "-file",
+                meta.file_flag or spec.flag + "-file",
                 dest=f"{spec.name}_file",
                 type=Path,
                 default=None,
                 metavar="FILE",
-                help=argparse.SUPPRESS if meta.hidden else f"read {spec.flag} from this file instead",
+                help=argparse.SUPPRESS if meta.hidden else f"read {spec.flag} from this file (`ps` shows no secret)",
             )
 
 
@@ -239,9 +245,9 @@ def _read_secret(path: Path, flag: str) -> str:
     try:
         text = path.read_text().strip()
     except OSError as exc:
-        raise SettingsError(f"{flag}-file {path}: cannot read: {exc.strerror}") from None
+        raise SettingsError(f"{flag} {path}: cannot read: {exc.strerror}") from None
     if not text:
-        raise SettingsError(f"{flag}-file {path} is empty")
+        raise SettingsError(f"{flag} {path} is empty")
     return text
 
 
@@ -265,7 +271,7 @@ def values(
             continue
         secret_file = getattr(args, f"{spec.name}_file", None)
         if secret_file is not None:
-            out[spec.name] = _read_secret(secret_file, spec.flag)
+            out[spec.name] = _read_secret(secret_file, spec.meta.file_flag or spec.flag + "-file")
             continue
         found, value = _from_environment(spec, service, env)
         if found:

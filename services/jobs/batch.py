@@ -30,6 +30,7 @@ import numpy as np
 
 from services.common.datatypes import NUMPY_DTYPES
 from services.common.signature import Signature
+from services.common.tls import ClientTls
 from services.jobs.infer import InferClient, JobFailed, RowsRejected
 from services.jobs.mapping import Mapped, Segment, map_block, resolve
 from services.jobs.output import OUTPUT_FORMATS, ChunkResult, OutputDir, errors_path
@@ -46,6 +47,8 @@ class BatchOptions:
     output: Path
     target: str
     api_key: str | None = None
+    #: TLS to the target (--tls-ca); None: plaintext.
+    tls: ClientTls | None = None
     version: str = ""
     input_format: str | None = None
     output_format: str | None = None
@@ -155,7 +158,7 @@ async def run_batch(opts: BatchOptions, progress: Progress | None = None,
     output_format = opts.output_format or _output_format_from(opts.output)
     if output_format not in OUTPUT_FORMATS:
         raise InputError(f"unknown output format '{output_format}' (one of {', '.join(OUTPUT_FORMATS)})")
-    async with InferClient(opts.target, opts.model, version=opts.version, api_key=opts.api_key,
+    async with InferClient(opts.target, opts.model, version=opts.version, api_key=opts.api_key, tls=opts.tls,
                            timeout_s=opts.timeout_s, policy=opts.policy) as client:
         signature = await client.describe(opts.connect_timeout_s)
         sources = resolve(reader, signature)

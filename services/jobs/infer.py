@@ -27,6 +27,8 @@ from services.common.datatypes import CONTENTS_FIELD, NUMPY_DTYPES
 from services.common.errors import InvalidArgument
 from services.common.signature import Signature, TensorSpec
 from services.common.tensors import parse_bytes_tensor, serialize_bytes_tensor
+from services.common.tls import ClientTls
+from services.common.tls import channel as tls_channel
 from services.gen.inference import grpc_service_pb2 as pb
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from services.jobs.retry import TRANSIENT_CODES, RetryPolicy, retry_after_s
@@ -74,6 +76,7 @@ class InferClient:
         api_key: str | None = None,
         timeout_s: float = 60.0,
         policy: RetryPolicy | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.target = target
         self.model = model
@@ -81,7 +84,7 @@ class InferClient:
         self.timeout_s = timeout_s
         self.policy = policy or RetryPolicy()
         self._metadata = auth_metadata(api_key) if api_key else ()
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = tls_channel(target, options=CHANNEL_OPTIONS, tls=tls)  # TLS with --tls-ca
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self.signature: Signature | None = None
         #: Transient failures retried and rate-limit waits taken, for the summary.

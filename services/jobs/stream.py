@@ -36,6 +36,7 @@ from redis.crc import key_slot
 
 from services.common import redis_connect
 from services.common.signature import Signature
+from services.common.tls import ClientTls
 from services.jobs import stream_metrics as m
 from services.jobs.infer import InferClient, JobFailed, RowsRejected
 from services.jobs.retry import RetryPolicy
@@ -86,6 +87,8 @@ class StreamOptions:
     consumer: str
     target: str
     api_key: str | None = None
+    #: TLS to the target (--tls-ca); None: plaintext.
+    tls: ClientTls | None = None
     version: str = ""
     batch: int = 64
     block_ms: int = 100
@@ -425,7 +428,7 @@ async def serve_stream(opts: StreamOptions, metrics_host: str, metrics_port: int
         raise StreamSetupError(f"bad --redis-url: {exc}") from None
     try:
         await check_setup(r, opts)
-        async with InferClient(opts.target, opts.model, version=opts.version, api_key=opts.api_key,
+        async with InferClient(opts.target, opts.model, version=opts.version, api_key=opts.api_key, tls=opts.tls,
                                timeout_s=opts.timeout_s, policy=opts.policy) as client:
             signature = await client.describe()
             consumer = Consumer(opts, r, client, signature)

@@ -1,7 +1,9 @@
 """The ``shunter.registry.v1.Registry`` servicer: auth, validation, then the store.
 
-Every RPC needs an admin key (``authorization: Bearer <key>``): none or an unknown or
-revoked key is UNAUTHENTICATED, a data-plane key PERMISSION_DENIED. Keys are checked
+Every RPC needs a key (``authorization: Bearer <key>``): none or an unknown or revoked
+key is UNAUTHENTICATED; a key whose role may not call the method (``api_keys.allowed``:
+workers register, heartbeat and watch, routers watch and read, only admins write the
+catalogue, policies and keys) is PERMISSION_DENIED naming the role and method. Keys are checked
 against Redis when it answers (so a revocation holds at once on every replica) and
 against the last snapshot when it does not. Each write answers with the revision it
 created in the ``x-shunter-revision`` trailing metadata.
@@ -43,15 +45,17 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext, rpb.ApiKey], Awaitable[A
 
 
 def admin_rpc(fn: Handler) -> Callable[..., Awaitable[Any]]:
-    """Authorise the caller as an admin, then label the call by its model (statuses and
+    """Authorise the caller for this method (by its key's role), then label the call by its model (statuses and
     metrics are the edge's, services.common.edge). Labels come after authentication, so
     an unauthenticated caller's strings never become metric labels."""
+
+    method = fn.__name__
 
     @functools.wraps(fn)
     async def authorised(self: RegistryService, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.draining:
             raise Unavailable("the registry is shutting down; try another replica")
-        caller = await self.authorise(context)
+        caller = await self.authorise(context, method)
         model = getattr(request, "model", "") or getattr(request, "name", "")
         if not model and isinstance(request, rpb.SetTrafficPolicyRequest):
             model = request.policy.model
@@ -87,11 +91,12 @@ class RegistryService:
 
     # ---- auth ------------------------------------------------------------------------
 
-    async def authorise(self, context: grpc.aio.ServicerContext) -> rpb.ApiKey:
+    async def authorise(self, context: grpc.aio.ServicerContext, method: str) -> rpb.ApiKey:
+        """The caller's key, if its role may call ``method``; else UNAUTHENTICATED or PERMISSION_DENIED."""
         token = api_keys.context_token(context)
         if token is None:
             metrics.AUTH_FAILURES.labels("missing").inc()
-            raise Unauthenticated("missing `authorization: Bearer <admin key>` metadata")
+            raise Unauthenticated("missing `authorization: Bearer <key>` metadata")
         digest = api_keys.key_hash(token)
         key = None
         looked_up = False
@@ -108,9 +113,16 @@ class RegistryService:
         if key is None or key.revoked or key.secret_sha256 != digest:
             metrics.AUTH_FAILURES.labels("invalid").inc()
             raise Unauthenticated("invalid or revoked API key")
-        if not key.admin:
+        role = api_keys.role_of(key)
+        if not api_keys.allowed(role, method):
             metrics.AUTH_FAILURES.labels("not_admin").inc()
-            raise PermissionDenied(f"key {key.key_id} is a data-plane key; registry RPCs need an admin key")
+            if role == api_keys.CLIENT:
+                raise PermissionDenied(
+                    f"key {key.key_id} has role client (a data-plane key); registry method {method} "
+                    "needs an admin key"
+                )
+            raise PermissionDenied(f"key {key.key_id} has role {role}, which may not call {method}; "
+                                   "it needs an admin key")
         return key
 
     @staticmethod
@@ -276,11 +288,12 @@ class RegistryService:
 
     @admin_rpc
     async def CreateApiKey(self, request, context, caller):
-        validation.check_key_request(request)
+        role = validation.check_key_request(request)
         key_id, secret = api_keys.new_key()
         key = rpb.ApiKey(
             key_id=key_id, tenant=request.tenant, models=request.models, rate=request.rate,
-            admin=request.admin, created_at_ms=now_ms(), secret_sha256=api_keys.key_hash(secret),
+            admin=role == api_keys.ADMIN, role=role, created_at_ms=now_ms(),
+            secret_sha256=api_keys.key_hash(secret),
         )
 
         async def prepare(pipe: Any) -> tuple[rpb.ApiKey, Callable[[Any], None]]:
@@ -292,8 +305,8 @@ class RegistryService:
 
         _, revision = await self.store.transact(prepare)
         metrics.WRITES.labels("create_key").inc()
-        logger.info("registry: %s created key %s for tenant %s (admin=%s)",
-                    caller.key_id, key_id, request.tenant, request.admin)
+        logger.info("registry: %s created key %s for tenant %s (role %s)",
+                    caller.key_id, key_id, request.tenant, role)
         self._revision(context, revision)
         return rpb.CreateApiKeyResponse(key=key, secret=secret)
 
@@ -337,7 +350,7 @@ class RegistryService:
     async def WatchRoutingTable(self, request, context):
         if self.draining:
             raise Unavailable("the registry is shutting down; try another replica")
-        await self.authorise(context)
+        await self.authorise(context, "WatchRoutingTable")
         metrics.WATCHERS.inc()
         drained = asyncio.ensure_future(self._drained.wait())
         sent = None

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.common import artifacts
+from services.common import api_keys, artifacts
 from services.common.errors import InvalidArgument, NotFound
 from services.common.model_config import ModelConfig, parse_model_config
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
@@ -245,7 +245,13 @@ def check_statuses(statuses: object) -> None:
         check_version(status.version, "version in a version status")
 
 
-def check_key_request(request: rpb.CreateApiKeyRequest) -> None:
+def check_key_request(request: rpb.CreateApiKeyRequest) -> str:
+    """Check a key request; returns the role the key gets."""
+    role = request.role or (api_keys.ADMIN if request.admin else api_keys.CLIENT)
+    if role not in api_keys.ROLES:
+        raise InvalidArgument(f"unknown key role {role!r}; expected one of {', '.join(api_keys.ROLES)}")
+    if request.admin and role != api_keys.ADMIN:
+        raise InvalidArgument(f"admin is set but role is {role!r}; an admin key has role admin")
     check_name(request.tenant, "tenant")
     for model in request.models:
         check_name(model, "model name in the key's models")
@@ -254,3 +260,4 @@ def check_key_request(request: rpb.CreateApiKeyRequest) -> None:
         raise InvalidArgument(f"rate per_second {rate.per_second} must be a finite number >= 0")
     if rate.burst and not rate.per_second:
         raise InvalidArgument("rate burst is set but per_second is 0 (unlimited)")
+    return role

@@ -54,7 +54,7 @@ class RegistryWatch:
     tried in turn)."""
 
     def __init__(self, settings: RouterSettings) -> None:
-        self.client = RegistryClient(settings.registry, settings.admin_key or None)
+        self.client = RegistryClient(settings.registry, settings.admin_key or None, tls=settings.client_tls)
 
     def __call__(self, on_state: StateHook) -> AsyncIterator[registry_pb2.RoutingTable]:
         return self.client.watch(min_backoff_s=MIN_BACKOFF_S, max_backoff_s=MAX_BACKOFF_S, on_state=on_state)
@@ -138,7 +138,7 @@ class RouterApp:
                 if not self._first_table.is_set():
                     raise type(exc)(
                         f"the registry at {self.settings.registry} refuses the router's key: {exc.message} "
-                        "(give an admin key with --admin-key, --admin-key-file or $SHUNTER_ADMIN_KEY)"
+                        "(give a router-role or admin key with --admin-key, --admin-key-file or $SHUNTER_ADMIN_KEY)"
                     ) from None
                 logger.error("the registry refuses the router's key (%s); serving on revision %d, "
                              "asking again in %.0f s", exc.message, self.router.snapshot.revision, BAD_KEY_RETRY_S)

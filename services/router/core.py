@@ -73,7 +73,10 @@ class Router:
         )
         liveness = Liveness(settings.liveness_interval_s, settings.liveness_timeout_s)
         self.balancer = Balancer(
-            lambda address: WorkerTransport(address, settings.max_message_bytes, settings.worker_link, liveness),
+            lambda address: WorkerTransport(
+                address, settings.max_message_bytes, settings.worker_link, liveness,
+                tls=settings.client_tls, key=settings.admin_key,
+            ),
             eject_after=settings.eject_after_failures,
             cooloff_s=settings.eject_cooloff_s,
             max_outstanding=settings.max_in_flight_per_worker,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from services.common.admission import AdmissionSettings
 from services.common.settings import check_bounds, setting
+from services.common.tls import ClientTls
 
 #: The ways a router can carry requests to a worker (``--worker-link``): multiplexed over
 #: one ModelStreamInfer stream per worker, or one ModelInfer call per request.
@@ -23,7 +24,8 @@ class RouterSettings:
         env_aliases=("SHUNTER_REGISTRY",),
     )
     admin_key: str = setting(
-        "", "key the router authenticates to the registry with", secret=True, env_aliases=("SHUNTER_ADMIN_KEY",),
+        "", "the router's key: for the registry's watch and, on every call, to workers (role router or admin)",
+        secret=True, env_aliases=("SHUNTER_ADMIN_KEY",),
     )
     redis_url: str = setting(
         "", "Redis for shared rate limits and the cache (none: per-replica limits, no cache)",
@@ -111,6 +113,8 @@ class RouterSettings:
         0.05, "how long a hedged request waits before its second attempt", unit="s",
         minimum=0, exclusive_minimum=True,
     )
+    #: TLS for the router's own calls (registry watch, workers); None: plaintext. From the --tls-ca flags.
+    client_tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         check_bounds(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.api_keys import DATA_PLANE_ROLES, role_of
 from services.common.model_description import version_order
 from services.common.signature import Signature, TensorSpec
 from services.gen.shunter.registry.v1 import registry_pb2
@@ -125,7 +126,8 @@ def build_snapshot(table: registry_pb2.RoutingTable) -> RoutingSnapshot:
             admin=k.admin,
         )
         for k in table.keys
-        if not k.revoked and k.secret_sha256
+        # Service keys (worker, router roles) buy no inference here: only client and admin keys.
+        if not k.revoked and k.secret_sha256 and role_of(k) in DATA_PLANE_ROLES
     }
     return RoutingSnapshot(
         revision=table.revision, models=models, keys=keys, worker_addresses=frozenset(addresses)

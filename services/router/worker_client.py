@@ -60,6 +60,8 @@ import grpc
 from services.common import inference_parameters
 from services.common.admission import Overloaded, is_overload
 from services.common.errors import DeadlineExceeded, ShunterError, Unavailable
+from services.common.tls import ClientTls
+from services.common.tls import channel as tls_channel
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router import metrics, wire
 from services.router.balancer import Balancer, Replica
@@ -225,11 +227,17 @@ class WorkerTransport:
         max_message_bytes: int,
         link: str = "stream",
         liveness: Liveness | None = None,
+        *,
+        tls: ClientTls | None = None,
+        key: str = "",
     ) -> None:
         if link not in WORKER_LINKS:
             raise ValueError(f"unknown worker link {link!r}; expected one of {', '.join(WORKER_LINKS)}")
-        self.channel = grpc.aio.insecure_channel(
+        # TLS when configured; the router's key rides on every call (workers check it).
+        self.channel = tls_channel(
             address,
+            tls=tls,
+            token=key,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -281,6 +289,10 @@ class WorkerTransport:
 
 
 # -- 3. the stream link -------------------------------------------------------------
+
+
+#: After a failed write, how long the stream waits for the reader to report the call's status.
+WRITE_FAILED_WAIT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,9 +400,15 @@ class _Stream:
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as err:
-            self._break(err.code(), err.details() or "stream to worker failed")
+            await self._write_failed(err.code(), err.details() or "stream to worker failed")
         except Exception as exc:  # e.g. InvalidStateError once the call ended
-            self._break(grpc.StatusCode.UNAVAILABLE, f"stream to worker failed: {exc}")
+            await self._write_failed(grpc.StatusCode.UNAVAILABLE, f"stream to worker failed: {exc}")
+
+    async def _write_failed(self, code: grpc.StatusCode, details: str) -> None:
+        """A write fails once the call has ended: the reader then reports the call's own status
+        (the worker's UNAUTHENTICATED, say, not core's "Internal error"), so give it a moment."""
+        await asyncio.wait((self._reader,), timeout=WRITE_FAILED_WAIT_S)
+        self._break(code, details)  # nothing, if the reader broke the stream first
 
     async def _read_all(self) -> None:
         pending = self.pending

@@ -11,7 +11,9 @@ import grpc
 
 from services.common.admission import Admission, AdmissionSettings
 from services.common.errors import ModelConfigError
+from services.common.tls import ClientTls
 from services.gen.inference import grpc_service_pb2 as pb
+from services.worker.guard import InferenceGuard
 from services.worker.models import ModelManager
 from services.worker.repository import scan_repository
 from services.worker.servicer import WorkerServicer
@@ -37,9 +39,13 @@ class ClusterSettings:
     artifact_roots: tuple[Path, ...]
     #: Seconds a version may take to load and warm up before it is refused (cluster mode).
     load_timeout_s: float
+    #: Serve inference to any caller, not only router and admin keys (loudly logged).
+    open_inference: bool = False
+    #: How to dial the registry over TLS; None: plaintext.
+    registry_tls: ClientTls | None = None
 
     @classmethod
-    def from_worker_settings(cls, settings: WorkerSettings) -> ClusterSettings:
+    def from_worker_settings(cls, settings: WorkerSettings, registry_tls: ClientTls | None = None) -> ClusterSettings:
         assert settings.registry is not None
         return cls(
             registry_address=settings.registry,
@@ -50,6 +56,8 @@ class ClusterSettings:
             trusted_repositories=tuple(p.resolve() for p in settings.trusted_repository),
             artifact_roots=tuple(p.resolve() for p in settings.artifact_root),
             load_timeout_s=settings.load_timeout_s,
+            open_inference=settings.open_inference,
+            registry_tls=registry_tls,
         )
 
 
@@ -78,11 +86,15 @@ class WorkerApp:
         self._strict = strict
         self._cluster = None
         self.bound_address = ""
+        # Standalone workers (no registry, so no key table) are open; cluster workers serve
+        # routers and admins only unless told otherwise.
+        self.guard = InferenceGuard(open_mode=cluster is None or cluster.open_inference)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((self.servicer.handler(),))
+        server.add_generic_rpc_handlers((self.guard.wrap(self.servicer.handler()),))
 
     async def start(self) -> None:
+        self.guard.log_mode(self.bound_address)
         if self._repository is not None:
             await self._load_repository(self._repository)
         if self._cluster_settings is not None:
@@ -98,6 +110,8 @@ class WorkerApp:
                 lease_ttl_s=settings.lease_ttl_s,
                 artifact_roots=settings.artifact_roots,
                 load_timeout_s=settings.load_timeout_s,
+                on_keys=self.guard.update,
+                registry_tls=settings.registry_tls,
             )
             await self._cluster.start()
             # Health stays NOT_SERVING (and the readiness line unprinted) until the first

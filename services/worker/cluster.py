@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +35,7 @@ from services.common import artifacts
 from services.common.errors import NotFound, PermissionDenied, ShunterError, Unauthenticated
 from services.common.model_config import ModelConfig, parse_model_config
 from services.common.registry_client import RegistryClient
+from services.common.tls import ClientTls
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.worker.engines.base import UnsafeArtifact
 
@@ -169,10 +171,14 @@ class ClusterMember:
         lease_ttl_s: int = 0,
         artifact_roots: tuple[Path, ...] = (),
         load_timeout_s: float = LOAD_TIMEOUT_S,
+        on_keys: Callable[[Sequence[rpb.ApiKey]], None] | None = None,
+        registry_tls: ClientTls | None = None,
     ) -> None:
         if not advertise_address:
             raise ValueError("cluster mode needs an address routers can dial (--advertise HOST:PORT)")
-        self.client = RegistryClient(registry_address, admin_key)
+        self.client = RegistryClient(registry_address, admin_key, tls=registry_tls)
+        #: Hears the key table of every routing table taken (the worker's inference guard).
+        self.on_keys = on_keys
         self.serve = frozenset(serve_models)
         self.host = host
         self.advertise_address = advertise_address
@@ -214,7 +220,7 @@ class ClusterMember:
         except (Unauthenticated, PermissionDenied) as exc:
             raise KeyRefused(
                 f"the registry at {','.join(self.client.addresses)} refuses this worker's key ({exc}); "
-                "give the admin key with --admin-key or $SHUNTER_ADMIN_KEY"
+                "give a worker-role (or admin) key with --admin-key, --key-file or $SHUNTER_ADMIN_KEY"
             ) from None
         except (ShunterError, TimeoutError) as exc:
             logger.warning("registry %s not reachable yet (%s); retrying, NOT_SERVING until it answers",
@@ -309,6 +315,8 @@ class ClusterMember:
                                      table.revision, revision)
                         continue
                     revision = table.revision
+                    if self.on_keys is not None:
+                        self.on_keys(table.keys)
                     self._desired = desired
                     self._have_table = True
                     self._wake.set()

@@ -25,7 +25,12 @@ class WorkerSettings:
     registry: str | None = setting(None, "registry HOST:PORT: run in cluster mode", metavar="HOST:PORT")
     serve: tuple[str, ...] = setting((), "cluster mode: comma-separated model names to serve")
     admin_key: str = setting(
-        "", "cluster mode: key for the registry", secret=True, env_aliases=("SHUNTER_ADMIN_KEY",)
+        "", "cluster mode: the worker's key for the registry, a worker-role key (`shunter keys create --role "
+        "worker`; an admin key also works)", secret=True, file_flag="--key-file", env_aliases=("SHUNTER_ADMIN_KEY",),
+    )
+    open_inference: bool = setting(
+        False, "cluster mode: serve inference to any caller, not only router and admin keys (logged loudly; "
+        "standalone workers are always open)",
     )
     lease_ttl_s: int = setting(0, "cluster mode: lease TTL (0: the registry's default)", unit="s", minimum=0)
     advertise: str | None = setting(
@@ -77,4 +82,6 @@ class WorkerSettings:
             if not self.serve:
                 raise SettingsError("--registry needs --serve NAME[,NAME]")
             if not self.admin_key:
-                raise SettingsError("--registry needs --admin-key-file, --admin-key or $SHUNTER_ADMIN_KEY")
+                raise SettingsError("--registry needs --key-file, --admin-key or $SHUNTER_ADMIN_KEY")
+        elif self.open_inference:
+            raise SettingsError("--open-inference is for cluster mode (a standalone worker is open already)")

@@ -93,7 +93,9 @@ def calc_input(values: np.ndarray) -> grpcclient.InferInput:
 
 
 def test_up_prints_exports_and_summary(up):
-    assert set(up.env) == {"SHUNTER_ROUTER", "SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY", "SHUNTER_API_KEY"}
+    assert set(up.env) == {"SHUNTER_ROUTER", "SHUNTER_REGISTRY", "SHUNTER_ADMIN_KEY", "SHUNTER_API_KEY",
+                           "SHUNTER_REDIS_URL"}
+    assert up.env["SHUNTER_REDIS_URL"].startswith("redis://admin:")  # the operators' ACL user
     assert up.env["SHUNTER_API_KEY"].startswith("shk_") and up.env["SHUNTER_ADMIN_KEY"].startswith("shk_")
     text = "\n".join(up.summary)
     # The same exports, for `source` in another shell (`up` itself stays in the foreground).

@@ -49,7 +49,7 @@ def test_help_names_every_flag_and_variable(service):
         (("router",), {"SHUNTER_ROUTER_ADMIN_KEY": "k"}, "give --registry HOST:PORT"),
         (("worker", "--model-repository", "examples/models"), {"SHUNTER_WORKER_PORT": "http"},
          "$SHUNTER_WORKER_PORT: 'http' is not an integer"),
-        (("worker", "--registry", "127.0.0.1:1", "--serve", "digits"), {}, "--registry needs --admin-key-file"),
+        (("worker", "--registry", "127.0.0.1:1", "--serve", "digits"), {}, "--registry needs --key-file"),
         (("registry", "--redis-url", "redis://127.0.0.1:1", "--lease-ttl-s", "0"), {},
          "--lease-ttl-s must be at least 1"),
         (("registry",), {}, "--redis-url (or SHUNTER_REDIS_URL) is required"),

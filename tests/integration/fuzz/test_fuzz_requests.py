@@ -128,10 +128,11 @@ def test_streams(target) -> None:
 
 
 def test_an_unparseable_message_is_invalid_argument_and_logged_once(cluster: Cluster) -> None:
+    key = (("authorization", f"Bearer {cluster.admin_key}"),)  # cluster workers serve routers and admins
     with grpc.insecure_channel(cluster.workers[0].address) as channel:
         for _ in range(50):
             with pytest.raises(grpc.RpcError) as caught:
-                channel.unary_unary(METHOD)(b"\n", timeout=30)
+                channel.unary_unary(METHOD)(b"\n", metadata=key, timeout=30)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "not a valid ModelInferRequest" in caught.value.details()
     log = cluster.workers[0].logs()

@@ -66,12 +66,14 @@ def status_of(workers: list[rpb.Worker], model: str, version: str) -> rpb.Versio
     return None
 
 
-async def infer_digits(address: str, model: str, version: str) -> np.ndarray:
+async def infer_digits(address: str, model: str, version: str, key: str) -> np.ndarray:
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     request.inputs.add(name="input__0", datatype="FP32", shape=[1, 64])
     request.raw_input_contents.append(np.zeros((1, 64), dtype=np.float32).tobytes())
     async with grpc.aio.insecure_channel(address) as channel:
-        response = await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        # A cluster worker serves routers and admins only.
+        response = await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, metadata=(("authorization", f"Bearer {key}"),), timeout=30)
     return np.frombuffer(response.raw_output_contents[0], dtype=np.float32)
 
 
@@ -105,7 +107,7 @@ async def test_torch_export_archive_with_a_pickled_object_never_runs(cluster, ad
         )
     assert not marker.exists(), "the archive's pickle ran on the worker"
     assert "refusing pickled version 3" in worker.logs()  # for good: not retried every 30 s
-    assert (await infer_digits(worker.address, model, "2")).shape == (10,)
+    assert (await infer_digits(worker.address, model, "2", admin.key)).shape == (10,)
 
 
 PYTHON_CONFIG = """\

@@ -72,11 +72,13 @@ async def test_worker_in_cluster_mode(short_lease_registry, admin, examples):
             assert not worker_status(workers, "1").ready
             assert "refusing digits version 1" in worker.logs() or "sha256 mismatch" in worker.logs()
 
+            key = (("authorization", f"Bearer {admin.key}"),)  # cluster workers serve routers and admins
             async with grpc.aio.insecure_channel(worker.address) as channel:
                 stub = pb_grpc.GRPCInferenceServiceStub(channel)
-                assert (await stub.ModelReady(pb.ModelReadyRequest(name="digits", version="2"))).ready
+                assert (await stub.ModelReady(pb.ModelReadyRequest(name="digits", version="2"), metadata=key)).ready
                 try:
-                    refused = (await stub.ModelReady(pb.ModelReadyRequest(name="digits", version="1"))).ready
+                    refused = (await stub.ModelReady(pb.ModelReadyRequest(name="digits", version="1"),
+                                                     metadata=key)).ready
                 except grpc.aio.AioRpcError:
                     refused = False
                 assert not refused  # never loaded

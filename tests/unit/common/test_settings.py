@@ -109,7 +109,7 @@ def test_help_lists_unit_default_and_variables():
 @pytest.mark.parametrize(
     ("cls", "service", "derived"),
     [
-        (RouterSettings, "router", {"max_message_bytes"}),  # the server's --max-message-bytes
+        (RouterSettings, "router", {"max_message_bytes", "client_tls"}),  # from the server and TLS flags
         (WorkerSettings, "worker", set()),
         (RegistrySettings, "registry", set()),
     ],

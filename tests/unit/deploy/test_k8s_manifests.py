@@ -213,6 +213,19 @@ def test_network_policies_let_only_routers_reach_workers_and_only_shunter_reach_
             assert obj["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "shunter"
 
 
+def test_only_the_registry_holds_the_admin_key_and_each_service_its_own():
+    mounted: dict[str, set[str]] = {}
+    for _, obj in ALL:
+        if obj["kind"] == "Deployment":
+            spec = obj["spec"]["template"]["spec"]
+            names = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+            names |= {e["valueFrom"]["secretKeyRef"]["name"] for c in spec["containers"] for e in c.get("env", [])
+                      if "secretKeyRef" in e.get("valueFrom", {})}
+            mounted.setdefault(obj["metadata"]["name"], set()).update(n for n in names if n.endswith("-key"))
+    assert mounted == {"registry": {"shunter-admin-key"}, "router": {"shunter-router-key"},
+                       "worker": {"shunter-worker-key"}}
+
+
 def test_keys_and_certificates_come_from_secrets_and_none_is_committed():
     assert not [o for _, o in ALL if o["kind"] == "Secret"], "secrets are created by the operator, never committed"
     text = "\n".join(p.read_text() for p in d.K8S.rglob("*.yaml"))
@@ -231,7 +244,8 @@ def test_keys_and_certificates_come_from_secrets_and_none_is_committed():
                 assert not any("redis://" in a or "shk_" in a for a in container.get("args", []))
         if obj["kind"] == "Ingress":
             refs |= {t["secretName"] for t in obj["spec"]["tls"]}
-    assert refs == {"shunter-admin-key", "shunter-redis", "shunter-router-tls"}
+    assert refs == {"shunter-admin-key", "shunter-worker-key", "shunter-router-key", "shunter-redis",
+                    "shunter-router-tls"}
     # The top-level kustomization says how to create each one it needs.
     howto = (d.K8S / "kustomization.yaml").read_text() + (d.K8S / "ingress" / "ingress.yaml").read_text()
     for name in refs:

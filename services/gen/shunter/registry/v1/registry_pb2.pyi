@@ -260,7 +260,7 @@ class RateLimit(_message.Message):
     def __init__(self, per_second: _Optional[float] = ..., burst: _Optional[int] = ..., per_model: _Optional[bool] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("key_id", "tenant", "models", "rate", "admin", "revoked", "created_at_ms", "secret_sha256")
+    __slots__ = ("key_id", "tenant", "models", "rate", "admin", "revoked", "created_at_ms", "secret_sha256", "role")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +269,7 @@ class ApiKey(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SECRET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     tenant: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -277,19 +278,22 @@ class ApiKey(_message.Message):
     revoked: bool
     created_at_ms: int
     secret_sha256: str
-    def __init__(self, key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., admin: _Optional[bool] = ..., revoked: _Optional[bool] = ..., created_at_ms: _Optional[int] = ..., secret_sha256: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., admin: _Optional[bool] = ..., revoked: _Optional[bool] = ..., created_at_ms: _Optional[int] = ..., secret_sha256: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("tenant", "models", "rate", "admin")
+    __slots__ = ("tenant", "models", "rate", "admin", "role")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     models: _containers.RepeatedScalarFieldContainer[str]
     rate: RateLimit
     admin: bool
-    def __init__(self, tenant: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., admin: _Optional[bool] = ...) -> None: ...
+    role: str
+    def __init__(self, tenant: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., admin: _Optional[bool] = ..., role: _Optional[str] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("key", "secret")
