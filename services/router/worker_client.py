@@ -264,6 +264,8 @@ class WorkerTransport:
         raw = forward.raw
         if self._stream is not None and forward.trace is None and len(raw) <= self._stream_limit:
             return await self._stream.infer(forward, timeout_s)
+        if self._stream is not None:
+            self._stream.check_alive()
         call = self._unary(raw, timeout=timeout_s, metadata=forward.trace)
         # On the stream link's worker, the stream's liveness pings watch unary calls too.
         watched = self._stream.watch(call) if self._stream is not None else None
@@ -488,6 +490,18 @@ class StreamLink:
         self._stream: _Stream | None = None
         self._ids = itertools.count()
         self._closing: set[asyncio.Task] = set()
+        #: After a missed ping, until when (loop time) requests fail at once instead of
+        #: opening a new stream to the hung worker: those that arrive before the balancer
+        #: has ejected it would each wait out another ping.
+        self._hung_until = 0.0
+        self._hung_error: UpstreamError | None = None
+
+    def check_alive(self) -> None:
+        """Raise at once (UNAVAILABLE, hung) while the worker is freshly known hung."""
+        if self._hung_error is not None:
+            if asyncio.get_running_loop().time() < self._hung_until:
+                raise UpstreamError(grpc.StatusCode.UNAVAILABLE, self._hung_error.message, hung=True)
+            self._hung_error = None
 
     def _current(self) -> _Stream:
         stream = self._stream
@@ -498,6 +512,10 @@ class StreamLink:
     def _forget(self, stream: _Stream) -> None:
         if self._stream is stream:
             self._stream = None
+        broken = stream.broken
+        if broken is not None and broken.hung and self._liveness is not None:
+            self._hung_error = broken
+            self._hung_until = asyncio.get_running_loop().time() + self._liveness.timeout_s
 
     def watch(self, call: grpc.aio.UnaryUnaryCall) -> _Stream:
         """Put a unary call to this worker under the stream's liveness pings; release with ``unwatch``."""
@@ -521,6 +539,7 @@ class StreamLink:
         Raises UpstreamError with the worker's status, DEADLINE_EXCEEDED when
         ``timeout_s`` passes first, or UNAVAILABLE when the stream breaks.
         """
+        self.check_alive()
         stream = self._current()
         link_id = str(next(self._ids))
         budget_us = int(timeout_s * 1_000_000)

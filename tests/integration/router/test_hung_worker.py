@@ -12,6 +12,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router.balancer import Balancer
@@ -24,6 +25,10 @@ LIVENESS = Liveness(interval_s=0.3, timeout_s=0.6)
 #: Each call of the "held" model takes longer than a ping interval plus its timeout.
 HELD_S = 1.5
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def liveness_failures() -> float:
+    return REGISTRY.get_sample_value("shunter_router_liveness_failures_total") or 0.0
 
 
 def raw_request(name: str, value: float = 1.0) -> bytes:
@@ -80,6 +85,14 @@ async def test_a_stopped_workers_pending_requests_fail_unavailable_and_are_retri
             await balancer.replica(stopped.address).transport.infer(Forward(raw_request("quick", 2.0), 0), 30.0)
         assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.hung, info.value.message
         assert time.monotonic() - started < 30.0  # not the deadline
+        # Right after, a request to the same worker fails at once instead of opening a new
+        # stream and waiting out another ping (the balancer ejects the worker meanwhile).
+        pings_missed = liveness_failures()
+        with pytest.raises(UpstreamError) as info:
+            await balancer.replica(stopped.address).transport.infer(Forward(raw_request("quick"), 0), 30.0)
+        assert info.value.hung
+        assert liveness_failures() == pings_missed  # refused without a new stream and ping
+        await asyncio.sleep(LIVENESS.timeout_s)
         # A request with trace context goes unary, and the stream's pings watch it too.
         traced = Forward(raw_request("quick", 2.5), 0, trace=(("traceparent", TRACEPARENT),))
         with pytest.raises(UpstreamError) as info:
