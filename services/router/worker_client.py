@@ -8,9 +8,10 @@ worker's response bytes, or an ``UpstreamError`` carrying the worker's own statu
    another worker on UNAVAILABLE, and hedges idempotent models (``--hedge-model``).
 2. ``WorkerTransport`` holds one channel per worker and chooses the link: ``stream`` (the
    default) multiplexes requests over one ModelStreamInfer call (``StreamLink``);
-   ``unary`` makes one ModelInfer call each. A request carrying trace context goes unary
-   either way, since per-request metadata exists only on a call of its own, and so does
-   one within a few bytes of the message limit.
+   ``unary`` makes one ModelInfer call each. The router carries trace context in the
+   request's parameters (services/common/tracing.py), so a traced request keeps the
+   stream; one with ``Forward.trace`` metadata goes unary, since per-request metadata
+   exists only on a call of its own, and so does one within a few bytes of the message limit.
 3. ``StreamLink``: a unary call per request costs the router about 0.15 ms of CPU (a new
    HTTP/2 stream, metadata both ways, six batch operations) and the worker as much again;
    on a stream each request is one message each way. It is still the Open Inference
@@ -37,8 +38,8 @@ worker's response bytes, or an ``UpstreamError`` carrying the worker's own statu
    liveness as well) — and when no message at all arrives within ``timeout_s`` of it, the
    stream breaks with every pending request failing UNAVAILABLE marked ``hung``:
    forward_infer retries each on another worker and ejects this one at once. Unary calls to
-   the same worker (trace context, near the message limit) are watched by the same pings
-   and cut the same way.
+   the same worker (one near the message limit, or given call metadata) are watched by the
+   same pings and cut the same way.
 
 Request bytes are the caller's own plus appended fields (the version the split chose, the
 link's id and timeout): with ``None`` serialisers gRPC passes bytes straight through.
@@ -82,7 +83,8 @@ class Forward:
     raw: bytes
     #: When the caller stops waiting, on the ``time.monotonic`` clock.
     deadline: float
-    #: W3C trace context to pass on as call metadata (None: none; the request goes unary).
+    #: Call metadata to pass on (None: none). Set, the request goes unary; the router itself
+    #: sends trace context in the request's parameters instead (tracing.outgoing).
     trace: Metadata | None = None
     #: The caller's own request id (the stream link puts it back on the response).
     caller_id: str = ""
@@ -324,8 +326,8 @@ class _Stream:
     def __init__(self, call: grpc.aio.StreamStreamCall, on_closed, liveness: Liveness | None = None) -> None:
         self.call = call
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
-        #: Unary calls to the same worker watched by this stream's liveness pings (requests
-        #: with trace context, or near the message limit), and those a missed ping cut.
+        #: Unary calls to the same worker watched by this stream's liveness pings (near the
+        #: message limit, or with call metadata), and those a missed ping cut.
         self.held: set[grpc.aio.UnaryUnaryCall] = set()
         self.cut: set[grpc.aio.UnaryUnaryCall] = set()
         self.outbox: deque[bytes] = deque()

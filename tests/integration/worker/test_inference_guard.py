@@ -120,6 +120,9 @@ async def test_a_client_key_cannot_call_a_worker_directly(scoped):
     with pytest.raises(grpc.aio.AioRpcError) as worker_key:
         await infer(scoped.worker.address, scoped.keys["worker"])
     assert worker_key.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The worker says so too (rate-limited), so a misconfigured router shows in its log.
+    wait_for(lambda: "refused a call to the inference service: PERMISSION_DENIED" in scoped.worker.logs(), 10,
+             "the refusal in the worker's log")
 
 
 @pytest.mark.parametrize("key", [None, "shk_0123456789ab_notarealsecretnotarealsecret"])
@@ -183,15 +186,17 @@ def test_a_standalone_worker_is_open_and_says_so(scoped):
 
 @pytest.mark.parametrize("link", ["stream", "unary"])
 async def test_the_router_transport_presents_its_key_on_both_links(scoped, link):
+    import time
+
     from services.router.worker_client import Forward, UpstreamError, WorkerTransport
 
-    raw = calc_request().SerializeToString()
+    raw = Forward(calc_request().SerializeToString(), deadline=time.monotonic() + 120)
     keyed = WorkerTransport(scoped.worker.address, 1 << 20, link, key=scoped.keys["router"])
     bare = WorkerTransport(scoped.worker.address, 1 << 20, link)
     try:
-        assert out(pb.ModelInferResponse.FromString(await keyed.infer(Forward(raw, 0.0), 20.0))) == [0.0, 2.0, 4.0, 6.0]
+        assert out(pb.ModelInferResponse.FromString(await keyed.infer(raw, 20.0))) == [0.0, 2.0, 4.0, 6.0]
         with pytest.raises(UpstreamError) as refused:
-            await bare.infer(Forward(raw, 0.0), 20.0)
+            await bare.infer(raw, 20.0)
         # The stream link reports any broken stream as UNAVAILABLE (retryable); unary keeps the code.
         assert refused.value.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE)
         assert "authorization" in refused.value.message or "UNAUTHENTICATED" in refused.value.message

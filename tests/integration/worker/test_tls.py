@@ -221,22 +221,24 @@ async def test_a_service_channel_picks_up_new_client_files_for_new_calls(pki, re
 
 @pytest.mark.parametrize("link", ["stream", "unary"])
 async def test_the_router_transport_speaks_mutual_tls_on_both_links(pki, repository, link):
+    import time
+
     from services.common.tls import ClientTls
     from services.router.worker_client import Forward, UpstreamError, WorkerTransport
 
     root, ca, _ = pki
     worker = tls_worker(repository, ca.issue(root / f"link-{link}", "worker"), "--tls-client-ca", str(ca.cert_file))
     router = ca.issue(root / f"router-{link}", "router")
-    raw = calc_request().SerializeToString()
+    raw = Forward(calc_request().SerializeToString(), deadline=time.monotonic() + 120)
     mutual = WorkerTransport(worker.address, 1 << 20, link,
                              tls=ClientTls(ca_file=ca.cert_file, cert_file=router.cert_file, key_file=router.key_file))
     anonymous = WorkerTransport(worker.address, 1 << 20, link, tls=ClientTls(ca_file=ca.cert_file))
     try:
         for _ in range(5):
-            response = pb.ModelInferResponse.FromString(await mutual.infer(Forward(raw, 0.0), 10.0))
+            response = pb.ModelInferResponse.FromString(await mutual.infer(raw, 10.0))
             assert np.frombuffer(response.raw_output_contents[0], np.float32).tolist() == [0, 2, 4, 6]
         with pytest.raises(UpstreamError) as refused:
-            await anonymous.infer(Forward(raw, 0.0), 10.0)
+            await anonymous.infer(raw, 10.0)
         assert refused.value.code == grpc.StatusCode.UNAVAILABLE
     finally:
         await mutual.close()
