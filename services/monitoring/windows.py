@@ -1,6 +1,6 @@
 """Cluster-wide drift: profiles and window counts in Redis, and the scores made from them.
 
-Keys, under the registry's ``--key-prefix`` (default ``shunter:``) plus ``monitor:``:
+Keys, under the registry's ``--key-prefix`` (default ``shunter:``) plus ``registry:monitor:``:
 
 - ``profile:{model}:{version}``: the ReferenceProfile (serialised proto);
 - ``counts:{model}:{version}:{profile_id}:{window_s}:{window}``: hash of flat bin index
@@ -9,7 +9,7 @@ Keys, under the registry's ``--key-prefix`` (default ``shunter:``) plus ``monito
 - ``windows:{model}:{version}:{profile_id}``: sorted set of ``{window_s}:{window}`` by the
   window's end (unix ms), to find the latest complete window.
 
-On a Redis Cluster the ``monitor:`` part is one hash tag (``{shunter:monitor}:profile:...``).
+On a Redis Cluster they carry the registry's hash tag (``{shunter:registry}:monitor:profile:...``).
 
 Counts expire after COUNTS_TTL_S. Counts are tied to a profile id, so replacing a
 baseline starts from empty windows instead of mixing two sets of bins.
@@ -51,14 +51,16 @@ def report_grace_s(window_s: float) -> float:
 
 
 class Keys:
-    """``cluster``: on a Redis Cluster every name carries one hash tag (``{shunter:monitor}:``),
-    so one slot-pinned client (services/common/redis_connect.py) reaches them all, as the
-    registry's own keys do."""
+    """The monitor's keys live under the registry's own (``shunter:registry:monitor:...``),
+    so the Redis user the registry runs as (``~shunter:registry:*``, services/cli/up_redis.py
+    and deploy/) covers them; on a Redis Cluster they carry the registry's hash tag
+    (``{shunter:registry}:monitor:...``) and share its slot."""
 
     def __init__(self, prefix: str = DEFAULT_PREFIX, *, cluster: bool = False) -> None:
         if prefix and not prefix.endswith(":"):
             prefix += ":"
-        self.base = hash_tagged(prefix + "monitor:") if cluster else prefix + "monitor:"
+        registry = prefix + "registry:"
+        self.base = (hash_tagged(registry) if cluster else registry) + "monitor:"
 
     def profile(self, model: str, version: str) -> str:
         return f"{self.base}profile:{model}:{version}"
