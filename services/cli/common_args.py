@@ -49,6 +49,20 @@ def run_process_group(service: str, args: argparse.Namespace, server: ServerSett
     return group.run()
 
 
+def configure_tracing(service: str, server: ServerSettings) -> int | None:
+    """Turn tracing on for this process if asked to; 2 (a usage error, printed) for a bad setting.
+
+    Runs before the service's app is built: the edge takes its interceptors when it is made.
+    """
+    from services.common import tracing
+
+    try:
+        tracing.configure(service, server.otlp_endpoint)
+    except tracing.TracingConfigError as exc:
+        return usage_error(service, str(exc))
+    return None
+
+
 def usage_error(command: str, message: str) -> int:
     """Print a command-line mistake the way argparse does (stderr) and return its exit code, 2."""
     print(f"shunter {command}: {message}", file=sys.stderr)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from services.cli import tls_args
-from services.cli.common_args import add_server_args, server_settings, usage_error
+from services.cli.common_args import add_server_args, configure_tracing, server_settings, usage_error
 from services.common import settings as settings_source
 from services.registry.settings import RegistrySettings
 
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         if not settings.redis_url:
             return usage_error(SERVICE, "--redis-url (or SHUNTER_REDIS_URL) is required")
         _check_redis_url(settings.redis_url)
+        if (code := configure_tracing(SERVICE, server)) is not None:
+            return code
         app = RegistryApp(settings)
     except ValueError as exc:  # SettingsError, or an unreadable admin key file
         return usage_error(SERVICE, str(exc))

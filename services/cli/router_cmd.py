@@ -12,6 +12,7 @@ from services.cli import tls_args
 from services.cli.common_args import (
     add_process_args,
     add_server_args,
+    configure_tracing,
     run_process_group,
     server_settings,
     usage_error,
@@ -68,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
         return usage_error(SERVICE, "give --admin-key-file, --admin-key or $SHUNTER_ADMIN_KEY")
     if args.processes > 1:
         return run_process_group(SERVICE, args, server)
+    if (code := configure_tracing(SERVICE, server)) is not None:
+        return code
     return run_service(RouterApp(settings), server)

@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="model name")
-    parser.add_argument("--redis-url", required=True, metavar="URL", help="redis://[:PASSWORD@]HOST:PORT/DB")
+    parser.add_argument("--redis-url", required=True, metavar="URL",
+                        help="redis://[USER:PASSWORD@]HOST:PORT/DB, rediss://, redis+sentinel://S:P,.../MASTER, "
+                        "redis+cluster://N:P,... (on a cluster the streams share one {hash tag})")
     parser.add_argument("--input-stream", required=True, metavar="IN", help="stream to consume")
     parser.add_argument("--output-stream", required=True, metavar="OUT", help="stream results are added to")
     parser.add_argument("--group", required=True, metavar="G", help="consumer group (created at 0 when missing)")

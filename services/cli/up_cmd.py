@@ -66,12 +66,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="router processes sharing the router port (default 1)")
     parser.add_argument("--port", type=int, default=8001, help="router gRPC port; 0 picks a free one")
     parser.add_argument("--host", default="127.0.0.1", help="address every service binds (default 127.0.0.1)")
-    parser.add_argument("--redis-url", default="", help="use this Redis instead of starting redis-server")
+    parser.add_argument("--redis-url", default="",
+                        help="use this Redis (any form `shunter registry --redis-url` takes) instead of starting "
+                        "redis-server with ACL users")
     parser.add_argument("--run-dir", type=Path, help="where logs and the admin key file go (default: a temp dir)")
     parser.add_argument("--ready-timeout-s", type=float, default=600.0,
                         help="how long to wait for every worker to load its models")
     parser.add_argument("--env-file", type=Path,
                         help="write the export lines here (mode 0600) for `source` (default <run dir>/env)")
+    parser.add_argument("--otlp-endpoint", default=None, metavar="HOST:PORT",
+                        help="every service exports OpenTelemetry traces to this OTLP/gRPC collector "
+                        "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, which the services also read; none: off)")
     parser.add_argument("--tls", action="store_true",
                         help="make a local CA in <run dir>/tls and run every hop on TLS (workers on mutual TLS)")
     parser.set_defaults(func=run)
@@ -457,6 +462,13 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         return 2
     host = args.host
     problems = [p for p in [port_problem(host, args.port)] if p]
+    if args.otlp_endpoint:
+        from services.common import tracing
+
+        try:
+            tracing.endpoint_from(args.otlp_endpoint)
+        except tracing.TracingConfigError as exc:
+            problems.append(str(exc))
     plans, model_problems = check_repository(repository, models)
     problems += model_problems
     if problems:
@@ -483,6 +495,8 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
     _key_id, admin_key = api_keys.new_key()
     key_file = write_secret(cluster.run_dir / "admin.key", admin_key)
     common = ["--host", host, "--metrics-port", "0"]
+    if args.otlp_endpoint:
+        common += ["--otlp-endpoint", args.otlp_endpoint]
     tls = make_tls(cluster.run_dir / "tls", host) if args.tls else None
     serve_tls, dial_tls, worker_tls = tls_flags(tls)
     if tls is not None:
@@ -492,7 +506,7 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         ["registry", "--admin-key-file", str(key_file), "--port", "0",
          "--artifact-root", str(repository.resolve()), *common, *serve_tls],
         # The Redis URL (a password in it) goes in the environment, where `ps` does not show it.
-        timeout_s=60, keep_port=True, env={"SHUNTER_REDIS_URL": cluster.redis_urls["registry"]},
+        timeout_s=60, keep_port=True, env={"SHUNTER_REGISTRY_REDIS_URL": cluster.redis_urls["registry"]},
     )
     progress(f"registry ready at {registry.address}")
     # No child holds the admin key: each service gets a key scoped to its role, in a file.
@@ -532,7 +546,7 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
         ["router", "--registry", registry.address, "--port", str(args.port),
          "--admin-key-file", str(router_key), "--processes", str(args.router_processes), *common,
          *serve_tls, *dial_tls],
-        timeout_s=60, env={**no_admin_env, "SHUNTER_REDIS_URL": cluster.redis_urls["router"]}, keep_port=True,
+        timeout_s=60, env={**no_admin_env, "SHUNTER_ROUTER_REDIS_URL": cluster.redis_urls["router"]}, keep_port=True,
     )
     exports = [
         f"export SHUNTER_ROUTER={router.address}",

@@ -13,7 +13,8 @@ service a user that reaches only its own keys with only the commands it runs:
 
 Workers never talk to Redis (their leases go through the registry), so they get no user.
 The URLs with the passwords reach the services through their environment
-(``SHUNTER_REDIS_URL``), never their command line, and are written to ``redis-urls``
+(``SHUNTER_REGISTRY_REDIS_URL``, ``SHUNTER_ROUTER_REDIS_URL``: these win over an inherited
+``SHUNTER_REDIS_URL``), never their command line, and are written to ``redis-urls``
 (mode 0600) in the run directory for operators.
 """
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.redis_connect import with_user
+from services.registry.scripts import KeyLayout
 
 #: Commands every service user needs, whatever its keys (scripts call TIME).
 _BASE = "-@all +@connection +ping +time"
@@ -43,13 +45,18 @@ class RedisUser:
         return f"user {self.name} on #{digest} {self.rules}"
 
 
-def service_users(prefix: str = "shunter:") -> dict[str, RedisUser]:
-    """Fresh users (random passwords) for the registry, the router and operators."""
-    registry = prefix + "registry:"
+def service_users(prefix: str = "shunter:", *, cluster: bool = False) -> dict[str, RedisUser]:
+    """Fresh users (random passwords) for the registry, the router and operators.
+
+    ``cluster``: the registry's keys carry a hash tag there (``{shunter:registry}:*``).
+    """
+    registry = KeyLayout.for_prefix(prefix, cluster=cluster).prefix
+    # The cluster client learns the slot map and how to find keys in a command.
+    more = " +cluster|slots +cluster|shards +command" if cluster else ""
     rules = {
         "registry": (f"resetchannels ~{registry}* &{registry}events "
-                     f"{_BASE} +@read +@write +@scripting +@transaction +@pubsub +wait -@dangerous"),
-        "router": f"resetchannels ~{prefix}rl:* ~{prefix}cache:* {_BASE} +@read +@write +@scripting -@dangerous",
+                     f"{_BASE} +@read +@write +@scripting +@transaction +@pubsub +wait -@dangerous{more}"),
+        "router": f"resetchannels ~{prefix}rl:* ~{prefix}cache:* {_BASE} +@read +@write +@scripting -@dangerous{more}",
         "admin": "~* &* +@all",
     }
     return {name: RedisUser(name, secrets.token_urlsafe(24), rule) for name, rule in rules.items()}

@@ -12,6 +12,7 @@ from services.cli import tls_args
 from services.cli.common_args import (
     add_process_args,
     add_server_args,
+    configure_tracing,
     run_process_group,
     server_settings,
     usage_error,
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             )
         # Cluster mode: a port per process, each registered, so routers dial them all.
         return run_process_group(SERVICE, args, server, shared_port=not cluster_mode)
+    if (code := configure_tracing(SERVICE, server)) is not None:
+        return code
     cluster = ClusterSettings.from_worker_settings(settings, registry_tls) if cluster_mode else None
     only = set(settings.models) or None
     app = WorkerApp(

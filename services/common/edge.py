@@ -57,6 +57,9 @@ INTERNAL_MESSAGE = "internal error (see server log)"
 LOG_INTERVAL_S = 10.0
 
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+#: ``RpcCall.state`` key of the exemplar labels (``{"trace_id": ...}``) the tracing
+#: interceptor leaves for the latency histogram.
+EXEMPLAR = "exemplar"
 
 
 class RpcCall:
@@ -136,7 +139,8 @@ class RpcMetrics(Interceptor):
         histogram = self._histograms.get(hkey)
         if histogram is None:
             histogram = self._histograms[hkey] = common_metrics.REQUEST_LATENCY.labels(self._service, method, model)
-        histogram.observe(call.seconds)
+        # A traced call's trace id rides on its latency sample as an OpenMetrics exemplar.
+        histogram.observe(call.seconds, call.state.get(EXEMPLAR) if call.state else None)
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

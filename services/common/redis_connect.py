@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
@@ -253,6 +253,10 @@ def connect(url: str, *, slot_key: str | None = None, **options: Any) -> Any:
     target = parse_url(url)
     kwargs = _common(target, options)
     if target.mode == SINGLE:
+        # No hidden retries on one server (what from_url gives): callers notice an outage at
+        # once and apply their own policy (the router's local fallback, the stream's backoff);
+        # redis-py's default would retry connects for seconds first.
+        kwargs.setdefault("retry", None)
         if target.path:
             kwargs.pop("ssl", None)
             return aioredis.Redis(unix_socket_path=target.path, db=target.db, **kwargs)
@@ -262,12 +266,11 @@ def connect(url: str, *, slot_key: str | None = None, **options: Any) -> Any:
         sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_") or k.startswith("ssl")}
         sentinel_kwargs.update(target.sentinel_auth)
         sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
-        return sentinel.master_for(target.master, db=target.db, **kwargs)
-    cluster_kwargs = {k: v for k, v in kwargs.items() if k not in ("retry_on_timeout",)}
-    cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts], **cluster_kwargs)
+        return sentinel.master_for(target.master, db=target.db, connection_pool_class=_SentinelPool, **kwargs)
+    cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts], **kwargs)
     if slot_key is None:
         return cluster
-    pool = SlotOwnerPool(SlotLocator(cluster, slot_key), **{k: v for k, v in kwargs.items() if k != "retry_on_timeout"})
+    pool = SlotOwnerPool(SlotLocator(cluster, slot_key), **kwargs)
     return aioredis.Redis.from_pool(pool)
 
 
@@ -295,6 +298,15 @@ def hash_tagged(prefix: str) -> str:
     if start != -1 and prefix.find("}", start + 2) != -1:
         return prefix
     return "{" + prefix.rstrip(":") + "}:"
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """Closes the connections to the sentinels too when the client closes (redis-py leaves them)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        for client in self.sentinel_manager.sentinels:
+            await client.connection_pool.disconnect()
 
 
 # ---- one slot of a cluster through a plain client ---------------------------------------

@@ -57,6 +57,11 @@ class ServerSettings:
     #: Share the port with sibling processes (SO_REUSEPORT; `shunter worker --processes`).
     #: Off by default so that a port already in use is an error, not a silent split.
     reuse_port: bool = False
+    otlp_endpoint: str = setting(
+        "", "export OpenTelemetry traces over OTLP/gRPC to this collector (HOST:PORT, or https://HOST:PORT); "
+        "none: $OTEL_EXPORTER_OTLP_ENDPOINT if set, else tracing off (sampling: $OTEL_TRACES_SAMPLER[_ARG])",
+        metavar="HOST:PORT",
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)

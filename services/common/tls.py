@@ -64,12 +64,13 @@ def _stamp(paths: Sequence[Path]) -> tuple[tuple[int, int, int], ...]:
 def check_pair(cert_pem: bytes, key_pem: bytes, where: str) -> None:
     """TlsFileError unless ``key_pem`` is the private key of the first certificate in ``cert_pem``."""
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # also an encrypted key: TypeError
         raise TlsFileError(f"{where}: {exc}") from None
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     encoding = serialization.Encoding.DER
@@ -128,7 +129,7 @@ class CertificateReloader:
             self._stamp = stamp
             try:
                 configuration = self._configuration()
-            except TlsFileError as exc:
+            except Exception as exc:  # gRPC calls this from its handshake: it must never raise
                 logger.warning("TLS files changed but cannot be used (%s); keeping the previous certificate", exc)
                 return None
             self.reloads += 1
@@ -230,7 +231,7 @@ class ServiceChannel:
         self._stamp = stamp
         try:
             inner = self._open()
-        except TlsFileError as exc:
+        except Exception as exc:  # a call is starting: keep it on the previous files rather than fail it
             logger.warning("TLS files for %s changed but cannot be used (%s); keeping the previous ones",
                            self._address, exc)
             return

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from redis.exceptions import RedisError
 
-from services.common import api_keys, edge
+from services.common import api_keys, edge, tracing
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -79,7 +79,8 @@ class RegistryService:
         self.bootstrap = bootstrap
         self.draining = False
         self._drained = asyncio.Event()
-        self.edge = edge.Edge("registry")
+        # Heartbeats and the long-lived watch streams would be most of the traces and tell nothing.
+        self.edge = edge.Edge("registry", tracing.interceptors("registry", ("Heartbeat", "WatchRoutingTable")))
 
     def handler(self) -> grpc.GenericRpcHandler:
         service = rpb.DESCRIPTOR.services_by_name["Registry"]

@@ -16,7 +16,9 @@ class RegistrySettings:
     """Each field is also a `shunter registry` flag and a ``SHUNTER_REGISTRY_<NAME>`` variable."""
 
     redis_url: str = setting(
-        "", "Redis URL, e.g. redis://127.0.0.1:6379/0 (required)", metavar="URL", env_aliases=("SHUNTER_REDIS_URL",)
+        "", "Redis URL (required): redis://[USER:PASSWORD@]HOST:PORT/DB, rediss://...?ca=F, "
+        "redis+sentinel://S:P,.../MASTER, redis+cluster://N:P,...", metavar="URL",
+        env_aliases=("SHUNTER_REDIS_URL",)
     )
     key_prefix: str = setting("shunter:", "prefix of every Redis key, so several clusters can share one Redis")
     admin_key_file: Path | None = setting(

@@ -18,7 +18,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from services.common import edge, inference_parameters
+from services.common import edge, inference_parameters, tracing
 from services.common.admission import Admission
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.tensors import decode_request
@@ -28,6 +28,7 @@ from services.router.auth import authenticate, authorize
 from services.router.balancer import Balancer
 from services.router.cache import ResponseCache, canonical_digest, strip_id
 from services.router.limiter import RateLimiter
+from services.router.payload_log import PayloadLog, parse_target
 from services.router.redis_link import RedisLink
 from services.router.settings import RouterSettings
 from services.router.shadow import ShadowMirror
@@ -36,8 +37,6 @@ from services.router.worker_client import Forward, Liveness, WorkerTransport, fo
 
 logger = logging.getLogger(__name__)
 
-#: Invocation metadata forwarded to workers: W3C trace context.
-TRACE_HEADERS = ("traceparent", "tracestate")
 #: Trailing metadata on RESOURCE_EXHAUSTED from a rate limit.
 RETRY_AFTER_TRAILER = "retry-after-ms"
 #: Time allowed for each worker's answer when summing statistics.
@@ -89,6 +88,12 @@ class Router:
         self.limiter = RateLimiter(self.redis, settings.key_prefix)
         self.cache = ResponseCache(self.redis, settings.key_prefix, settings.near_cache_bytes)
         self.shadow = ShadowMirror(pb.ModelInferResponse, settings.shadow_max_in_flight)
+        self.payload_log = None
+        if settings.payload_log:
+            self.payload_log = PayloadLog(
+                parse_target(settings.payload_log), settings.payload_sample,
+                maxlen=settings.payload_log_maxlen, queue_size=settings.payload_log_queue,
+            )
         self._closing: set[asyncio.Task] = set()
         #: Labelled split counters by (model, version): labels() costs more than inc().
         self._split_counters: dict[tuple[str, str], Any] = {}
@@ -127,9 +132,12 @@ class Router:
             raise InvalidArgument("the request is not a valid ModelInferRequest") from None
         name = request.model_name
         authorize(key, name)
+        trace = tracing.current()
+        trace.event("auth")
         if key.per_second > 0:
             bucket = f"{key.key_id}:{name}" if key.per_model else key.key_id
-            wait_s = await self.limiter.acquire(bucket, key.per_second, key.burst)
+            with trace.child("rate_limit"):
+                wait_s = await self.limiter.acquire(bucket, key.per_second, key.burst)
             if wait_s > 0:
                 metrics.RATE_LIMITED.labels(name if name in snapshot.models else "").inc()
                 raise RateLimited(
@@ -150,9 +158,12 @@ class Router:
         else:
             entry = self.choose_version(model, headers)
             forward_raw = wire.with_model_version(raw, entry.version)
+            trace.event("split", {"shunter.variant": entry.version})
         edge.label(name, entry.version)
+        trace.set("shunter.variant", entry.version)
         self.admission.admit(name, entry.version, deadline - time.monotonic())
         decoded = decode_request(request, entry.signature, materialize=False)
+        trace.event("validated")
         if not entry.workers:
             raise Unavailable(f"no ready worker for model '{name}' version '{entry.version}'")
 
@@ -161,19 +172,22 @@ class Router:
         ttl = policy.cache_ttl_s or self.settings.default_cache_ttl_s
         if policy.cache_enabled:
             cache_key = self.cache.key(name, entry.version, canonical_digest(request, decoded))
-            cached = await self.cache.get(name, cache_key, request.id, ttl)
+            with trace.child("cache"):
+                cached = await self.cache.get(name, cache_key, request.id, ttl)
+            trace.set("shunter.cache_hit", cached is not None)
             if cached is not None:
                 return InferResult(cached, name, entry.version)
 
-        forward = Forward(
-            raw=forward_raw,
-            deadline=deadline,
-            trace=tuple((h, headers[h]) for h in TRACE_HEADERS if h in headers) or None,
-            caller_id=request.id,
-            caller_timeout_us=inference_parameters.timeout_us(request),
-        )
         hedge = self.settings.hedge_after_s if name in self.settings.hedge_models else None
-        response = await forward_infer(self.balancer, entry.workers, forward, hedge)
+        # Trace context rides in the request's parameters, so a traced request keeps the stream link.
+        with trace.child("forward", client=True):
+            forward = Forward(
+                raw=forward_raw + trace.outgoing(headers),
+                deadline=deadline,
+                caller_id=request.id,
+                caller_timeout_us=inference_parameters.timeout_us(request),
+            )
+            response = await forward_infer(self.balancer, entry.workers, forward, hedge)
 
         if cache_key is not None:
             await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
@@ -254,6 +268,8 @@ class Router:
 
     async def close(self) -> None:
         await self.shadow.close()
+        if self.payload_log is not None:
+            await self.payload_log.close()
         transports = [r.transport for r in self.balancer.retain(()) if r.transport is not None]
         await asyncio.gather(*(t.close() for t in transports), return_exceptions=True)
         if self._closing:

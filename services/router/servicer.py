@@ -9,16 +9,18 @@ comes from ``Router`` and ``describe``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import grpc
 
-from services.common import edge, inference_parameters
+from services.common import edge, inference_parameters, tracing
 from services.common.errors import Unavailable
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router import describe, wire
 from services.router.auth import authenticate, authorize
-from services.router.core import RETRY_AFTER_TRAILER, Router
+from services.router.core import RETRY_AFTER_TRAILER, InferResult, Router
+from services.router.payload_log import PayloadLog
 from services.router.table import KeyEntry, VersionEntry
 
 __all__ = ["RETRY_AFTER_TRAILER", "SERVICE_NAME", "VERSION_TRAILER", "RouterServicer"]
@@ -34,6 +36,13 @@ def _headers(context: grpc.aio.ServicerContext) -> Mapping[str, str]:
     return dict(context.invocation_metadata() or ())
 
 
+def _log_payload(log: PayloadLog, raw: bytes, result: InferResult) -> None:
+    """Offer an answered request to the payload log, timed from when the edge took the call."""
+    call = edge.CURRENT.get()
+    latency_s = time.perf_counter() - call.started if call is not None else 0.0
+    log.offer(result.model, result.version, raw, result.response, latency_s, tracing.current().trace_id())
+
+
 class RouterServicer:
     def _versions_of(self, model: str) -> dict[str, object] | None:
         entry = self.router.snapshot.models.get(model)
@@ -42,7 +51,7 @@ class RouterServicer:
     def __init__(self, router: Router) -> None:
         self.router = router
         self.draining = False
-        self.edge = edge.Edge("router")
+        self.edge = edge.Edge("router", tracing.interceptors("router"))
         self.edge.add(router.admission)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -73,6 +82,8 @@ class RouterServicer:
             raise Unavailable("router is shutting down")
         result = await self.router.infer(raw, _headers(context), self.router.deadline(context.time_remaining()))
         context.set_trailing_metadata(((VERSION_TRAILER, result.version),))
+        if self.router.payload_log is not None:
+            _log_payload(self.router.payload_log, raw, result)
         return result.response
 
     async def stream_message(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -80,6 +91,8 @@ class RouterServicer:
         if self.draining:
             raise Unavailable("router is shutting down")
         result = await self.router.infer(raw, _headers(context), self.router.deadline(context.time_remaining()))
+        if self.router.payload_log is not None:
+            _log_payload(self.router.payload_log, raw, result)
         return wire.stream_response(result.response)
 
     # -- server and model information -----------------------------------------------

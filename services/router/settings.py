@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.admission import AdmissionSettings
-from services.common.settings import check_bounds, setting
+from services.common.settings import SettingsError, check_bounds, setting
 from services.common.tls import ClientTls
 
 #: The ways a router can carry requests to a worker (``--worker-link``): multiplexed over
@@ -115,9 +115,30 @@ class RouterSettings:
         0.05, "how long a hedged request waits before its second attempt", unit="s",
         minimum=0, exclusive_minimum=True,
     )
+    # -- payload logging (README "Observability: traces") ---------------------------------
+    payload_log: str = setting(
+        "", "append a sample of requests and responses to this Redis stream (none: off)",
+        metavar="redis-stream://HOST:PORT/DB/STREAM",
+    )
+    payload_sample: float = setting(
+        0.01, "fraction of answered requests the payload log keeps", minimum=0, exclusive_minimum=True, maximum=1
+    )
+    payload_log_maxlen: int = setting(
+        100_000, "entries the payload stream is trimmed to, approximately (XADD MAXLEN ~)", minimum=1
+    )
+    payload_log_queue: int = setting(
+        1024, "payload records waiting for Redis; past it new ones are dropped (and counted)", minimum=1
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        if self.payload_log:
+            from services.router.payload_log import PayloadLogConfigError, parse_target
+
+            try:
+                parse_target(self.payload_log)
+            except PayloadLogConfigError as exc:
+                raise SettingsError(f"--payload-log: {exc}") from None
 
     @property
     def admission(self) -> AdmissionSettings:

@@ -8,9 +8,10 @@ worker's response bytes, or an ``UpstreamError`` carrying the worker's own statu
    another worker on UNAVAILABLE, and hedges idempotent models (``--hedge-model``).
 2. ``WorkerTransport`` holds one channel per worker and chooses the link: ``stream`` (the
    default) multiplexes requests over one ModelStreamInfer call (``StreamLink``);
-   ``unary`` makes one ModelInfer call each. A request carrying trace context goes unary
-   either way, since per-request metadata exists only on a call of its own, and so does
-   one within a few bytes of the message limit.
+   ``unary`` makes one ModelInfer call each. The router carries trace context in the
+   request's parameters (services/common/tracing.py), so a traced request keeps the
+   stream; one with ``Forward.trace`` metadata goes unary, since per-request metadata
+   exists only on a call of its own, and so does one within a few bytes of the message limit.
 3. ``StreamLink``: a unary call per request costs the router about 0.15 ms of CPU (a new
    HTTP/2 stream, metadata both ways, six batch operations) and the worker as much again;
    on a stream each request is one message each way. It is still the Open Inference
@@ -80,7 +81,8 @@ class Forward:
     raw: bytes
     #: When the caller stops waiting, on the ``time.monotonic`` clock.
     deadline: float
-    #: W3C trace context to pass on as call metadata (None: none; the request goes unary).
+    #: Call metadata to pass on (None: none). Set, the request goes unary; the router itself
+    #: sends trace context in the request's parameters instead (tracing.outgoing).
     trace: Metadata | None = None
     #: The caller's own request id (the stream link puts it back on the response).
     caller_id: str = ""

@@ -18,6 +18,7 @@ serves anyone who reaches the port, and says so with a WARNING at start.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 import grpc
@@ -35,6 +36,9 @@ REFUSED = Counter(
 )
 
 _INFERENCE_PREFIX = "/inference.GRPCInferenceService/"
+#: Least seconds between two log lines about refused calls (per status code): a caller
+#: retrying with a bad key must not flood the log, but a misconfigured router must show.
+LOG_INTERVAL_S = 10.0
 
 
 def _deny(code: grpc.StatusCode, message: str):
@@ -63,6 +67,8 @@ class InferenceGuard:
         self.open_mode = open_mode
         #: sha256 hex of each active key → (key id, role); None until the first table.
         self._keys: dict[str, tuple[str, str]] | None = None
+        self._logged: dict[grpc.StatusCode, float] = {}
+        self._left_out: dict[grpc.StatusCode, int] = {}
 
     def update(self, keys: Iterable[rpb.ApiKey]) -> None:
         """Take the key table of a routing table the worker accepted."""
@@ -97,6 +103,18 @@ class InferenceGuard:
                     "(workers serve routers and admins; send client requests to a router)")
         return None
 
+    def log_refusal(self, code: grpc.StatusCode, message: str) -> None:
+        """A warning per status code at most every LOG_INTERVAL_S, saying how many were left out."""
+        now = time.monotonic()
+        last = self._logged.get(code)
+        if last is not None and now - last < LOG_INTERVAL_S:
+            self._left_out[code] = self._left_out.get(code, 0) + 1
+            return
+        self._logged[code] = now
+        more = self._left_out.pop(code, 0)
+        logger.warning("refused a call to the inference service: %s %s%s", code.name, message,
+                       f" ({more} more since the last such line)" if more else "")
+
     def wrap(self, handler: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
         """``handler`` with every inference-service call checked first."""
         return _Guarded(self, handler)
@@ -125,4 +143,5 @@ class _Guarded(grpc.GenericRpcHandler):
         refused = self._guard.refusal(method, handler_call_details.invocation_metadata)
         if refused is None:
             return handler
+        self._guard.log_refusal(*refused)
         return _refusal(handler, *refused)

@@ -11,7 +11,7 @@ import logging
 
 import grpc
 
-from services.common import edge, inference_parameters, model_description
+from services.common import edge, inference_parameters, model_description, tracing
 from services.common.admission import Admission
 from services.common.errors import ShunterError, Unavailable
 from services.common.tensors import decode_request, fill_outputs
@@ -30,7 +30,7 @@ class WorkerServicer:
     def __init__(self, models: ModelManager, admission: Admission | None = None) -> None:
         self._models = models
         self.draining = False
-        self.edge = edge.Edge("worker")
+        self.edge = edge.Edge("worker", tracing.interceptors("worker"))
         self.admission = admission or Admission("worker")
         self.edge.add(self.admission)
 
@@ -115,6 +115,7 @@ class WorkerServicer:
         self, request: pb.ModelInferRequest, timeout_s: float | None, response: pb.ModelInferResponse
     ) -> None:
         """Serve ``request`` into ``response`` (an empty message, or a stream response's part)."""
+        tracing.current().adopt(request.parameters)  # a router sends the trace context there
         if self.draining:
             raise Unavailable("worker is shutting down")
         loaded = self._lookup(request.model_name, request.model_version)

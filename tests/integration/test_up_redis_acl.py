@@ -99,10 +99,11 @@ async def test_router_limits_and_caches_through_its_own_user(up):
     env = _env_file(run / "env")
     admin_redis = redis.Redis.from_url(env["SHUNTER_REDIS_URL"])
     async with RegistryClient(env["SHUNTER_REGISTRY"], env["SHUNTER_ADMIN_KEY"]) as registry:
-        limited = (await registry.create_api_key("acl", rate=rpb.RateLimit(per_second=0.1, burst=2))).secret
         policy = await registry.get_traffic_policy("calc")
         policy.cache_enabled, policy.cache_ttl_s = True, 60
         await registry.set_traffic_policy(policy)
+        # Made after the policy: a router that knows the key knows the policy too.
+        limited = (await registry.create_api_key("acl", rate=rpb.RateLimit(per_second=0.1, burst=2))).secret
     async with Client(env["SHUNTER_ROUTER"]) as client:
         deadline = time.monotonic() + 30
         while True:  # until the router's key table holds the new key
@@ -118,4 +119,24 @@ async def test_router_limits_and_caches_through_its_own_user(up):
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # The bucket and the cached responses are in Redis: the router's user wrote them.
     assert list(admin_redis.scan_iter("shunter:rl:*"))
-    assert list(admin_redis.scan_iter("shunter:cache:*"))
+    deadline = time.monotonic() + 10  # the cache is filled after the response is sent
+    while not list(admin_redis.scan_iter("shunter:cache:*")):
+        assert time.monotonic() < deadline, "no cache entry in Redis"
+        await asyncio.sleep(0.1)
+
+
+def test_a_bad_redis_url_is_refused_before_anything_starts(tmp_path):
+    from tests.integration.test_up_start import run_up
+
+    repository = write_repository(tmp_path / "models")
+    done = run_up(repository, tmp_path / "run", "--port", "0", "--redis-url", "redis+sentinel://127.0.0.1:26379")
+    assert done.returncode == 2, done.stderr
+    assert "names no master" in done.stderr and "nothing was started" in done.stderr
+    assert not list((tmp_path / "run").glob("*.log"))
+    router = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "router", "--registry", "127.0.0.1:1", "--admin-key", "k" * 20,
+         "--redis-url", "redis://:hunter2@h:1/0?tls=yes"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert router.returncode == 2 and "unknown parameter 'tls'" in router.stderr
+    assert "hunter2" not in router.stderr

@@ -26,12 +26,13 @@ def _redis_cli() -> str:
     return found
 
 
-def cli(port: int, *args: str, password: str | None = None, timeout: float = 10.0) -> str:
-    """Run ``redis-cli -p PORT ARGS`` and return its stdout (raises on a non-zero exit)."""
+def cli(port: int, *args: str, auth: tuple[str, str] | None = None, timeout: float = 10.0) -> str:
+    """Run ``redis-cli -p PORT ARGS`` (as ACL user ``auth`` = (user, password)); its stdout."""
     cmd = [_redis_cli(), "-h", "127.0.0.1", "-p", str(port)]
     env = None
-    if password:
-        env = {"REDISCLI_AUTH": password, "PATH": "/usr/bin:/bin"}
+    if auth:
+        cmd += ["--user", auth[0], "--no-auth-warning"]
+        env = {"REDISCLI_AUTH": auth[1], "PATH": "/usr/bin:/bin"}
     out = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, check=True, env=env)
     return out.stdout.strip()
 
@@ -57,8 +58,8 @@ class Node:
 
     def start(self, timeout: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.data_dir / "redis.log").open("ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, cwd=self.data_dir)
+        with (self.data_dir / "redis.log").open("ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, cwd=self.data_dir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -126,6 +127,11 @@ class RedisClusterProcesses:
     root: Path
     nodes: list[Node] = field(default_factory=list)
     node_timeout_ms: int = 1000
+    #: (user, password) when the nodes run with an ACL file (``start_cluster(acl=...)``).
+    auth: tuple[str, str] | None = None
+
+    def cli(self, port: int, *args: str) -> str:
+        return cli(port, *args, auth=self.auth)
 
     @property
     def url(self) -> str:
@@ -139,7 +145,7 @@ class RedisClusterProcesses:
         else:
             return {}
         out: dict[int, str] = {}
-        for line in cli(node.port, "cluster", "nodes").splitlines():
+        for line in self.cli(node.port, "cluster", "nodes").splitlines():
             parts = line.split()
             port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
             flags = parts[2]
@@ -153,12 +159,12 @@ class RedisClusterProcesses:
 
     def node_for_slot_of(self, key: str) -> Node:
         port = None
-        slot = int(cli(self.nodes[0].port if self.nodes[0].alive else self.primaries()[0].port,
+        slot = int(self.cli(self.nodes[0].port if self.nodes[0].alive else self.primaries()[0].port,
                        "cluster", "keyslot", key))
         for node in self.nodes:
             if not node.alive:
                 continue
-            for line in cli(node.port, "cluster", "nodes").splitlines():
+            for line in self.cli(node.port, "cluster", "nodes").splitlines():
                 parts = line.split()
                 if "master" not in parts[2] or "fail" in parts[2]:
                     continue
@@ -170,8 +176,8 @@ class RedisClusterProcesses:
         return next(n for n in self.nodes if n.port == port)
 
     def replica_of(self, primary: Node) -> Node:
-        node_id = cli(primary.port, "cluster", "myid")
-        for line in cli(primary.port, "cluster", "nodes").splitlines():
+        node_id = self.cli(primary.port, "cluster", "myid")
+        for line in self.cli(primary.port, "cluster", "nodes").splitlines():
             parts = line.split()
             if parts[3] == node_id:
                 port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
@@ -183,7 +189,7 @@ class RedisClusterProcesses:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                states = [cli(n.port, "cluster", "info") for n in self.nodes if n.alive]
+                states = [self.cli(n.port, "cluster", "info") for n in self.nodes if n.alive]
                 if all("cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states):
                     return
             except subprocess.SubprocessError:
@@ -211,10 +217,19 @@ class RedisClusterProcesses:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_cluster(primaries: int = 3, node_timeout_ms: int = 1000) -> RedisClusterProcesses:
-    """Start ``2 × primaries`` nodes and join them with ``redis-cli --cluster create``."""
+def start_cluster(primaries: int = 3, node_timeout_ms: int = 1000, acl: str = "",
+                  auth: tuple[str, str] | None = None) -> RedisClusterProcesses:
+    """Start ``2 × primaries`` nodes and join them with ``redis-cli --cluster create``.
+
+    ``acl``: the text of an ACL file every node loads; ``auth`` = (user, password) of a user
+    in it with every right, which replicas and these helpers use.
+    """
     root = Path(tempfile.mkdtemp(prefix="shunter-redis-cluster-"))
-    cluster = RedisClusterProcesses(root=root, node_timeout_ms=node_timeout_ms)
+    cluster = RedisClusterProcesses(root=root, node_timeout_ms=node_timeout_ms, auth=auth)
+    extra: list[str] = []
+    if acl:
+        (root / "users.acl").write_text(acl)
+        extra = ["--aclfile", str(root / "users.acl"), "--masteruser", auth[0], "--masterauth", auth[1]]
     try:
         for index in range(primaries * 2):
             port = cluster_port()
@@ -223,14 +238,16 @@ def start_cluster(primaries: int = 3, node_timeout_ms: int = 1000) -> RedisClust
                 port, data, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms),
                 # A replica that lost touch takes over whatever its lag (tests kill primaries).
-                "--cluster-replica-validity-factor", "0",
+                "--cluster-replica-validity-factor", "0", *extra,
             ))
             node.start()
             cluster.nodes.append(node)
+        login = ["--user", auth[0], "--no-auth-warning"] if auth else []
         subprocess.run(
-            [_redis_cli(), "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
+            [_redis_cli(), *login, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in cluster.nodes),
              "--cluster-replicas", "1", "--cluster-yes"],
             capture_output=True, text=True, timeout=60, check=True,
+            env={"REDISCLI_AUTH": auth[1], "PATH": "/usr/bin:/bin"} if auth else None,
         )
         cluster.wait_healthy()
         # Every replica attached and synced before a test starts killing primaries.
@@ -239,7 +256,7 @@ def start_cluster(primaries: int = 3, node_timeout_ms: int = 1000) -> RedisClust
             roles = cluster.roles()
             replicas = [n for n in cluster.nodes if roles.get(n.port) == "slave"]
             if len(replicas) == primaries and all(
-                    "master_link_status:up" in cli(n.port, "info", "replication") for n in replicas):
+                    "master_link_status:up" in cluster.cli(n.port, "info", "replication") for n in replicas):
                 break
             time.sleep(0.1)
         return cluster

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.common import tracing
 from services.common.errors import DeadlineExceeded, EngineError, ShunterError, Unavailable
 from services.worker.batching.policy import BatchPolicy, Dispatch, Wait, decide
 from services.worker.batching.queue_time import QueueTime
@@ -55,6 +56,8 @@ class PendingRequest:
     #: Non-batch shapes of the inputs when the model has variable dimensions; only
     #: requests with equal keys can be concatenated. None: always compatible.
     shape_key: tuple | None = None
+    #: The request's span and enqueue time when it is traced (tracing.queued()).
+    trace: tracing.Queued | None = None
 
 
 @dataclass(slots=True)
@@ -202,7 +205,7 @@ class Batcher:
         now = self._clock()
         future = self._loop.create_future()
         deadline = now + timeout_s if timeout_s is not None else None
-        self._queue.append(PendingRequest(inputs, rows, now, deadline, future, shape_key))
+        self._queue.append(PendingRequest(inputs, rows, now, deadline, future, shape_key, tracing.queued()))
         self._queued_rows += rows
         self._in_flight_rows += rows
         self._peak.observe(self._in_flight_rows, now)
@@ -335,6 +338,9 @@ class Batcher:
                 self.queue_time.observe_batch(timing.wall_s)
                 if self._on_batch is not None:
                     self._on_batch(timing)
+                if tracing.enabled():
+                    compute_ns = timing.input_ns + timing.infer_ns + timing.output_ns
+                    tracing.record_batch([p.trace for p in batch], timing.rows, compute_ns)
         finally:
             self._running_requests -= len(batch)
             self._free.put_nowait(instance)

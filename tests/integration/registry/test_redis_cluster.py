@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from redis.exceptions import NoPermissionError
 
 from services.common import redis_connect
 from services.common.registry_client import RegistryClient
@@ -144,3 +145,41 @@ def test_a_bad_cluster_url_is_a_usage_error(admin):
     with pytest.raises(RuntimeError, match=r"exited with 2[\s\S]*only database 0"):
         start_registry("redis+cluster://127.0.0.1:7000/2", admin)
     assert redis_connect.is_cluster("redis+cluster://127.0.0.1:7000")
+
+
+async def test_each_service_works_on_a_cluster_with_its_own_acl_user(admin, tmp_path):
+    """The cluster-mode ACL rules (services/cli/up_redis.py): the registry and the router each
+    work with their own user on a cluster whose default user is off, and no further."""
+    import secrets
+
+    from services.cli import up_redis
+
+    users = up_redis.service_users(cluster=True)
+    root = secrets.token_hex(16)
+    acl = "".join(u.acl_line() + "\n" for u in users.values()) + f"user default off\nuser root on >{root} ~* &* +@all\n"
+    own = start_cluster(acl=acl, auth=("root", root))
+    try:
+        urls = up_redis.user_urls(own.url, users)
+        registry = start_registry(urls["registry"], admin)
+        try:
+            model = unique("a")
+            async with RegistryClient(registry.address, admin.key) as client:
+                watcher = Watcher(RegistryClient(registry.address, admin.key))
+                await register_model(client, tmp_path, model, versions=1)
+                await client.set_weights(model, {"1": 100})
+                await watcher.wait_for(lambda t: policy_of(t, model) is not None)
+                await watcher.close()
+                await watcher.client.close()
+        finally:
+            registry.terminate()
+        link = RedisLink(urls["router"], timeout_s=2.0)
+        try:
+            limiter = RateLimiter(link, "shunter:")
+            assert [await limiter.acquire(f"b{i}", per_second=1, burst=1) for i in range(10)] == [0.0] * 10
+            assert limiter.local._tat == {}
+            with pytest.raises(NoPermissionError):
+                await link.client.get("{shunter:registry}:revision")
+        finally:
+            await link.close()
+    finally:
+        own.stop()

@@ -120,6 +120,9 @@ async def test_a_client_key_cannot_call_a_worker_directly(scoped):
     with pytest.raises(grpc.aio.AioRpcError) as worker_key:
         await infer(scoped.worker.address, scoped.keys["worker"])
     assert worker_key.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The worker says so too (rate-limited), so a misconfigured router shows in its log.
+    wait_for(lambda: "refused a call to the inference service: PERMISSION_DENIED" in scoped.worker.logs(), 10,
+             "the refusal in the worker's log")
 
 
 @pytest.mark.parametrize("key", [None, "shk_0123456789ab_notarealsecretnotarealsecret"])

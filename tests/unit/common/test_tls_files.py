@@ -42,3 +42,15 @@ def test_the_reloader_answers_none_until_the_files_change_and_skips_a_bad_pair(c
     os.utime(key, ns=(2, 2))
     assert reloader() is not None and reloader.reloads == 1
     assert reloader() is None
+
+
+def test_an_encrypted_key_is_refused_with_a_clear_error(ca, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    issued = ca.issue(tmp_path, "locked")
+    key = serialization.load_pem_private_key(issued.key_file.read_bytes(), password=None)
+    locked = tmp_path / "locked-encrypted.key"
+    locked.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(TlsFileError, match="encrypted"):
+        ServerTls(issued.cert_file, locked).credentials()

@@ -36,7 +36,8 @@ def test_the_alerts_the_issue_names_exist():
     names = {r["alert"] for r in RULES}
     assert {
         "ShunterHighErrorRate", "ShunterLatencyP99OverSLO", "ShunterModelNoReadyWorker",
-        "ShunterRedisDown", "ShunterRegistryDisconnected",
+        "ShunterRedisDown", "ShunterRegistryDisconnected", "ShunterInputDrift", "ShunterNonFiniteOutputs",
+        "ShunterPayloadLogDropping",
     } <= names
     assert len(names) == len(RULES)
 
@@ -75,12 +76,34 @@ def test_dashboard_panels_are_laid_out_and_cover_what_operators_look_for():
     assert {"datasource", "namespace", "model"} <= variables
 
 
-def test_rows_kept_for_rollouts_outputs_and_drift_are_marked_to_be_filled():
+def test_the_row_kept_for_rollouts_is_marked_to_be_filled():
     rows = {p["title"]: p for p in d.dashboard()["panels"] if p["type"] == "row"}
-    for topic in ("Rollouts", "Model outputs", "Drift"):
-        row = next(r for title, r in rows.items() if title.startswith(topic))
-        assert "to be filled" in row["title"].lower()
-        assert row["collapsed"] and "To be filled" in row["panels"][0]["options"]["content"]
+    row = next(r for title, r in rows.items() if title.startswith("Rollouts"))
+    assert "to be filled" in row["title"].lower()
+    assert row["collapsed"] and "To be filled" in row["panels"][0]["options"]["content"]
+
+
+def _row_exprs(title: str) -> list[str]:
+    """The expressions of the panels laid out under the (expanded) row ``title``."""
+    panels = d.dashboard()["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == title)
+    assert not panels[start]["collapsed"]
+    exprs = []
+    for panel in panels[start + 1:]:
+        if panel["type"] == "row":
+            break
+        exprs += [d.grafana_to_promql(t["expr"]) for t in panel.get("targets", [])]
+    return exprs
+
+
+def test_model_output_drift_and_stage_panels_use_their_metrics():
+    outputs = set().union(*map(d.metric_names, _row_exprs("Model outputs")))
+    assert {"shunter_prediction_class_total", "shunter_prediction_confidence_bucket",
+            "shunter_output_nonfinite_total"} <= outputs
+    assert set().union(*map(d.metric_names, _row_exprs("Drift"))) == {"shunter_drift_score"}
+    stages = set().union(*map(d.metric_names, _row_exprs("Latency per stage")))
+    assert {"shunter_request_duration_seconds_sum", "shunter_worker_queue_duration_seconds_sum",
+            "shunter_worker_compute_duration_seconds_sum", "shunter_router_payload_log_records_total"} <= stages
 
 
 def test_scrape_config_loads_the_rules_and_labels_pods_as_the_adapter_expects():

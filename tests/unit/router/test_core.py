@@ -70,7 +70,10 @@ async def test_split_sets_version_and_forwards_trace_not_auth(router):
     seen = [s for w in router.fakes.values() for s in w.seen]
     (request, metadata), = seen
     assert request.model_version == result.version
-    assert metadata == {"traceparent": trace}
+    # The caller's trace context travels in the request's parameters (the stream link keeps
+    # it); no metadata, so the authorization header never reaches a worker.
+    assert request.parameters["traceparent"].string_param == trace
+    assert metadata == {}
 
 
 async def test_named_version_is_forwarded_unchanged(router):

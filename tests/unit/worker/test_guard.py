@@ -73,3 +73,13 @@ def test_open_mode_admits_anyone_and_says_so(caplog):
     with caplog.at_level("WARNING"):
         guard.log_mode("0.0.0.0:8001")
     assert "OPEN MODE" in caplog.text and "0.0.0.0:8001" in caplog.text
+
+
+def test_refusals_are_logged_at_most_once_per_interval(caplog):
+    guard = InferenceGuard(open_mode=False)
+    guard.update([])
+    with caplog.at_level("WARNING"):
+        for _ in range(50):
+            guard.log_refusal(*guard.refusal(METHOD, ()))
+    lines = [r for r in caplog.records if "refused a call" in r.getMessage()]
+    assert len(lines) == 1 and "UNAUTHENTICATED" in lines[0].getMessage()
