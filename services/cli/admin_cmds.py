@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("version", metavar="N")
     p.add_argument("state", metavar="STATE", choices=STATES, help=" | ".join(STATES))
 
-    traffic = group("traffic", "set and show a model's traffic policy")
+    traffic = group("traffic", "set, show, switch and roll back a model's traffic policy; its history")
     p = leaf(traffic, "set", traffic_set,
              "change a model's traffic policy: what is given changes, the rest is kept")
     p.add_argument("name", metavar="NAME")
@@ -99,6 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="allow weight on a version that no worker reports ready")
     p = leaf(traffic, "show", traffic_show, "show a model's traffic policy")
     p.add_argument("name", metavar="NAME")
+    from services.cli.rollout_cmd import add_traffic_commands
+
+    add_traffic_commands(traffic)  # switch, rollback, history (blue-green and the audit log)
 
     keys = group("keys", "create, list and revoke API keys")
     p = leaf(keys, "create", keys_create, "create an API key (its secret is shown once)")
