@@ -149,8 +149,10 @@ async def show(registry: Any, monitor: Any, args: argparse.Namespace) -> int:
         return 2
     versions = await monitor.drift(args.name, args.version)
     if args.json:
-        print(json.dumps([MessageToDict(v, preserving_proto_field_name=True) for v in versions], indent=2,
-                         sort_keys=True))
+        print(json.dumps([
+            MessageToDict(v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            for v in versions
+        ], indent=2, sort_keys=True))
         return 0
     if not versions:
         print(f"{args.name}: no version has a reference profile "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from typing import Any
 
 from grpc.aio import ServicerContext
 
@@ -82,7 +83,7 @@ def key_id_of(key: str) -> str | None:
     return match.group(1) if match else None
 
 
-def bearer_token(metadata: object) -> str | None:
+def bearer_token(metadata: Any) -> str | None:
     """The token of an ``authorization: Bearer <token>`` entry in gRPC metadata, if any.
 
     ``metadata`` is whatever ``context.invocation_metadata()`` returns: pairs (or

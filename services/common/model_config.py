@@ -112,7 +112,7 @@ class ModelConfig(_Strict):
                     f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
                 )
         if self.monitoring is not None:
-            check_outputs(self.monitoring, [t.name for t in self.outputs])
+            check_outputs(self.monitoring, {t.name: t.shape for t in self.outputs})
         return self
 
     @property

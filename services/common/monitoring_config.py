@@ -65,11 +65,18 @@ class MonitoringConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
 
-def check_outputs(monitoring: MonitoringConfig, output_names: list[str]) -> None:
-    """Raise ValueError naming a monitored output the model does not have."""
-    unknown = sorted(set(monitoring.outputs) - set(output_names))
+def check_outputs(monitoring: MonitoringConfig, outputs: dict[str, list[int]]) -> None:
+    """Raise ValueError naming a monitored output the model does not have, or a
+    classification output without a fixed number of classes (output name -> shape)."""
+    unknown = sorted(set(monitoring.outputs) - set(outputs))
     if unknown:
         raise ValueError(
             f"monitoring.outputs names {', '.join(repr(n) for n in unknown)}, which the model does not "
-            f"output (outputs: {', '.join(output_names)})"
+            f"output (outputs: {', '.join(outputs)})"
         )
+    for name, kind in monitoring.outputs.items():
+        if kind == "classification" and -1 in outputs[name]:
+            raise ValueError(
+                f"monitoring.outputs.{name}: classification needs a fixed number of classes, but the "
+                f"output's shape is {outputs[name]}"
+            )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from services.common.api_keys import auth_metadata
@@ -32,7 +34,7 @@ class MonitorClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: str, request):
+    async def _call(self, method: str, request: Any) -> Any:
         try:
             return await getattr(self._stub, method)(request, metadata=self._metadata, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:

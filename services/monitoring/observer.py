@@ -131,11 +131,13 @@ class VersionMonitor:
                 inputs = {k: np.asarray(v)[None, ...] for k, v in inputs.items()}
                 outputs = {k: np.asarray(v)[None, ...] for k, v in outputs.items()}
             window = int(at // window_s)
+            # Inputs come only while there is a profile: batches from either side of a
+            # profile change are never concatenated together.
             if variable:
-                key: tuple = (window, tuple(v.shape[1:] for v in inputs.values()),
+                key: tuple = (window, len(inputs), tuple(v.shape[1:] for v in inputs.values()),
                               tuple(v.shape[1:] for v in outputs.values()))
             else:
-                key = (window,)
+                key = (window, len(inputs))
             if group and key != group_key:
                 self._observe_rows(*_concat(group), group_key[0])
                 group = []

@@ -77,6 +77,10 @@ class DriftReporter:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._tick_s())
+            live = {(m.model, m.version) for m in self._monitors.all()}
+            for gone in [k for k in self._unsent if k not in live]:  # unloaded versions
+                self._unsent.pop(gone, None)
+                self._asked.pop(gone, None)
             for monitor in self._monitors.all():
                 if not monitor.drift.enabled:
                     continue

@@ -98,7 +98,9 @@ class MonitorService:
 
     # ---- RPCs ------------------------------------------------------------------------
 
-    async def SetReferenceProfile(self, request, context):
+    async def SetReferenceProfile(
+        self, request: mpb.SetReferenceProfileRequest, context: grpc.aio.ServicerContext
+    ) -> mpb.ReferenceProfile:
         sent = request.profile
         caller = await self._caller(context, "SetReferenceProfile", sent.model, sent.version)
         _, config = await self._version(sent.model, sent.version)
@@ -131,7 +133,9 @@ class MonitorService:
                     stored.profile_id)
         return stored
 
-    async def GetReferenceProfile(self, request, context):
+    async def GetReferenceProfile(
+        self, request: mpb.GetReferenceProfileRequest, context: grpc.aio.ServicerContext
+    ) -> mpb.ReferenceProfile:
         await self._caller(context, "GetReferenceProfile", request.model, request.version)
         try:
             found = await windows.load_profile(self._redis, self._keys, request.model, request.version)
@@ -141,7 +145,9 @@ class MonitorService:
             raise NotFound(f"{request.model} version {request.version} has no reference profile")
         return found
 
-    async def ReportDriftCounts(self, request, context):
+    async def ReportDriftCounts(
+        self, request: mpb.DriftCounts, context: grpc.aio.ServicerContext
+    ) -> mpb.ReportDriftCountsResponse:
         await self._caller(context, "ReportDriftCounts", request.model, request.version)
         try:
             found = await windows.load_profile(self._redis, self._keys, request.model, request.version)
@@ -163,7 +169,7 @@ class MonitorService:
             raise self._redis_error(exc) from None
         return mpb.ReportDriftCountsResponse(profile_id=found.profile_id)
 
-    async def GetDrift(self, request, context):
+    async def GetDrift(self, request: mpb.GetDriftRequest, context: grpc.aio.ServicerContext) -> mpb.GetDriftResponse:
         await self._caller(context, "GetDrift", request.model, request.version)
         catalogue = await self._catalogue()
         entry = next((m for m in catalogue.models() if m.name == request.model), None)

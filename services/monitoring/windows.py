@@ -1,6 +1,6 @@
 """Cluster-wide drift: profiles and window counts in Redis, and the scores made from them.
 
-Keys, under the registry's ``--key-prefix`` (default ``shunter:``) plus ``monitor:``:
+Keys, under the registry's ``--key-prefix`` (default ``shunter:``) plus ``registry:monitor:``:
 
 - ``profile:{model}:{version}``: the ReferenceProfile (serialised proto);
 - ``counts:{model}:{version}:{profile_id}:{window_s}:{window}``: hash of flat bin index
@@ -9,7 +9,7 @@ Keys, under the registry's ``--key-prefix`` (default ``shunter:``) plus ``monito
 - ``windows:{model}:{version}:{profile_id}``: sorted set of ``{window_s}:{window}`` by the
   window's end (unix ms), to find the latest complete window.
 
-On a Redis Cluster the ``monitor:`` part is one hash tag (``{shunter:monitor}:profile:...``).
+On a Redis Cluster they carry the registry's hash tag (``{shunter:registry}:monitor:profile:...``).
 
 Counts expire after COUNTS_TTL_S. Counts are tied to a profile id, so replacing a
 baseline starts from empty windows instead of mixing two sets of bins.
@@ -23,6 +23,7 @@ window's scores per feature, most drifted first.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,12 @@ from services.common.model_config import parse_model_config
 from services.common.monitoring_config import DriftConfig
 from services.common.redis_connect import hash_tagged
 from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
+from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.monitoring import stats
 from services.monitoring.profile import BinCounter, Profile
 
+#: A redis.asyncio client (services/common/redis_connect.connect) on the registry's Redis.
+Redis = Any
 COUNTS_TTL_S = 7 * 24 * 3600
 DEFAULT_PREFIX = "shunter:"
 
@@ -51,14 +55,16 @@ def report_grace_s(window_s: float) -> float:
 
 
 class Keys:
-    """``cluster``: on a Redis Cluster every name carries one hash tag (``{shunter:monitor}:``),
-    so one slot-pinned client (services/common/redis_connect.py) reaches them all, as the
-    registry's own keys do."""
+    """The monitor's keys live under the registry's own (``shunter:registry:monitor:...``),
+    so the Redis user the registry runs as (``~shunter:registry:*``, services/cli/up_redis.py
+    and deploy/) covers them; on a Redis Cluster they carry the registry's hash tag
+    (``{shunter:registry}:monitor:...``) and share its slot."""
 
     def __init__(self, prefix: str = DEFAULT_PREFIX, *, cluster: bool = False) -> None:
         if prefix and not prefix.endswith(":"):
             prefix += ":"
-        self.base = hash_tagged(prefix + "monitor:") if cluster else prefix + "monitor:"
+        registry = prefix + "registry:"
+        self.base = (hash_tagged(registry) if cluster else registry) + "monitor:"
 
     def profile(self, model: str, version: str) -> str:
         return f"{self.base}profile:{model}:{version}"
@@ -70,16 +76,16 @@ class Keys:
         return f"{self.base}windows:{model}:{version}:{profile_id}"
 
 
-async def store_profile(redis, keys: Keys, profile: mpb.ReferenceProfile) -> None:
+async def store_profile(redis: Redis, keys: Keys, profile: mpb.ReferenceProfile) -> None:
     await redis.set(keys.profile(profile.model, profile.version), profile.SerializeToString())
 
 
-async def load_profile(redis, keys: Keys, model: str, version: str) -> mpb.ReferenceProfile | None:
+async def load_profile(redis: Redis, keys: Keys, model: str, version: str) -> mpb.ReferenceProfile | None:
     data = await redis.get(keys.profile(model, version))
     return mpb.ReferenceProfile.FromString(data) if data else None
 
 
-async def add_counts(redis, keys: Keys, report: mpb.DriftCounts) -> None:
+async def add_counts(redis: Redis, keys: Keys, report: mpb.DriftCounts) -> None:
     """Add one worker's window counts to the cluster's: one pipelined round trip."""
     key = keys.counts(report.model, report.version, report.profile_id, report.window_s, report.window)
     index = keys.windows(report.model, report.version, report.profile_id)
@@ -102,7 +108,7 @@ def _member_window(member: bytes | str) -> tuple[float, int]:
 
 
 async def drift_score(
-    redis,
+    redis: Redis,
     model: str,
     version: str,
     *,
@@ -175,7 +181,12 @@ async def drift_score(
 
 
 async def version_drift(
-    redis, version, *, key_prefix: str = DEFAULT_PREFIX, now: float | None = None, cluster: bool = False
+    redis: Redis,
+    version: rpb.ModelVersion,
+    *,
+    key_prefix: str = DEFAULT_PREFIX,
+    now: float | None = None,
+    cluster: bool = False,
 ) -> mpb.VersionDrift:
     """``drift_score`` for a registry ModelVersion, with the drift settings of its own
     config.yaml (defaults when it has no monitoring block): what a rollout gate calls with

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -18,6 +19,9 @@ from services.worker.models import ModelManager
 from services.worker.repository import scan_repository
 from services.worker.servicer import WorkerServicer
 from services.worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from services.worker.cluster import ClusterMember
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +88,7 @@ class WorkerApp:
         self._only = only_models
         self._cluster_settings = cluster
         self._strict = strict
-        self._cluster = None
+        self._cluster: ClusterMember | None = None
         self._drift = None
         self.bound_address = ""
         # Standalone workers (no registry, so no key table) are open; cluster workers serve

@@ -132,6 +132,11 @@ class LoadedVersion:
         for queue_ns in timing.queue_ns:
             self._queue_time.observe(queue_ns / 1e9)
 
+    def admit(self, timeout_s: float | None) -> None:
+        """Refuse at once a request the version's queue cannot serve in time (batcher.admit)."""
+        if self.batcher is not None:
+            self.batcher.admit(timeout_s)
+
     async def infer(self, inputs: Arrays, rows: int, timeout_s: float | None) -> Arrays:
         if self.state is not VersionState.READY or self.batcher is None:
             raise Unavailable(f"model '{self.model}' version {self.version} is not ready ({self.state.value})")

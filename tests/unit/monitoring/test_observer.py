@@ -75,3 +75,15 @@ def test_wrapped_engine_call_returns_the_outputs_and_is_observed_on_the_monitor_
     assert wrapped(inputs) is outputs
     MonitorThread.shared().flush()
     assert monitor.rows == 6 and monitor.dropped == 0
+
+
+def test_batches_from_before_and_after_a_profile_arrives_are_counted_apart():
+    clock = Clock(0.0)
+    monitor = _monitor(clock)
+    inputs, outputs = _batch(3)
+    # The first batch came while there was no profile (no inputs handed over), the next with one.
+    monitor.observe_batches([({}, outputs, 1.0), (inputs, outputs, 2.0), ({}, outputs, 3.0)])
+    clock.now = 20.0
+    (window,) = monitor.take_complete_windows()
+    assert window.rows == 3
+    assert monitor.outputs["y"].snapshot()["classes"].sum() == 9

@@ -79,8 +79,17 @@ def test_monitoring_block_parses_with_defaults():
         ("{drift: {method: chi2}}", "monitoring.drift.method"),
         ("{colour: red}", "monitoring.colour"),
     ],
+    ids=["kind", "output", "bands", "window", "method", "unknown-key"],
 )
 def test_bad_monitoring_values_name_the_key(block, named):
     with pytest.raises(ModelConfigError) as info:
         parse_model_config(DIGITS + f"monitoring: {block}\n", "m/config.yaml")
     assert named in str(info.value) and "m/config.yaml" in str(info.value)
+
+
+def test_classification_of_a_variable_width_output_is_refused():
+    text = DIGITS.replace("shape: [10]", "shape: [-1]") + "monitoring: {outputs: {output__0: classification}}\n"
+    with pytest.raises(ModelConfigError, match="classification needs a fixed number of classes"):
+        parse_model_config(text, "config.yaml")
+    regression = DIGITS.replace("shape: [10]", "shape: [-1]") + "monitoring: {outputs: {output__0: regression}}\n"
+    assert parse_model_config(regression, "config.yaml").monitoring.outputs == {"output__0": "regression"}
