@@ -18,6 +18,7 @@ A version's series appear while it is loaded with a ``monitoring:`` block.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -29,7 +30,7 @@ from services.monitoring.outputs import CONFIDENCE_BUCKETS, QUANTILES
 _VO = ["model", "version", "output"]
 
 
-def _families() -> dict[str, Metric]:
+def _families() -> dict[str, Any]:
     return {
         "classes": CounterMetricFamily(
             "shunter_prediction_class", "Predicted classes (argmax) per monitored classification output.",

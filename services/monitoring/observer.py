@@ -123,7 +123,7 @@ class VersionMonitor:
         overhead, not the arithmetic, is what small batches cost.
         """
         group: list[tuple[Arrays, Arrays]] = []
-        group_key: tuple | None = None
+        group_key: tuple = ()
         window_s = self.drift.window_s
         variable = self._variable
         for inputs, outputs, at in batches:

@@ -19,6 +19,7 @@ batch instead of one ``observe()`` call per row.
 from __future__ import annotations
 
 import threading
+from typing import cast
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class OutputStats:
                 self.confidence_counts += confidence[0]
                 self.confidence_sum += confidence[1]
             else:
-                self._remember(update)
+                self._remember(cast(np.ndarray, update))
 
     def _classify(self, rows: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, float]]:
         if rows.shape[1] == 0 or rows.shape[0] == 0:

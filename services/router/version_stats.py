@@ -175,8 +175,8 @@ class VersionStats(Interceptor):
                             if count:
                                 pipe.hincrby(key, f"b:{index}", count)
                         pipe.expire(key, ttl)
-                for (model, version), cell in shadows.items():
-                    self._queue_shadow(pipe, model, version, cell, now)
+                for (model, version), shadow in shadows.items():
+                    self._queue_shadow(pipe, model, version, shadow, now)
                 await pipe.execute()
         except OUTAGE_ERRORS as exc:
             self._redis.failed(exc)

@@ -72,7 +72,7 @@ def queue_states(pipe: Any, keys: KeyLayout, model: str, versions: dict[str, rpb
         if state != version.state:
             changed = rpb.ModelVersion()
             changed.CopyFrom(version)
-            changed.state = state
+            changed.state = state  # type: ignore[assignment]
             pipe.hset(keys.versions(model), number, changed.SerializeToString())
 
 

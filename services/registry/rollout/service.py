@@ -165,7 +165,7 @@ class RolloutService:
             def queue(p: Any) -> None:
                 p.hset(self.rkeys.rollouts, model, rollout.SerializeToString())
                 records.queue_decision(p, self.rkeys, decision)
-                records.queue_policy_change(p, self.rkeys, model, before, policy, versions, who=caller.key_id,
+                records.queue_policy_change(p, self.rkeys, model, before, policy, versions or {}, who=caller.key_id,
                                             action="rollout-start", reason=decision.reasons[0], at_ms=now)
 
             return rollout, queue
@@ -230,7 +230,7 @@ class RolloutService:
                 p.hset(self.rkeys.rollouts, model, after.SerializeToString())
                 records.queue_decision(p, self.rkeys, decision)
                 if policy is not None:
-                    records.queue_policy_change(p, self.rkeys, model, before, policy, versions, who=caller.key_id,
+                    records.queue_policy_change(p, self.rkeys, model, before, policy, versions or {}, who=caller.key_id,
                                                 action="rollout-abort", reason=after.reason, at_ms=now,
                                                 overrides=overrides)
 
@@ -283,7 +283,7 @@ class RolloutService:
             policy = validation.check_policy(records.split_policy(before, model, {version: 100}), versions)
 
             def queue(p: Any) -> None:
-                records.queue_policy_change(p, self.rkeys, model, before, policy, versions, who=caller.key_id,
+                records.queue_policy_change(p, self.rkeys, model, before, policy, versions or {}, who=caller.key_id,
                                             action="switch", reason=f"100% to version {version}", at_ms=now)
 
             return policy, queue
