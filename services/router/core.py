@@ -200,7 +200,7 @@ class Router:
         primary_s = time.perf_counter() - started
 
         if cache_key is not None:
-            await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
+            await self.cache.put(cache_key, strip_id(response), ttl)
         shadow_version = policy.shadow_version
         if shadow_version and shadow_version != entry.version:
             self._mirror(model, shadow_version, forward, response, primary_s)
