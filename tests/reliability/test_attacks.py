@@ -42,7 +42,7 @@ from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from tests.integration.registry.helpers import eventually
 from tests.reliability import load, report
 from tests.reliability.cluster import quick_repository, quick_request
-from tests.reliability.faults import auth, codes_text, failed, rss, rss_rows, start_fault_cluster
+from tests.reliability.faults import SECONDS, auth, codes_text, failed, rss, rss_rows, start_fault_cluster
 from tests.support.crafted_artifacts import add_opaque_object, rewrite_archive
 from tests.support.models import build_examples
 
@@ -136,21 +136,23 @@ def status_of(workers: list[rpb.Worker], model: str, version: str) -> rpb.Versio
 class Attacks:
     """What each attack got, and whether that was the refusal it should be."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
         self.rows: list[tuple[str, str, bool]] = []
+        self.root = str(root)
 
     def add(self, attack: str, got: str, refused: bool) -> None:
-        self.rows.append((attack, got, refused))
+        """Keep one answer; the scenario's temporary root reads ROOT, answers are cut at 160 characters."""
+        self.rows.append((attack.replace(self.root, "ROOT"), got.replace(self.root, "ROOT")[:160], refused))
 
     async def infer(self, attack: str, address: str, payload: bytes, metadata, expected: set[str]) -> None:
         code, details = await call_code(address, payload, metadata)
-        self.add(attack, f"{code}: {details[:80]}", code in expected)
+        self.add(attack, f"{code}: {details}", code in expected)
 
     async def registry(self, attack: str, call, expected: str, match: str = "") -> None:
         try:
             await call()
         except ShunterError as exc:
-            self.add(attack, f"{exc.code.name}: {str(exc)[:80]}", exc.code.name == expected and match in str(exc))
+            self.add(attack, f"{exc.code.name}: {exc}", exc.code.name == expected and match in str(exc))
             return
         self.add(attack, "accepted", False)
 
@@ -214,7 +216,7 @@ async def artifact_attacks(cluster, root: Path, attacks: Attacks) -> list[Path]:
                     timeout_s=180, what=f"{model} {version} refused",
                 )
                 status = status_of(workers, model, version)
-                attacks.add(attack, f"worker: {status.error[:90]}", text in status.error and not status.ready)
+                attacks.add(attack, f"worker: {status.error}", text in status.error and not status.ready)
             except (TimeoutError, AssertionError) as exc:
                 attacks.add(attack, f"no refusal reported: {exc}", False)
     return markers
@@ -260,7 +262,7 @@ async def bytes_attacks(cluster, attacks: Attacks) -> dict[str, float]:
                             claim(items, body), auth(cluster.admin_key), {"INVALID_ARGUMENT"})
     good = claim(2, serialize_bytes_tensor(np.array([b"ab", b"cde"], dtype=object)))
     code, details = await call_code(router.address, good, auth(cluster.keys["data"]))
-    attacks.add("#3 a well-formed BYTES request after the claims (must be served)", f"{code} {details[:60]}",
+    attacks.add("#3 a well-formed BYTES request after the claims (must be served)", f"{code} {details}",
                 code == "OK")
     return {who: peak_rss_mib(pid) - before[who] for who, pid in peaks.items()}
 
@@ -274,11 +276,13 @@ async def test_artifact_and_key_attacks_under_load(cluster):
     stop = asyncio.Event()
     started = time.monotonic()
     loader = asyncio.ensure_future(background(router.address, quick_request(), auth(cluster.keys["data"]), stop))
-    attacks = Attacks()
+    attacks = Attacks(root)
     try:
         markers = await artifact_attacks(cluster, root, attacks)
         grown = await bytes_attacks(cluster, attacks)
         await key_attacks(cluster, attacks)
+        # Load for at least SECONDS, so the services are seen serving after the attacks too.
+        await asyncio.sleep(max(0.0, started + SECONDS - time.monotonic()))
     finally:
         stop.set()
         run = await loader
@@ -295,7 +299,8 @@ async def test_artifact_and_key_attacks_under_load(cluster):
         and all(alive.values()),
     }
     rows = [
-        ("load", f"closed loop, 4 callers through the router for the {elapsed:.0f} s of the attacks, deadline 10 s"),
+        ("load", f"closed loop, 4 callers through the router for {elapsed:.0f} s (the attacks, then until "
+                 f"{SECONDS:.0f} s), deadline 10 s"),
         ("failed / total by code", codes_text(run)),
         ("recovery time", "none needed" if failed(run) == 0 else "see the failed calls"),
         ("longest call during the attacks", f"{1000 * max(run.latency_s, default=0):.0f} ms"),
