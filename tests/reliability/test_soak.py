@@ -8,8 +8,11 @@ RSS and open file descriptors of router, workers and registry are sampled.
 Figures: RSS slope per process (least squares over the second half of the samples, so
 start-up growth does not count; MiB per hour), open file descriptors first / last / most,
 errors by code. Bars: 0 failed calls; file descriptors at the end within FD_SLACK of the
-start; RSS slope under SLOPE_BAR_MIB_H for every process. Without SHUNTER_SOAK_SECONDS it
-is skipped.
+start; RSS slope under SLOPE_BAR_MIB_H for every process. A run shorter than LONG_S (to
+prove the scenario works) is too short for a slope per hour to mean anything (a 0.3 MiB
+wobble over 30 s reads as +36 MiB/h), so there the RSS bar is growth over the run under
+SHORT_GROWTH_MIB instead; the slope is still reported. Without SHUNTER_SOAK_SECONDS it is
+skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ SOAK_S = float(os.environ.get("SHUNTER_SOAK_SECONDS", "0"))
 SAMPLE_S = float(os.environ.get("SHUNTER_SOAK_SAMPLE_SECONDS", "10"))
 FD_SLACK = 16
 SLOPE_BAR_MIB_H = 20.0
+LONG_S = 600.0
+SHORT_GROWTH_MIB = 16.0
 DEADLINE_S = 5.0
 
 pytestmark = pytest.mark.skipif(SOAK_S <= 0, reason="the soak runs with scripts/reliability --soak "
@@ -96,9 +101,13 @@ async def test_soak_at_half_load(cluster):
         "0 failed calls": failed(total) == 0,
         f"open file descriptors at the end within {FD_SLACK} of the start": all(
             f[-1] - f[0] <= FD_SLACK for f in fds.values()),
-        f"RSS slope < {SLOPE_BAR_MIB_H:.0f} MiB/h for every process": all(
-            not np.isnan(s) and s < SLOPE_BAR_MIB_H for s in slopes.values()),
     }
+    if SOAK_S >= LONG_S:
+        bars[f"RSS slope < {SLOPE_BAR_MIB_H:.0f} MiB/h for every process"] = all(
+            not np.isnan(s) and s < SLOPE_BAR_MIB_H for s in slopes.values())
+    else:
+        bars[f"RSS growth over the run < {SHORT_GROWTH_MIB:.0f} MiB for every process (a short run)"] = all(
+            r[-1] - r[0] < SHORT_GROWTH_MIB for r in rss.values())
     rows = [
         ("load", f"open loop, Poisson, {rate:.1f}/s (half of the {capacity:.1f}/s capacity measured closed loop) "
                  f"through one router to two workers for {total.ended - start:.0f} s, deadline {DEADLINE_S:.0f} s"),
@@ -113,8 +122,8 @@ async def test_soak_at_half_load(cluster):
         ("machine", load.load_average()),
     ]
     notes = ""
-    if SOAK_S < 600:
-        notes = (f"A {SOAK_S:.0f} s run (the soak is 1800 s with `scripts/reliability --soak`): too short for the "
-                 "slopes to mean much beyond proving the scenario runs.")
+    if SOAK_S < LONG_S:
+        notes = (f"A {SOAK_S:.0f} s run (the soak is 1800 s with `scripts/reliability --soak`): too short for a slope "
+                 "per hour to mean much, so its RSS bar is growth over the run; it proves the scenario runs.")
     report.record("soak", "Soak at half load", rows, bars, notes=notes)
     assert all(bars.values()), (bars, rows)
