@@ -201,7 +201,11 @@ async def test_redis_fault_under_load(cluster, request):
         ("machine", load.load_average()),
         ("flags", "router defaults: --redis-timeout-s 0.25 --redis-retry-after-s 1"),
     ]
-    report.record(f"redis-{mode}", title + " under load", rows, bars)
+    notes = ""
     if {"INTERNAL", "UNKNOWN"} & (set(run.by_code()) | limited_codes):
+        # What the router logged about it, so the section says where the code came from.
+        logged = [line for line in router.logs().splitlines() if "ERROR" in line or "Error" in line]
+        notes = "Router log lines naming an error:\n\n```\n" + "\n".join(logged[-20:] or ["(none)"]) + "\n```"
         print("router log:\n" + router.logs())
+    report.record(f"redis-{mode}", title + " under load", rows, bars, notes=notes)
     assert all(bars.values()), (bars, rows)
