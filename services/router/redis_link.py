@@ -23,7 +23,10 @@ from services.router import metrics
 logger = logging.getLogger(__name__)
 
 #: Exceptions that mean "Redis is unreachable" (as opposed to a bad command), in any mode.
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = redis_connect.OUTAGE_ERRORS
+#: RuntimeError too: uvloop (the services' event loop) raises it for a write on a transport
+#: the peer reset between connect and the first command (a Redis dying mid-connect), and
+#: redis-py passes it through. The handlers that catch these wrap one Redis call each.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (*redis_connect.OUTAGE_ERRORS, RuntimeError)
 
 
 class RedisLink:
