@@ -182,7 +182,7 @@ def prepare(options: BenchOptions) -> Prepared:
         payload = build_request(options.model, options.model_version, plans, arrays).SerializeToString()
         requests = None
         if options.input_file or options.random_inputs or options.vary_header:
-            payloads = (payload,)
+            payloads: tuple[bytes, ...] = (payload,)
             if options.input_file:
                 # As plan_inputs decides it: ModelConfig's max_batch_size, else a leading -1 everywhere.
                 batched = (max_batch_size > 0 if max_batch_size is not None

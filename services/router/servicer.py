@@ -44,7 +44,7 @@ def _log_payload(log: PayloadLog, raw: bytes, result: InferResult) -> None:
 
 
 class RouterServicer:
-    def _versions_of(self, model: str) -> dict[str, object] | None:
+    def _versions_of(self, model: str) -> Mapping[str, object] | None:
         entry = self.router.snapshot.models.get(model)
         return None if entry is None else entry.versions
 

@@ -165,7 +165,8 @@ class Batcher:
         self._in_flight_rows = 0
         self._peak = PeakTracker(window_s=1.0, now=clock())
         self._loop_task: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set by start(); submit() and the loop run only after it.
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     @property
     def on_loop(self) -> bool:
