@@ -67,7 +67,7 @@ class StreamCaller:
         self._tag = tag
         self._ids = itertools.count()
         self._call: grpc.aio.StreamStreamCall | None = None
-        self._pending: dict[str, asyncio.Future[str]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[str, pb.ModelInferResponse | None]]] = {}
         self._outbox: deque[bytes] = deque()
         self._wake: asyncio.Event = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -80,6 +80,11 @@ class StreamCaller:
 
     async def infer(self, payload: bytes, timeout_s: float) -> str:
         """Send one request; return its status name once its answer (or a failure) comes back."""
+        status, _response = await self.infer_response(payload, timeout_s)
+        return status
+
+    async def infer_response(self, payload: bytes, timeout_s: float) -> tuple[str, pb.ModelInferResponse | None]:
+        """Send one request; return its status name and the answer (None when none came back)."""
         self._ensure_open()
         request_id = f"{self._tag}-{next(self._ids)}"
         future = asyncio.get_running_loop().create_future()
@@ -89,7 +94,7 @@ class StreamCaller:
         try:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
-            return "DEADLINE_EXCEEDED"
+            return "DEADLINE_EXCEEDED", None
         finally:
             self._pending.pop(request_id, None)
 
@@ -111,7 +116,7 @@ class StreamCaller:
                 response = pb.ModelStreamInferResponse.FromString(message)
                 future = self._pending.get(response.infer_response.id)
                 if future is not None and not future.done():
-                    future.set_result(status_of(response))
+                    future.set_result((status_of(response), response.infer_response))
             code = "UNAVAILABLE"  # the server ended the stream while requests were pending
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
@@ -129,7 +134,7 @@ class StreamCaller:
         self._outbox.clear()
         for future in self._pending.values():
             if not future.done():
-                future.set_result(code)
+                future.set_result((code, None))
 
     async def close(self) -> None:
         call, self._call = self._call, None
