@@ -21,11 +21,12 @@ Rules 3, 4 and 6 hold only while an engine instance is free to start the batch. 
 every instance is busy (``instance_free=False``), a batch sent now would only wait in an
 instance's executor behind the one running, where later arrivals can no longer join it:
 so only a batch that cannot grow (rules 2 and 5) goes ahead, to be staged; anything else
-waits, without a timeout, for the next arrival or a free instance. Closing a staged batch
-on the queue delay is what kept batches at 3–6 rows for a model whose batch costs a few
-milliseconds: the delay expired long before the batch could run, and the rows that came
-in meanwhile went to the next small batch. Triton forms a batch only when an instance
-is free, so this keeps its behaviour for rules 3 and 4.
+waits, without a timeout, for the next arrival or a free instance. Staged on the queue
+delay, a batch closed long before it could run, and the rows that came in meanwhile went
+to the next small batch (64 callers straight into the batcher with 150 µs of event-loop
+work each and a 1 ms + 0.05 ms/row engine on two instances: mean batch 14 rows before,
+19–20 after). Triton forms a batch only when an instance is free, so this keeps its
+behaviour for rules 3 and 4.
 
 Rows, not requests, are counted: a 7-row request fills 7 slots.
 """
