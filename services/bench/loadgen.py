@@ -4,7 +4,8 @@ Each client process runs one asyncio loop with its share of the connections (one
 grpc.aio channel each, callers or arrivals taken in turn) and sends pre-serialized
 ModelInferRequest bytes through a raw unary call (no serializer, no deserializer), so a
 call costs the client one gRPC round trip and nothing else (unless ``--random-inputs``
-builds each request afresh; see requests.py). Several
+builds each request afresh; see requests.py). With ``--stream`` each connection carries
+one ModelStreamInfer call instead and every call is one message on it (stream.py). Several
 connections matter for a server that spreads whole connections over processes
 (SO_REUSEPORT): one connection reaches one of its processes.
 
@@ -35,6 +36,7 @@ import numpy as np
 from services.bench.requests import RequestSource, RequestSpec
 from services.bench.schedule import PoissonArrivals
 from services.bench.stats import ProcessResult
+from services.bench.stream import StreamCaller
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class ProcessPlan:
     #: TLS to the target, with these PEM roots (None: the system's).
     tls: bool = False
     root_certificates: bytes | None = None
+    #: One ModelStreamInfer call per connection, each request a message on it (stream.py).
+    stream: bool = False
 
 
 class _Recorder:
@@ -117,6 +121,8 @@ def open_channel(target: str, options, *, tls: bool, root_certificates: bytes | 
 async def _one_call(call, source: RequestSource, plan: ProcessPlan) -> str:
     """Send the next request once; return the final status code name."""
     payload, metadata = source.next()
+    if isinstance(call, StreamCaller):
+        return await call.infer(payload, plan.timeout_s)
     try:
         await call(payload, metadata=metadata, timeout=plan.timeout_s)
         return "OK"
@@ -189,10 +195,14 @@ async def drive(plan: ProcessPlan, wait_for_start: Callable[[], Awaitable[float]
         await asyncio.wait_for(
             asyncio.gather(*(channel.channel_ready() for channel in channels)), plan.connect_timeout_s
         )
-        calls = [
-            channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
-            for channel in channels
-        ]
+        if plan.stream:
+            metadata = (plan.requests.metadata if plan.requests else plan.metadata) or None
+            calls = [StreamCaller(channel, metadata, f"{plan.seed}.{i}") for i, channel in enumerate(channels)]
+        else:
+            calls = [
+                channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+                for channel in channels
+            ]
         start_at = await wait_for_start()
         measure_start = start_at + plan.warmup_s
         end = measure_start + plan.duration_s
@@ -204,6 +214,8 @@ async def drive(plan: ProcessPlan, wait_for_start: Callable[[], Awaitable[float]
             await _closed_loop(calls, source, plan, rec, measure_start, end)
         else:
             await _open_loop(calls, source, plan, rec, start_at, measure_start, end)
+        if plan.stream:
+            await asyncio.gather(*(call.close() for call in calls))
         return rec.result()
     finally:
         await asyncio.gather(*(channel.close() for channel in channels))

@@ -86,6 +86,8 @@ class BenchOptions:
     input_file: str | None = None
     #: Fresh random inputs on every call instead of one request sent again and again.
     random_inputs: bool = False
+    #: Each connection carries one ModelStreamInfer call; every request is a message on it.
+    stream: bool = False
 
     def validate(self) -> None:
         if self.duration_s <= 0:
@@ -104,6 +106,10 @@ class BenchOptions:
             raise BenchError(f"--connections must be >= 1, got {self.connections}")
         if self.input_file and self.random_inputs:
             raise BenchError("--input and --random-inputs exclude each other")
+        if self.stream and self.vary_header:
+            raise BenchError(
+                "--stream sends one stream's metadata with all its requests: --vary-header needs unary calls"
+            )
 
     @property
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -248,6 +254,7 @@ def process_plans(options: BenchOptions, payload: bytes, requests: RequestSpec |
         requests=requests,
         tls=options.use_tls,
         root_certificates=options.root_certificates(),
+        stream=options.stream,
     )
     return [
         replace(base, concurrency=c, rate=r, max_inflight=cap, seed=options.seed + 1 + i, connections=n)
@@ -271,6 +278,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         "model": options.model,
         "model_version": options.model_version,
         "mode": "closed" if options.rate is None else "open",
+        "stream": options.stream,
         "concurrency": options.concurrency if options.rate is None else None,
         "rate": options.rate,
         "processes": len(plans),

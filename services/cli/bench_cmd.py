@@ -19,10 +19,14 @@ same request, built once from the model's metadata (random values; BYTES inputs 
 sentences); --random-inputs builds a fresh one per call, --input cuts them from a file,
 --vary-header gives a header a fresh value per call. Latency percentiles are over calls
 that returned OK; throughput counts every call, rows/s counts rows that came back OK.
+--stream sends every call as a message on one ModelStreamInfer stream per connection
+(as tritonclient's start_stream does) instead of a ModelInfer call each; statuses are
+counted per message.
 
 examples:
   shunter bench --target 127.0.0.1:8001 --model digits --concurrency 64 --duration 10
   shunter bench --target 127.0.0.1:8001 --model minilm --rate 200 --duration 30 --json
+  shunter bench --target router:8001 --model digits --stream --concurrency 64 --connections 2
   SHUNTER_API_KEY=shk_... shunter bench --target router:8001 --cacert ca.pem --model digits \
       --random-inputs --vary-header x-user-id -H x-request-source=bench
 """
@@ -68,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="cut requests from this file's rows (one array per input name), the next each call")
     parser.add_argument("--random-inputs", action="store_true",
                         help="fresh random inputs on every call (costs client CPU), e.g. to get past the cache")
+    parser.add_argument("--stream", action="store_true",
+                        help="send calls as messages on one ModelStreamInfer stream per connection")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
         "--processes",
@@ -151,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         vary_header=args.vary_header.strip().lower(),
         input_file=args.input,
         random_inputs=args.random_inputs,
+        stream=args.stream,
         processes=args.processes,
         connections=args.connections,
         batch_rows=args.batch_rows,
@@ -179,6 +186,8 @@ def _header(report: dict) -> str:
     else:
         load = f"open loop, {report['rate']:g} req/s Poisson"
     inputs = ", ".join(f"{name} {shape}" for name, shape in report["inputs"].items())
+    if report.get("stream"):
+        load += ", one ModelStreamInfer stream per connection"
     return (
         f"shunter bench → {report['target']}  model {report['model']} version {version}\n"
         f"{load} over {report['processes']} process(es) and {report['connections']} connection(s), "

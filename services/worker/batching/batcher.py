@@ -2,8 +2,9 @@
 
 One ``Batcher`` per model version. ``submit`` enqueues a request (or rejects it at once
 with UNAVAILABLE when the queue is full or the batcher is draining) and awaits its rows
-of the result. The loop waits for a free engine instance, asks ``policy.decide`` what to
-send, and runs the batch on that instance's own thread (concatenation, the engine call
+of the result. The loop asks ``policy.decide`` what to send, telling it whether an engine
+instance is free to start the batch now, hands the batch to the least-loaded instance,
+and runs it on that instance's own thread (concatenation, the engine call
 and the split all happen there, off the event loop; a version configured with
 ``run_on_event_loop`` runs them on the loop instead, until its batches hold the loop too
 long: LOOP_BUDGET_S on average or LOOP_LIMIT_S once). Every path resolves every waiting
@@ -32,7 +33,10 @@ from services.worker.batching.queue_time import QueueTime
 logger = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
-#: Batches handed to one instance at once (see Batcher.__init__).
+#: Batches handed to one instance at once: one running on its thread and, when it cannot
+#: grow any more (policy.decide with instance_free=False), the next one staged in its
+#: executor, so the thread goes from one batch to the next without a round trip through
+#: the event loop.
 SLOTS_PER_INSTANCE = 2
 #: ``run_on_event_loop``: the longest batches may hold the event loop, on average (an
 #: exponential moving average, so one preempted batch does not count as a slow model), and
@@ -146,18 +150,13 @@ class Batcher:
         self.queue_time = QueueTime(
             policy.max_batch_size if batched else 1, len(instances), max_queue_wait_s, deadline_aware
         )
-        #: The batch loop's wait for the next arrival (None while it is not waiting). A bare
-        #: future and call_later cost a fraction of asyncio.Event plus wait_for, which the
-        #: loop would otherwise pay on most batches.
+        #: The batch loop's wait for the next arrival or a finished batch (None while it is
+        #: not waiting). A bare future and call_later cost a fraction of asyncio.Event plus
+        #: wait_for, which the loop would otherwise pay on most batches.
         self._arrival: asyncio.Future[None] | None = None
-        # Each instance takes up to SLOTS_PER_INSTANCE batches: one running on its thread
-        # and the next already waiting in its executor, so the thread goes from one batch
-        # to the next without a round trip through the event loop.
-        self._free: asyncio.Queue[EngineInstance] = asyncio.Queue()
-        for _slot in range(SLOTS_PER_INSTANCE):
-            for instance in instances:
-                self._free.put_nowait(instance)
         self._instances = instances
+        #: Batches handed to each instance and not yet finished (at most SLOTS_PER_INSTANCE).
+        self._load = [0] * len(instances)
         self._running: set[asyncio.Task] = set()
         self._draining = False
         self._running_requests = 0
@@ -271,44 +270,64 @@ class Batcher:
 
     async def _run_loop(self) -> None:
         while True:
-            instance = await self._free.get()
-            batch = await self._next_batch()
+            index, batch = await self._next_batch()
+            self._load[index] += 1
             self._running_requests += len(batch)
             if self._on_loop:
                 # Runs to completion without yielding: no task to create.
-                await self._execute(instance, batch)
+                await self._execute(index, batch)
                 continue
-            task = asyncio.create_task(self._execute(instance, batch))
+            task = asyncio.create_task(self._execute(index, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _next_batch(self) -> list[PendingRequest]:
+    def _least_loaded(self) -> int:
+        load = self._load
+        best = 0
+        for index in range(1, len(load)):
+            if load[index] < load[best]:
+                best = index
+        return best
+
+    async def _next_batch(self) -> tuple[int, list[PendingRequest]]:
+        """The instance to run the next batch on, and the batch (popped from the queue)."""
         policy = self._policy
+        limit = policy.max_batch_size
+        queue = self._queue
         while True:
             now = self._clock()
             self._drop_dead_head(now)
-            if not self._queue:
+            if not queue:
                 await self._wait_for_arrival(None)
                 continue
+            index = self._least_loaded()
+            load = self._load[index]
+            if load >= SLOTS_PER_INSTANCE:
+                await self._wait_for_arrival(None)  # woken by an arrival or a finished batch
+                continue
             if not self._batched:
-                return [self._pop()]
-            head_key = self._queue[0].shape_key
+                return index, [self._pop()]
+            head_key = queue[0].shape_key
             rows = []
-            for pending in self._queue:
+            total = 0
+            for pending in queue:
                 if pending.shape_key != head_key:
                     break
                 rows.append(pending.rows)
-            decision = decide(rows, now - self._queue[0].enqueued_at, policy, self._peak.peak(now))
-            if isinstance(decision, Wait) and len(rows) < len(self._queue):
+                total += pending.rows
+                if total > limit:  # the policy looks no further than one request past a full batch
+                    break
+            decision = decide(rows, now - queue[0].enqueued_at, policy, self._peak.peak(now), load == 0)
+            if isinstance(decision, Wait) and len(rows) < len(queue) and total <= limit:
                 # The next request cannot join this batch: waiting would not grow it.
-                decision = Dispatch(len(rows), sum(rows))
+                decision = Dispatch(len(rows), total)
             if isinstance(decision, Dispatch):
-                return [self._pop() for _ in range(decision.count)]
+                return index, [self._pop() for _ in range(decision.count)]
             if isinstance(decision, Wait):
                 await self._wait_for_arrival(decision.seconds)
 
     async def _wait_for_arrival(self, timeout_s: float | None) -> None:
-        """Until submit() queues a request, or ``timeout_s`` passes (None: no limit)."""
+        """Until submit() queues a request, a batch finishes, or ``timeout_s`` passes (None: no limit)."""
         loop = self._loop
         waiter = self._arrival = loop.create_future()
         timer = loop.call_later(timeout_s, _resolve, waiter) if timeout_s is not None else None
@@ -319,8 +338,9 @@ class Batcher:
             if timer is not None:
                 timer.cancel()
 
-    async def _execute(self, instance: EngineInstance, batch: list[PendingRequest]) -> None:
+    async def _execute(self, index: int, batch: list[PendingRequest]) -> None:
         loop = self._loop
+        instance = self._instances[index]
         try:
             try:
                 if self._on_loop:
@@ -352,7 +372,9 @@ class Batcher:
                     tracing.record_batch([p.trace for p in batch], timing.rows, compute_ns)
         finally:
             self._running_requests -= len(batch)
-            self._free.put_nowait(instance)
+            self._load[index] -= 1
+            # A free instance can change the decision of a batch held back while all were busy.
+            _resolve(self._arrival)
 
     def _run_on_loop(
         self, instance: EngineInstance, batch: list[PendingRequest]

@@ -92,3 +92,15 @@ def test_merge_statistics_sums_workers():
     assert stats.inference_count == 8 and stats.execution_count == 3 and stats.last_inference == 3
     assert stats.inference_stats.success.ns == 80
     assert {(b.batch_size, b.compute_infer.count) for b in stats.batch_stats} == {(2, 1), (3, 2)}
+
+
+def test_a_key_revoked_after_use_is_refused_at_once():
+    # The router remembers token hashes (a stream sends the same key with every message);
+    # the key itself is looked up in the current table on every request.
+    table_with_key = table(WORKERS)
+    assert authenticate(build_snapshot(table_with_key), f"Bearer {DATA_KEY}").key_id == "000000000001"
+    for key in table_with_key.keys:
+        if key.key_id == "000000000001":
+            key.revoked = True
+    with pytest.raises(Unauthenticated):
+        authenticate(build_snapshot(table_with_key), f"Bearer {DATA_KEY}")

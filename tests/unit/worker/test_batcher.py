@@ -260,3 +260,59 @@ async def test_a_steadily_slow_model_leaves_the_loop_within_a_few_batches(roomy_
     assert not batcher.on_loop
     assert engine.threads[0] == threading.get_ident() and engine.threads[-1] != threading.get_ident()
     await batcher.close()
+
+
+async def test_while_the_instance_is_busy_a_batch_stays_open_past_its_delay():
+    # The queue delay long past, the held batch still takes every row that arrives until
+    # the instance is free; staging it on the delay would have split it (the 3-6 row
+    # batches of a mid-weight model at 64 in flight).
+    engine = FakeEngine()
+    clock = FakeClock()
+    batcher = make_batcher(engine, max_batch=8, delay_s=0.05, clock=clock)
+    engine.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(rows(1, 0), 1))
+    await until(lambda: engine.entered == 1, "the lone first request runs at once")
+    held = [asyncio.ensure_future(batcher.submit(rows(1, i), 1)) for i in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    assert batcher.queued == 3 and engine.entered == 1
+    clock.now += 1.0  # twenty delays
+    held.append(asyncio.ensure_future(batcher.submit(rows(1, 4), 1)))
+    await asyncio.sleep(0.05)
+    assert batcher.queued == 4 and engine.entered == 1, "held, not staged behind the running batch"
+    engine.gate.set()
+    results = await asyncio.gather(first, *held)
+    assert [r["y"][0, 0] for r in results] == [0, 2, 4, 6, 8]
+    assert engine.batches == [1, 4]
+    await batcher.close()
+
+
+async def test_a_full_batch_is_staged_behind_the_running_one():
+    engine = FakeEngine()
+    clock = FakeClock()
+    batcher = make_batcher(engine, max_batch=4, delay_s=30.0, clock=clock)
+    engine.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(rows(1, 0), 1))
+    await until(lambda: engine.entered == 1, "the first request runs")
+    staged = [asyncio.ensure_future(batcher.submit(rows(1, i), 1)) for i in range(1, 6)]
+    await until(lambda: batcher.queued == 1, "a full batch of 4 leaves the queue while the instance is busy")
+    clock.now += 31.0  # the last request goes once the instance is free and its delay has passed
+    engine.gate.set()
+    await asyncio.gather(first, *staged)
+    assert engine.batches == [1, 4, 1]
+    await batcher.close()
+
+
+async def test_a_batch_goes_to_the_instance_that_is_free():
+    engine = FakeEngine()
+    other = FakeEngine()
+    pool = [EngineInstance(engine.infer, ThreadPoolExecutor(1)), EngineInstance(other.infer, ThreadPoolExecutor(1))]
+    batcher = Batcher(pool, BatchPolicy(8, 0.0), 100, clock=FakeClock())
+    batcher.start()
+    engine.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(rows(1, 0), 1))
+    await until(lambda: engine.entered == 1, "the first instance is busy")
+    second = await asyncio.wait_for(batcher.submit(rows(1, 1), 1), 5)
+    assert second["y"][0, 0] == 2 and other.batches == [1]
+    engine.gate.set()
+    await first
+    await batcher.close()

@@ -58,3 +58,22 @@ def test_batch_goes_at_once_when_waiting_cannot_grow_it():
     assert decide([2, 1], 0.0, POLICY, expected_rows=3) == Dispatch(2, 3)
     assert decide([1], 0.0, POLICY, expected_rows=4) == Wait(pytest.approx(0.002))
     assert decide([1], 0.0, POLICY, expected_rows=None) == Wait(pytest.approx(0.002))
+
+
+def test_while_every_instance_is_busy_only_a_batch_that_cannot_grow_goes():
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.002, preferred_batch_sizes=(2, 4))
+    # The delay has long passed and a preferred size is reached, but the batch could not
+    # start before an instance frees, and rows arriving meanwhile could still join it.
+    assert decide([1, 1, 1, 1], 0.5, policy, instance_free=False) == Wait(None)
+    assert decide([1], 0.5, policy, expected_rows=4, instance_free=False) == Wait(None)
+    # Full, or everything in flight already in it: staged at once.
+    assert decide([4, 4, 1], 0.0, policy, instance_free=False) == Dispatch(2, 8)
+    assert decide([5, 4], 0.0, policy, instance_free=False) == Dispatch(1, 5)
+    assert decide([1, 1, 1], 0.0, policy, expected_rows=3, instance_free=False) == Dispatch(3, 3)
+
+
+def test_the_held_batch_goes_by_the_usual_rules_once_an_instance_is_free():
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.002, preferred_batch_sizes=(2, 4))
+    assert decide([1, 1, 1, 1, 1], 0.5, policy, instance_free=True) == Dispatch(4, 4)
+    assert decide([1, 2], 0.5, policy, instance_free=True) == Dispatch(2, 3)
+    assert decide([1], 0.0005, POLICY, instance_free=True) == Wait(pytest.approx(0.0015))

@@ -82,8 +82,8 @@ def text_batch(sentences: list[str]) -> dict[str, np.ndarray]:
 def test_build_is_idempotent(examples: Path, capsys) -> None:
     before = {p: p.stat().st_mtime_ns for p in examples.rglob("*") if p.is_file() and p.name != ".build.lock"}
     built = _build_script().build_examples(examples)
-    assert set(built) == {"digits", "minilm"}
-    assert capsys.readouterr().out.count("up to date") == 2
+    assert set(built) == {"digits", "minilm", "tabular"}
+    assert capsys.readouterr().out.count("up to date") == 3
     after = {p: p.stat().st_mtime_ns for p in examples.rglob("*") if p.is_file() and p.name != ".build.lock"}
     assert after == before
 
@@ -102,6 +102,18 @@ def test_digits_sample_matches_the_served_path(examples: Path) -> None:
         served = engine.infer({"input__0": images})["output__0"]
         engine.close()
         np.testing.assert_allclose(served, probabilities, atol=1e-5)
+    assert (probabilities.argmax(axis=1) == labels).mean() >= 0.8
+
+
+def test_tabular_sample_matches_the_served_path(examples: Path) -> None:
+    with np.load(examples / "tabular" / "sample.npz", allow_pickle=False) as data:
+        images, labels, probabilities = data["images"], data["labels"], data["probabilities"]
+    config = load_version_config(examples / "tabular", "1")
+    assert config.instances == 2 and config.dynamic_batching is not None
+    engine = load_engine(examples / "tabular", "1")
+    served = engine.infer({"input__0": images})["output__0"]
+    engine.close()
+    np.testing.assert_allclose(served, probabilities, atol=1e-5)
     assert (probabilities.argmax(axis=1) == labels).mean() >= 0.8
 
 

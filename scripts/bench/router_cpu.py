@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Router CPU per request: unary ModelInfer calls against one ModelStreamInfer stream.
+
+Brings up a one-worker cluster with `shunter up` (as router.py does) on a model whose
+compute is negligible, drives the router with `shunter bench` closed loop, unary and
+then ``--stream``, and divides the router process's CPU time (psutil: user + system,
+its threads included) over the measured run by the requests it answered. The worker's
+CPU per request is printed beside it: on the router's stream link to the worker, that is
+what a message costs a Shunter process on the receiving side of a stream.
+
+    .venv/bin/python scripts/bench/router_cpu.py                 # identity model, 64 in flight
+    .venv/bin/python scripts/bench/router_cpu.py --concurrency 16 --duration 5
+
+CPU time counts only what the router did, so it is less sensitive to a busy machine than
+latency, but a starved process still pays more per request for its wake-ups: compare
+runs made on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+
+from router import identity_repository, start_cluster  # noqa: E402
+
+from services.bench import BenchOptions, run_bench  # noqa: E402
+
+
+def service_process(up: psutil.Process, service: str) -> psutil.Process:
+    """The child of `shunter up` running ``shunter <service>``."""
+    for child in up.children(recursive=True):
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        if service in cmdline and "services.cli.main" in " ".join(cmdline):
+            return child
+    raise SystemExit(f"no {service} process under shunter up")
+
+
+def cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def measure(target: str, model: str, key: str, stream: bool, args: argparse.Namespace,
+            router: psutil.Process, worker: psutil.Process) -> dict[str, float]:
+    options = BenchOptions(target=target, model=model, concurrency=args.concurrency, duration_s=args.duration,
+                           api_key=key, processes=args.processes, warmup_s=0.0, stream=stream)
+    router_before, worker_before = cpu_s(router), cpu_s(worker)
+    report = run_bench(options)
+    router_used, worker_used = cpu_s(router) - router_before, cpu_s(worker) - worker_before
+    if set(report["codes"]) != {"OK"}:
+        raise SystemExit(f"non-OK responses: {report['codes']}")
+    # Every request of the run (the probe and the few answered after the window included).
+    requests = report["requests"] + 1
+    return {
+        "requests": requests,
+        "throughput_rps": report["throughput_rps"],
+        "p99_ms": report["latency_ms"]["p99"],
+        "router_cpu_us_per_request": router_used / requests * 1e6,
+        "worker_cpu_us_per_request": worker_used / requests * 1e6,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-repository", type=Path, help="default: a generated identity model")
+    parser.add_argument("--model", default="identity")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    parser.add_argument("--processes", type=int, default=1, help="bench client processes")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="shunter-bench-router-cpu-"))
+    repository = args.model_repository.resolve() if args.model_repository else identity_repository(tmp / "models")
+    proc, env, _worker = start_cluster(repository, tmp / "run")
+    try:
+        up = psutil.Process(proc.pid)
+        router, worker = service_process(up, "router"), service_process(up, "worker")
+        key = env["SHUNTER_API_KEY"]
+        # One unmeasured pass each way first: connections, streams and caches warm.
+        short = argparse.Namespace(**{**vars(args), "duration": 1.0})
+        for stream in (False, True):
+            measure(env["SHUNTER_ROUTER"], args.model, key, stream, short, router, worker)
+        rows = {name: measure(env["SHUNTER_ROUTER"], args.model, key, stream, args, router, worker)
+                for name, stream in (("unary", False), ("stream", True))}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    print(f"\nrouter CPU per request, model '{args.model}', closed loop {args.concurrency} in flight "
+          f"({psutil.cpu_count()} CPUs shared by client, router and worker)\n")
+    print(f"{'client':<8}{'requests':>10}{'req/s':>9}{'p99 ms':>9}{'router µs/req':>15}{'worker µs/req':>15}")
+    for name, row in rows.items():
+        print(f"{name:<8}{row['requests']:>10}{row['throughput_rps']:>9.0f}{row['p99_ms']:>9.1f}"
+              f"{row['router_cpu_us_per_request']:>15.0f}{row['worker_cpu_us_per_request']:>15.0f}")
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "router_cpu.json").write_text(json.dumps({"model": args.model, **vars(args), "rows": rows}, default=str,
+                                                    indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
