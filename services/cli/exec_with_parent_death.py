@@ -16,7 +16,6 @@ this script then sets the parent-death signal in a fresh interpreter and execs t
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -30,7 +29,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(2)
     parent, command = int(argv[0]), argv[1:]
     if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's own symbols: libc's prctl is among them
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             raise SystemExit(1)

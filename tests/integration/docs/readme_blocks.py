@@ -109,8 +109,9 @@ class Outcome:
 
     @property
     def failed(self) -> list[str]:
-        """The commands that failed, as bash printed them."""
-        return re.findall(r"^README-FAILED \(\d+\): (.*)$", self.stderr, re.M)
+        """The commands that failed, as bash printed them, background ones that exited non-zero included."""
+        return (re.findall(r"^README-FAILED \(\d+\): (.*)$", self.stderr, re.M)
+                + re.findall(r"^README-JOB-EXITED:(.*)$", self.stderr, re.M))
 
 
 def script(steps: list[Step], ports: dict[int, int], out: Path) -> str:
@@ -131,6 +132,8 @@ def script(steps: list[Step], ports: dict[int, int], out: Path) -> str:
             parts.append(text)
         if step.then:
             parts.append(step.then.replace("{log}", str(out / f"foreground-{n}.log")))
+    # Background commands (`... &`) that died meanwhile: their failure trips no ERR trap.
+    parts.append("jobs -l | sed -n 's/^\\[[0-9]*\\][-+ ]*[0-9]* *Exit [0-9]*/README-JOB-EXITED:&/p' >&2")
     return "\n".join(parts) + "\n"
 
 

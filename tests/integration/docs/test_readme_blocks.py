@@ -4,8 +4,9 @@ Each scenario runs README blocks in one bash session (readme_blocks.py says how:
 ports, foreground commands backgrounded until ready, no virtualenv on PATH, everything
 stopped after) and compares the commands that failed with the ones the README says fail
 on purpose. The standalone worker with its grpcurl and tritonclient blocks and the
-settings block run in CI; the local cluster, the operators' walkthrough, TLS and the quick
-start take minutes on a small machine and are marked ``slow`` (scripts/reliability).
+settings block and the local cluster run in CI; several worker processes, the operators'
+walkthrough, TLS and the quick start take minutes on a small machine and are marked
+``slow`` (scripts/reliability).
 
 Every runnable block must be run by a scenario here or be listed in ``NOT_RUN`` with the
 reason, so a new README block fails this test until it is one or the other.
@@ -114,7 +115,6 @@ def test_settings_block_fails_as_it_says(tmp_path):
     assert "exit 2" in outcome.stdout and "--eject-cooloff-s" in outcome.stdout
 
 
-@pytest.mark.slow
 def test_local_cluster_then_grpcurl_traffic_bench_and_tritonclient(tmp_path):
     outcome = run_scenario(LOCAL_CLUSTER, tmp_path)
     assert outcome.failed == [], report(outcome)
