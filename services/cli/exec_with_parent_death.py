@@ -6,8 +6,8 @@
 ``preexec_fn`` makes CPython fork the whole process and run Python in the child, and `up`
 forks while its gRPC channel to the registry is busy. gRPC's fork handlers then skip
 ("Other threads are currently calling into gRPC, skipping fork() handlers"), the child
-inherits gRPC state in the middle of a call, and it sometimes aborts before exec
-("epoll_wait error: Bad file descriptor", exit -6). Without a ``preexec_fn`` CPython
+inherits gRPC state in the middle of a call, and it sometimes dies before exec
+("epoll_wait error: Bad file descriptor", exit -6, or a SIGSEGV). Without a ``preexec_fn`` CPython
 starts the child with vfork/exec, which runs no fork handlers and no Python in the copy;
 this script then sets the parent-death signal in a fresh interpreter and execs the command
 (the signal survives exec). Stdlib only, and run with ``-S``, so it starts in milliseconds.
