@@ -36,9 +36,6 @@ NOT_RUN: dict[tuple[str, int | None], str] = {
                                                 "covered by tests/integration/registry",
     ("Optimise a model: quantise, prune, distil, compile", None): "not run here yet: minutes of training "
                                                                   "on CPU (tests/integration/optimize)",
-    ("Benchmarks", 0): "a worker on 8001 as in 'Serve a model repository'; load figures are not asserted",
-    ("Benchmarks", 1): "needs the cluster of 'A local cluster'; the same bench runs in test_local_cluster",
-    ("Benchmarks", 2): "needs the cluster of 'A local cluster'; --users is tested in tests/integration/bench",
     ("Benchmarks", 3): "benchmarks run for minutes and need GPUs for gpu.py; scripts/bench has its own tests",
 }
 
@@ -65,6 +62,7 @@ LOCAL_CLUSTER = [
 SEVERAL_PROCESSES = [
     Step(block("Several processes on one port"), foreground="^shunter worker listening on"),
     Step(block("Call it with grpcurl")),
+    Step(block("Benchmarks")),  # --connections 8 to reach every process
 ]
 OPERATORS = [
     Step(block("1. Redis, an admin key, the registry")),
@@ -80,6 +78,9 @@ TLS_CLUSTER = [
     Step(block("Security: credentials and TLS", 1), foreground="^# Ctrl-C",
          then='source "$(sed -n "s/^#   in another shell: source //p" {log})"'),
     Step(block("Security: credentials and TLS", 2)),
+    # Through the TLS router without --cacert: bench trusts the exported $SHUNTER_TLS_CA.
+    Step(block("Benchmarks", 1)),
+    Step(block("Benchmarks", 2)),
 ]
 SCENARIOS = {"worker": WORKER, "settings": SETTINGS, "local cluster": LOCAL_CLUSTER,
              "several processes": SEVERAL_PROCESSES, "operators": OPERATORS, "tls cluster": TLS_CLUSTER}
@@ -126,6 +127,7 @@ def test_local_cluster_then_grpcurl_traffic_bench_and_tritonclient(tmp_path):
 def test_several_worker_processes_on_one_port(tmp_path):
     outcome = run_scenario(SEVERAL_PROCESSES, tmp_path)
     assert outcome.failed == [], report(outcome)
+    assert "and 8 connection(s)" in outcome.stdout, report(outcome)
 
 
 @pytest.mark.slow
@@ -149,6 +151,7 @@ def test_operators_walkthrough(tmp_path):
 def test_tls_cluster_clients_trust_the_exported_ca(tmp_path):
     outcome = run_scenario(TLS_CLUSTER, tmp_path)
     assert outcome.failed == [], report(outcome)
+    assert "Simulated users: 50, 50 answered by one version throughout" in outcome.stdout, report(outcome)
 
 
 @pytest.mark.slow
