@@ -65,6 +65,9 @@ instances: 1
 device: cpu
 # A whole batch takes microseconds: handing it to a thread would cost more than the model.
 run_on_event_loop: true
+# Predicted-class counts, confidence and NaN/Inf metrics; input drift once a reference
+# profile is stored (README "Model monitoring and drift").
+monitoring: {{outputs: {{output__0: classification}}}}
 """
 
 MINILM_CONFIG = """\
@@ -85,6 +88,9 @@ engine_inputs:
   - {{name: input_ids, datatype: INT64, shape: [-1]}}
   - {{name: attention_mask, datatype: INT64, shape: [-1]}}
 engine_outputs: [{{name: token_embeddings, datatype: FP32, shape: [-1, 384]}}]
+# Embedding norms and NaN/Inf; drift on the texts' byte and word counts
+# (services/monitoring/features.py says why).
+monitoring: {{outputs: {{EMBEDDING: embedding}}}}
 """
 
 #: Files whose presence means a model was built completely.

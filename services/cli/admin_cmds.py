@@ -69,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--hash-timeout-s", type=float, default=900.0,
                    help="give up hashing the artifact after this many seconds (default 900)")
+    p.add_argument("--reference", type=Path, default=None, metavar="FILE",
+                   help="store a drift reference profile from this sample (npy, npz, parquet, jsonl)")
     leaf(models, "list", models_list, "list models, their live versions and traffic")
     p = leaf(models, "show", models_show, "show a model's versions and traffic policy")
     p.add_argument("name", metavar="NAME")
@@ -79,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("version", metavar="N")
     p.add_argument("state", metavar="STATE", choices=STATES, help=" | ".join(STATES))
 
-    traffic = group("traffic", "set and show a model's traffic policy")
+    traffic = group("traffic", "set, show, switch and roll back a model's traffic policy; its history")
     p = leaf(traffic, "set", traffic_set,
              "change a model's traffic policy: what is given changes, the rest is kept")
     p.add_argument("name", metavar="NAME")
@@ -97,6 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="allow weight on a version that no worker reports ready")
     p = leaf(traffic, "show", traffic_show, "show a model's traffic policy")
     p.add_argument("name", metavar="NAME")
+    from services.cli.rollout_cmd import add_traffic_commands
+
+    add_traffic_commands(traffic)  # switch, rollback, history (blue-green and the audit log)
 
     keys = group("keys", "create, list and revoke API keys")
     p = leaf(keys, "create", keys_create, "create an API key (its secret is shown once)")
@@ -237,6 +242,16 @@ async def models_register(client: Any, args: argparse.Namespace) -> int:
         raise CommandError(f"artifact {artifact} does not exist")
     config_yaml, source = version_config(args.config, args.version)
     parse_model_config(config_yaml, source)  # name the local file(s) in any error
+    profile = None
+    if args.reference is not None:
+        from services.cli.drift_cmd import RefusedReference, build_reference
+
+        try:  # before registering: a reference that does not fit registers nothing
+            profile = await asyncio.to_thread(
+                build_reference, config_yaml, source, args.reference, args.name, args.version
+            )
+        except RefusedReference as exc:
+            raise CommandError(f"{exc}; nothing registered") from None
     roots = tuple(p.expanduser().resolve() for p in args.artifact_root)
     try:
         artifacts.check_uri(artifacts.uri_for(artifact), roots)
@@ -253,6 +268,15 @@ async def models_register(client: Any, args: argparse.Namespace) -> int:
     else:
         print(f"registered {version.model} version {version.version} ({version.backend}, "
               f"{state_name(version.state)}) sha256 {version.sha256}")
+    if profile is not None:
+        from services.cli.drift_cmd import profile_line
+        from services.monitoring.client import MonitorClient
+
+        tls = tls_args.client_tls(args)
+        async with MonitorClient(args.registry, args.admin_key, timeout_s=args.timeout_s, tls=tls) as monitor:
+            stored = await monitor.set_profile(profile)
+        if not args.json:
+            print(profile_line(stored))
     return 0
 
 

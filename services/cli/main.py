@@ -19,9 +19,11 @@ COMMAND_MODULES = (
     "up_cmd",
     "registry_cmd",
     "admin_cmds",
+    "rollout_cmd",
     "batch_cmd",
     "stream_cmd",
     "optimize_cmd",
+    "drift_cmd",
 )
 
 

@@ -6,8 +6,12 @@ service a user that reaches only its own keys with only the commands it runs:
 
 - ``registry``: ``shunter:registry:*`` keys and the ``shunter:registry:events`` channel;
   reads, writes, Lua scripts, WATCH / MULTI, pub/sub, ``WAIT``.
-- ``router``: the rate-limit buckets (``shunter:rl:*``) and the cache (``shunter:cache:*``);
-  reads, writes and Lua scripts, no pub/sub.
+  It also reaches the per-version statistics the routers write (it only reads them;
+  plain ``~`` because Redis 6, the bundled fallback, has no ``%R~``).
+- ``router``: the rate-limit buckets (``shunter:rl:*``), the cache (``shunter:cache:*``) and
+  the per-version statistics (``shunter:vstats:*``, ``shunter:sstats:*``,
+  ``shunter:shadow_samples:*``, read by rollouts and reports); reads, writes and Lua
+  scripts, no pub/sub.
 - ``admin``: everything, for operators (``shunter registry export``, ``shunter stream``,
   ``redis-cli``); it is the ``SHUNTER_REDIS_URL`` in up's env file.
 
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.redis_connect import with_user
+from services.common.version_windows import acl_patterns
 from services.registry.scripts import KeyLayout
 
 #: Commands every service user needs, whatever its keys (scripts call TIME).
@@ -53,10 +58,13 @@ def service_users(prefix: str = "shunter:", *, cluster: bool = False) -> dict[st
     registry = KeyLayout.for_prefix(prefix, cluster=cluster).prefix
     # The cluster client learns the slot map and how to find keys in a command.
     more = " +cluster|slots +cluster|shards +command" if cluster else ""
+    # Per-version statistics: routers write them, the registry reads them (rollouts, reports).
+    stats = " ".join(f"~{pattern}" for pattern in acl_patterns(prefix, cluster=cluster))
     rules = {
-        "registry": (f"resetchannels ~{registry}* &{registry}events "
+        "registry": (f"resetchannels ~{registry}* &{registry}events {stats} "
                      f"{_BASE} +@read +@write +@scripting +@transaction +@pubsub +wait -@dangerous{more}"),
-        "router": f"resetchannels ~{prefix}rl:* ~{prefix}cache:* {_BASE} +@read +@write +@scripting -@dangerous{more}",
+        "router": (f"resetchannels ~{prefix}rl:* ~{prefix}cache:* {stats} {_BASE} +@read +@write +@scripting "
+                   f"-@dangerous{more}"),
         "admin": "~* &* +@all",
     }
     return {name: RedisUser(name, secrets.token_urlsafe(24), rule) for name, rule in rules.items()}

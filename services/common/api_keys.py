@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from typing import Any
 
 from grpc.aio import ServicerContext
 
@@ -32,7 +33,9 @@ ADMIN, ROUTER, WORKER, CLIENT = "admin", "router", "worker", "client"
 ROLES = (ADMIN, ROUTER, WORKER, CLIENT)
 #: Registry methods each role other than admin may call (admin may call all of them).
 REGISTRY_METHODS: dict[str, frozenset[str]] = {
-    WORKER: frozenset({"RegisterWorker", "Heartbeat", "DeregisterWorker", "WatchRoutingTable"}),
+    WORKER: frozenset({"RegisterWorker", "Heartbeat", "DeregisterWorker", "WatchRoutingTable",
+                       # shunter.monitor.v1.Monitor: drift profiles in, window counts out
+                       "GetReferenceProfile", "ReportDriftCounts"}),
     ROUTER: frozenset({"WatchRoutingTable", "ListModels", "GetModel", "GetTrafficPolicy", "ListWorkers"}),
     CLIENT: frozenset(),
 }
@@ -80,7 +83,7 @@ def key_id_of(key: str) -> str | None:
     return match.group(1) if match else None
 
 
-def bearer_token(metadata: object) -> str | None:
+def bearer_token(metadata: Any) -> str | None:
     """The token of an ``authorization: Bearer <token>`` entry in gRPC metadata, if any.
 
     ``metadata`` is whatever ``context.invocation_metadata()`` returns: pairs (or

@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -351,7 +351,7 @@ class Edge:
                     async for message in result:
                         await context.write(message)
                 else:
-                    await result
+                    await cast(Awaitable[Any], result)
             except ShunterError as exc:
                 call.code = exc.code
                 await context.abort(exc.code, exc.message, exc.trailing_metadata)

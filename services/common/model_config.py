@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from services.common.datatypes import DATATYPES
 from services.common.errors import ModelConfigError
+from services.common.monitoring_config import MonitoringConfig, check_outputs
 from services.common.signature import Signature, TensorSpec
 
 Backend = Literal["torchscript", "torch_export", "onnx", "tensorrt", "python"]
@@ -85,6 +86,8 @@ class ModelConfig(_Strict):
     #: Input tensors the engine itself takes when a handler's preprocess produces different ones.
     engine_inputs: list[TensorConfig] | None = None
     engine_outputs: list[TensorConfig] | None = None
+    #: Model-output metrics and input drift (services/common/monitoring_config.py); None: off.
+    monitoring: MonitoringConfig | None = None
 
     @field_validator("device")
     @classmethod
@@ -108,6 +111,8 @@ class ModelConfig(_Strict):
                 raise ValueError(
                     f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
                 )
+        if self.monitoring is not None:
+            check_outputs(self.monitoring, {t.name: t.shape for t in self.outputs})
         return self
 
     @property

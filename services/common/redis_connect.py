@@ -180,10 +180,10 @@ def parse_url(url: str) -> RedisTarget:
         path = urlsplit(url).path
         if not path:
             raise RedisUrlError(f"unix:// Redis URL without a socket path: {redacted(url)}")
-        db = params.get("db", "0")
-        if not db.isdigit():
-            raise RedisUrlError(f"bad database '{db}' in Redis URL {redacted(url)}")
-        return RedisTarget(SINGLE, False, path=path, db=int(db), username=username, password=password)
+        db_text = params.get("db", "0")
+        if not db_text.isdigit():
+            raise RedisUrlError(f"bad database '{db_text}' in Redis URL {redacted(url)}")
+        return RedisTarget(SINGLE, False, path=path, db=int(db_text), username=username, password=password)
     if not netloc:
         raise RedisUrlError(f"Redis URL {redacted(url)} names no host")
     hosts = _hosts(netloc, url, many=mode != SINGLE)

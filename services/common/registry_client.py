@@ -87,7 +87,7 @@ def to_shunter_error(exc: grpc.aio.AioRpcError, address: str) -> errors.ShunterE
         details = f"cannot reach the registry at {address}: {details}"
     cls = _ERRORS.get(code, errors.ShunterError)
     error = cls(details)
-    error.grpc_code = code  # type: ignore[attr-defined] - kept for callers that print it
+    error.grpc_code = code  # type: ignore[attr-defined]  # kept for callers that print it
     return error
 
 
@@ -166,7 +166,7 @@ class RegistryClient:
     ) -> rpb.ModelVersion:
         request = rpb.RegisterModelVersionRequest(
             model=model, version=str(version), artifact_uri=artifact_uri, sha256=sha256,
-            config_yaml=config_yaml, state=state, optimize_report=optimize_report,
+            config_yaml=config_yaml, state=state, optimize_report=optimize_report,  # type: ignore[arg-type]
         )
         return await self._call("RegisterModelVersion", request, write=True)
 
@@ -177,7 +177,7 @@ class RegistryClient:
         return await self._call("GetModel", rpb.GetModelRequest(name=name))
 
     async def set_version_state(self, model: str, version: str | int, state: int) -> rpb.ModelVersion:
-        request = rpb.SetVersionStateRequest(model=model, version=str(version), state=state)
+        request = rpb.SetVersionStateRequest(model=model, version=str(version), state=state)  # type: ignore[arg-type]
         return await self._call("SetVersionState", request, write=True)
 
     # ---- traffic ---------------------------------------------------------------------

@@ -13,8 +13,10 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -70,8 +72,9 @@ class ServerSettings:
 class ServiceApp(Protocol):
     #: Short name used in the readiness line and metrics: worker, router, registry.
     name: str
-    #: Full gRPC service names this app serves (for health and reflection).
-    service_names: tuple[str, ...]
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """Full gRPC service names this app serves (for health and reflection)."""
 
     def add_to_server(self, server: grpc.aio.Server) -> None: ...
 
@@ -115,7 +118,7 @@ class RunningService:
         self.port = 0
         self.metrics_port = 0
         self._stopping = asyncio.Event()
-        self._metrics_httpd = None
+        self._metrics_httpd: WSGIServer | None = None
 
     @property
     def address(self) -> str:
@@ -199,7 +202,7 @@ def run(app: ServiceApp, settings: ServerSettings) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     try:

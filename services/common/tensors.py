@@ -97,10 +97,10 @@ def _check_shape(spec: TensorSpec, shape: list[int], signature: Signature) -> in
     name = spec.name
     expected_rank = len(spec.shape) + (1 if signature.batched else 0)
     if len(shape) != expected_rank:
-        want = (["batch"] if signature.batched else []) + [str(d) for d in spec.shape]
+        wanted = (["batch"] if signature.batched else []) + [str(d) for d in spec.shape]
         raise InvalidArgument(
             f"input '{name}': rank {len(shape)} (shape {shape}) does not match the expected "
-            f"rank {expected_rank} ([{', '.join(want)}])"
+            f"rank {expected_rank} ([{', '.join(wanted)}])"
         )
     count = 1
     for dim in shape:

@@ -133,7 +133,7 @@ def parent_based_sampler(environ: Mapping[str, str] = os.environ) -> Any:
             raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG={arg!r}: expected a ratio from 0 to 1") from None
         if not 0.0 <= ratio <= 1.0:
             raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG={arg!r}: expected a ratio from 0 to 1")
-    roots = {
+    roots: dict[str, sampling.Sampler | None] = {
         "always_on": sampling.ALWAYS_ON,
         "always_off": sampling.ALWAYS_OFF,
         "traceidratio": None,
@@ -145,6 +145,7 @@ def parent_based_sampler(environ: Mapping[str, str] = os.environ) -> Any:
             "(or parentbased_ of those)"
         )
     root = roots[base] if base != "traceidratio" else sampling.TraceIdRatioBased(ratio)
+    assert root is not None
     return sampling.ParentBased(root)
 
 
@@ -437,7 +438,7 @@ class TracingInterceptor(edge.Interceptor):
             try:
                 trace_id = trace.trace_id()  # before finish: an ended span no longer records
                 trace.finish(call)
-                if trace_id:
+                if trace_id and state is not None:
                     state[edge.EXEMPLAR] = {"trace_id": trace_id}
             except Exception:  # a hook must not raise
                 logger.exception("ending the span of %s %s", self._service, call.method)
@@ -458,10 +459,11 @@ Queued = tuple[Any, int, str, str]
 def queued() -> Queued | None:
     """For the batcher: the current call's recording span and the enqueue time; None if untraced."""
     trace = current()
-    if trace is NO_TRACE or not trace.recording:
+    if not isinstance(trace, CallTrace) or not trace.recording:
         return None
     call = edge.CURRENT.get()
-    return trace.span, time.time_ns(), call.model, call.version
+    model, version = (call.model, call.version) if call is not None else ("", "")
+    return trace.span, time.time_ns(), model, version
 
 
 def record_batch(entries: Sequence[Queued | None], rows: int, compute_ns: int) -> None:

@@ -221,7 +221,7 @@ class _Runner:
             while True:
                 while not done_reading and len(in_flight) < self.window:
                     chunk = await asyncio.to_thread(next, chunks, sentinel)
-                    if chunk is sentinel:
+                    if not isinstance(chunk, _Chunk):
                         done_reading = True
                         break
                     in_flight.append(asyncio.create_task(self._infer_chunk(chunk)))

@@ -86,9 +86,9 @@ def resolve(reader: Reader, signature: Signature) -> list[Source]:
             sources.append(Source(spec, column=spec.name))
             continue
         count = _elements(spec)
-        names = tuple(f"{spec.name}.{i}" for i in range(count or 0))
-        if names and all(n in available for n in names):
-            sources.append(Source(spec, elements=names))
+        elements = tuple(f"{spec.name}.{i}" for i in range(count or 0))
+        if elements and all(n in available for n in elements):
+            sources.append(Source(spec, elements=elements))
             continue
         wanted = f"'{spec.name}'" + (f" or '{spec.name}.0' … '{spec.name}.{count - 1}'" if count else "")
         missing.append(f"input '{spec.name}' ({spec.datatype}{list(spec.shape)}) needs a column {wanted}")
@@ -212,8 +212,8 @@ def _arrow_values(block: Block, source: Source, bad: dict[int, str]) -> np.ndarr
                                             for c in columns) and not any(c.null_count for c in columns):
             stacked = np.stack([c.to_numpy(zero_copy_only=False) for c in columns], axis=1)
             return stacked.astype(NUMPY_DTYPES[spec.datatype], copy=False).reshape(block.rows, *spec.shape)
-        values = [list(row) for row in zip(*(c.to_pylist() for c in columns), strict=True)]
-        values = [None if any(v is None for v in row) else row for row in values]
+        rows = [list(row) for row in zip(*(c.to_pylist() for c in columns), strict=True)]
+        values = [None if any(v is None for v in row) else row for row in rows]
         return _convert_rows(values, block, spec, bad)
     column = batch.column(source.column)
     kind = column.type

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -33,7 +34,7 @@ class RetryPolicy:
         return (rng or random).uniform(ceiling / 2, ceiling)
 
 
-def retry_after_s(trailing_metadata: object) -> float | None:
+def retry_after_s(trailing_metadata: Any) -> float | None:
     """The ``retry-after-ms`` hint of a RESOURCE_EXHAUSTED reply in seconds, or None."""
     for key, value in trailing_metadata or ():
         if key == RETRY_AFTER_TRAILER:

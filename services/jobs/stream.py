@@ -70,7 +70,7 @@ if #ids > 0 then redis.call('XACK', KEYS[2], group, unpack(ids)) end
 return written
 """
 
-REDIS_ERRORS = (redis_errors.BusyLoadingError, *redis_connect.OUTAGE_ERRORS)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis_errors.BusyLoadingError, *redis_connect.OUTAGE_ERRORS)
 
 
 class StreamSetupError(Exception):
@@ -131,7 +131,7 @@ async def check_setup(r: aioredis.Redis, opts: StreamOptions) -> None:
                 "e.g. --input-stream '{digits}:in' --output-stream '{digits}:out' (dead letters default to IN:dlq)"
             )
     try:
-        kind = (await r.type(opts.input_stream)).decode()
+        kind = _text(await r.type(opts.input_stream))
     except REDIS_ERRORS as exc:
         raise StreamSetupError(f"cannot reach Redis at {_safe_url(opts.redis_url)}: {exc}") from None
     except redis_errors.ResponseError as exc:
@@ -142,7 +142,7 @@ async def check_setup(r: aioredis.Redis, opts: StreamOptions) -> None:
             f"or create it empty: XGROUP CREATE {opts.input_stream} {opts.group} 0 MKSTREAM)"
         )
     for flag, key in names.items():
-        found = (await r.type(key)).decode()
+        found = _text(await r.type(key))
         if found not in ("none", "stream"):
             raise StreamSetupError(f"{flag} '{key}' is a Redis {found}, not a stream")
     try:
@@ -397,7 +397,7 @@ def _by_shape(events: list[Event], max_rows: int) -> list[list[Event]]:
     return out
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 

@@ -92,7 +92,7 @@ def time_all(loaded: list[Loaded], evalset: EvalSet, seconds_per_point: float, r
 
 
 def _latency_ms(engine: object, evalset: EvalSet, seconds: float) -> float:
-    samples = []
+    samples: list[float] = []
     deadline = time.perf_counter() + seconds
     row = 0
     while len(samples) < 20 or time.perf_counter() < deadline:

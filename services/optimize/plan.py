@@ -81,13 +81,14 @@ def _parse_item(item: str) -> Technique:
         return Technique(item, name, params)
     if name == "distill":
         arch = [o for o in options if o.startswith("arch=")]
-        params: dict[str, Any] = {**DISTILL_DEFAULTS, "arch": None}
-        params.update(_keyed(item, [o for o in options if not o.startswith("arch=")], DISTILL_DEFAULTS))
+        distill: dict[str, Any] = {**DISTILL_DEFAULTS, "arch": None}
+        distill.update(_keyed(item, [o for o in options if not o.startswith("arch=")], DISTILL_DEFAULTS))
         if arch:
-            params["arch"] = arch[-1].partition("=")[2]
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", params["arch"]):
+            module = arch[-1].partition("=")[2]
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", module):
                 raise OptimizeError(f"{item}: arch must name a module in --trusted-dir, e.g. arch=small_mlp")
-        return Technique(item, name, params)
+            distill["arch"] = module
+        return Technique(item, name, distill)
     if name == "quantize-static":
         return Technique(item, name, {"calibrate": 128, **_keyed(item, options, {"calibrate": 128})})
     if options:

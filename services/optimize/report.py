@@ -151,6 +151,7 @@ def plot(outcome: Outcome, path: Path) -> None:
     colours = {"original": "tab:blue", "accepted": "tab:green", "rejected": "tab:red", "failed": "tab:gray"}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for r in measured:
+        assert r.measurement is not None and r.quality is not None
         colour = "gold" if r.name == outcome.winner else colours.get(r.status, "tab:gray")
         left.scatter(r.measurement.best_rows_per_s, r.quality.quality, color=colour, s=60, edgecolor="black")
         left.annotate(r.name, (r.measurement.best_rows_per_s, r.quality.quality), fontsize=7,
@@ -164,7 +165,7 @@ def plot(outcome: Outcome, path: Path) -> None:
     left.set_xlabel("rows/s at best batch (in-process)")
     left.set_title("speed vs quality")
     names = [r.name for r in measured]
-    sizes = [r.measurement.size_bytes / 1024 for r in measured]
+    sizes = [r.measurement.size_bytes / 1024 for r in measured if r.measurement is not None]
     bar_colours = ["gold" if r.name == outcome.winner else colours.get(r.status, "tab:gray") for r in measured]
     right.barh(names, sizes, color=bar_colours, edgecolor="black")
     right.set_xlabel("artifact size (KiB)")

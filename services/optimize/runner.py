@@ -13,7 +13,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from services.optimize.errors import OptimizeError, TechniqueNotApplicable, TechniqueSkipped
 from services.optimize.evalset import EvalSet
@@ -57,8 +57,16 @@ class Outcome:
         return next(r for r in self.results if r.name == name)
 
 
-class Progress:
+class ProgressReporter(Protocol):
     """What the runner reports as it goes; the CLI draws it as a bar."""
+
+    def start(self, total: int) -> None: ...
+    def step(self, what: str) -> None: ...
+    def detail(self, done: int, total: int, what: str) -> None: ...
+
+
+class Progress:
+    """Reports nothing (the runner's default)."""
 
     def start(self, total: int) -> None: ...
     def step(self, what: str) -> None: ...
@@ -71,7 +79,7 @@ def safe_name(label: str) -> str:
 
 def run(original: Original, evalset: EvalSet, techniques: list[Technique], workdir: Path, max_drop: float,
         task: str | None = None, transfer: EvalSet | None = None, seconds_per_point: float = 0.5,
-        seed: int = 0, progress: Progress | None = None, rounds: int = 3,
+        seed: int = 0, progress: ProgressReporter | None = None, rounds: int = 3,
         trusted_dir: Path | None = None) -> Outcome:
     progress = progress or Progress()
     progress.start(len(techniques) + 2)

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import grpc
 
-from services.common import api_keys
+from services.common import api_keys, redis_connect, version_windows
 from services.common.errors import Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
+from services.gen.shunter.rollout.v1 import rollout_pb2 as opb
+from services.monitoring import service as monitor_service
+from services.monitoring import windows as monitor_windows
 from services.registry.catalogue import Catalogue
+from services.registry.rollout.controller import ControllerSettings, RolloutController
+from services.registry.rollout.service import RolloutService
 from services.registry.service import RegistryService
 from services.registry.settings import RegistrySettings
 from services.registry.store import RedisStore, now_ms
@@ -18,6 +23,7 @@ from services.registry.store import RedisStore, now_ms
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registry"].full_name
+ROLLOUT_SERVICE_NAME = opb.DESCRIPTOR.services_by_name["Rollouts"].full_name
 MIN_BOOTSTRAP_KEY_LEN = 16
 
 
@@ -39,7 +45,7 @@ def bootstrap_key(path: Path) -> rpb.ApiKey:
 
 class RegistryApp:
     name = "registry"
-    service_names = (SERVICE_NAME,)
+    service_names = (SERVICE_NAME, ROLLOUT_SERVICE_NAME, monitor_service.SERVICE_NAME)
 
     def __init__(self, settings: RegistrySettings) -> None:
         self.settings = settings
@@ -54,9 +60,38 @@ class RegistryApp:
             self.store, default_ttl_s=settings.lease_ttl_s, bootstrap=self.bootstrap,
             artifact_roots=settings.artifact_roots,
         )
+        # The routers' per-version statistics: one hash tag on a Redis Cluster, so one client.
+        stats_prefix = version_windows.stats_prefix(
+            settings.key_prefix, cluster=redis_connect.is_cluster(settings.redis_url)
+        )
+        self._stats_redis = redis_connect.connect(
+            settings.redis_url, slot_key=version_windows.slot_key(stats_prefix, "s", "", "", 0), socket_timeout=3.0
+        )
+        controller_settings = ControllerSettings(
+            stats_prefix=stats_prefix, lease_ttl_s=settings.rollout_lease_ttl_s,
+            tick_s=min(0.5, settings.rollout_lease_ttl_s / 4), keep_baseline_s=settings.rollout_keep_baseline_s,
+            max_inconclusive=settings.rollout_max_inconclusive,
+        )
+        self.rollouts = RolloutService(self.service, controller_settings, self._stats_redis)
+
+        # Reference profiles and drift window counts (services/monitoring), in the same Redis.
+        cluster = redis_connect.is_cluster(settings.redis_url)
+        monitor_keys = monitor_windows.Keys(settings.key_prefix, cluster=cluster)
+        self._monitor_redis = redis_connect.connect(
+            settings.redis_url, slot_key=monitor_keys.profile("", ""), socket_timeout=3.0
+        )
+        self.monitor = monitor_service.MonitorService(
+            self.service, self.store.current, self._monitor_redis, settings.key_prefix, self.service.edge,
+            cluster=cluster,
+        )
+        # The canary's drift, from the monitor in this process, is the rollout's drift gate.
+        self.controller = RolloutController(self.store, controller_settings, self._stats_redis,
+                                            drift=self.monitor.version_drift)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((self.service.handler(),))
+        server.add_generic_rpc_handlers(
+            (self.service.handler(), self.rollouts.handler(), self.monitor.handler())
+        )
 
     async def start(self) -> None:
         logger.info("registry: Redis at %s, key prefix %r", self.store.where, self.settings.key_prefix)
@@ -65,6 +100,8 @@ class RegistryApp:
         else:
             logger.warning("registry: no --artifact-root given; any local path may be registered as an artifact")
         await self.store.start()
+        self.controller.start()
+        await self.monitor.start()
         if self.store.catalogue is None:
             logger.warning("registry: starting without Redis; serving nothing until it answers")
         if self.bootstrap is None:
@@ -74,6 +111,10 @@ class RegistryApp:
         self.service.drain()
 
     async def close(self) -> None:
+        await self.controller.close()
+        await self._stats_redis.aclose()
+        await self.monitor.close()
+        await self._monitor_redis.aclose()
         await self.store.close()
 
     async def _ensure_bootstrap(self, catalogue: Catalogue) -> None:

@@ -35,6 +35,7 @@ from services.common.errors import (
 )
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.registry import metrics, validation
+from services.registry.rollout import records
 from services.registry.store import RedisStore, now_ms
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class RegistryService:
         self._drained = asyncio.Event()
         # Heartbeats and the long-lived watch streams would be most of the traces and tell nothing.
         self.edge = edge.Edge("registry", tracing.interceptors("registry", ("Heartbeat", "WatchRoutingTable")))
+        self.rollout_keys = records.RolloutKeys(store.keys)
 
     def handler(self) -> grpc.GenericRpcHandler:
         service = rpb.DESCRIPTOR.services_by_name["Registry"]
@@ -148,17 +150,26 @@ class RegistryService:
                     "immutable, register a new version number"
                 )
             has_policy = await pipe.hexists(self.keys.policies, model)
+            # States follow traffic (rollout/records.py): the first version takes all of it
+            # (production); a later one takes none until a policy gives it some (staged).
+            served = rpb.ModelVersion()
+            served.CopyFrom(version)
+            if version.state != rpb.ARCHIVED:
+                served.state = rpb.STAGED if has_policy else rpb.PRODUCTION
 
             def queue(p: Any) -> None:
                 p.sadd(self.keys.models, model)
-                p.hset(self.keys.versions(model), number, version.SerializeToString())
+                p.hset(self.keys.versions(model), number, served.SerializeToString())
                 if not has_policy and version.state != rpb.ARCHIVED:
                     # The first version of a model takes all its traffic until an operator
-                    # sets a policy, so a freshly registered model is servable at once.
+                    # sets a policy, so a freshly registered model is servable at once; its
+                    # state says so (production), as every policy write keeps states in line.
                     first = rpb.TrafficPolicy(model=model, weights={number: 100})
-                    p.hset(self.keys.policies, model, first.SerializeToString())
+                    records.queue_policy_change(p, self.rollout_keys, model, None, first, {number: served},
+                                                who=caller.key_id, action="register",
+                                                reason=f"first version {number} takes all traffic", at_ms=now_ms())
 
-            return version, queue
+            return served, queue
 
         result, revision = await self.store.transact(prepare)
         metrics.WRITES.labels("register_version").inc()
@@ -193,10 +204,21 @@ class RegistryService:
                     raise NotFound(f"model {model!r} is not registered")
                 raise NotFound(f"version {number} of model {model!r} is not registered")
             version = rpb.ModelVersion.FromString(raw)
+            raw_policy = await pipe.hget(self.keys.policies, model)
+            policy = rpb.TrafficPolicy.FromString(raw_policy) if raw_policy else None
             if state == rpb.ARCHIVED:
-                raw_policy = await pipe.hget(self.keys.policies, model)
-                policy = rpb.TrafficPolicy.FromString(raw_policy) if raw_policy else None
                 validation.check_archivable(model, number, policy)
+            else:
+                # States follow traffic (rollout/records.py): a state that the policy
+                # contradicts would say something routing does not do.
+                implied = records.implied_state(policy, number, rpb.STAGED)
+                if state != implied:
+                    raise FailedPrecondition(
+                        f"version {number} of model {model!r} is {validation.state_name(implied)} by its traffic "
+                        f"({', '.join(validation.traffic_roles(policy, number)) or 'none'}); states follow the "
+                        "traffic policy: use `shunter traffic switch`, `shunter traffic set` or "
+                        "`shunter rollout start` to change what it serves"
+                    )
             version.state = state
 
             def queue(p: Any) -> None:
@@ -221,9 +243,20 @@ class RegistryService:
             raw = await pipe.hgetall(self.keys.versions(model))
             versions = {k.decode(): rpb.ModelVersion.FromString(v) for k, v in raw.items()}
             policy = validation.check_policy(request.policy, versions)
+            before = await records.read_policy(pipe, self.keys, model)
+            rollout = await records.read_rollout(pipe, self.rollout_keys, model)
+            if (rollout is not None and rollout.state in records.ACTIVE
+                    and dict(policy.weights) != dict(before.weights if before else {})):
+                # The rollout's controller owns the weights while it runs; options may change.
+                raise FailedPrecondition(
+                    f"a rollout of {model} to version {rollout.version} is {records.STATE_NAMES[rollout.state]} "
+                    f"and owns its weights; abort it first (shunter rollout abort {model})"
+                )
 
             def queue(p: Any) -> None:
-                p.hset(self.keys.policies, model, policy.SerializeToString())
+                # Audited, and the versions' states follow the new policy (rollout/records.py).
+                records.queue_policy_change(p, self.rollout_keys, model, before, policy, versions,
+                                            who=caller.key_id, action="set", reason="", at_ms=now_ms())
 
             return policy, queue
 

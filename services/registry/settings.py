@@ -45,6 +45,17 @@ class RegistrySettings:
         1000, "how long a write waits for those replicas before UNAVAILABLE", unit="ms", minimum=1, metavar="MS",
     )
 
+    rollout_lease_ttl_s: float = setting(
+        5.0, "rollout controller lease: when the acting replica dies, another acts within it", unit="s", minimum=1,
+    )
+    rollout_keep_baseline_s: float = setting(
+        600.0, "after a promotion, how long the old version stays loaded at weight 0 before it is archived",
+        unit="s", minimum=0,
+    )
+    rollout_max_inconclusive: int = setting(
+        3, "inconclusive rollout windows in a row that pause a rollout", minimum=1, metavar="N",
+    )
+
     def __post_init__(self) -> None:
         check_bounds(self)
         object.__setattr__(self, "artifact_roots", tuple(p.expanduser().resolve() for p in self.artifact_roots))

@@ -131,6 +131,11 @@ class RedisStore:
         return self._catalogue
 
     @property
+    def redis(self) -> Any:
+        """The client itself, for parts that keep their own keys (rollouts, statistics)."""
+        return self._redis
+
+    @property
     def redis_up(self) -> bool:
         return bool(self._up)
 

@@ -31,7 +31,7 @@ MAX_CONFIG_BYTES = 256 * 1024
 MAX_REPORT_BYTES = 64 * 1024
 
 ARCHIVED = rpb.ARCHIVED
-STATE_NAMES = {
+STATE_NAMES: dict[int, str] = {
     rpb.STAGED: "staged",
     rpb.CANARY: "canary",
     rpb.PRODUCTION: "production",

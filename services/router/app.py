@@ -99,6 +99,7 @@ class RouterApp:
     async def start(self) -> None:
         """Wait for the first table (bounded); raise for a key the registry refuses."""
         self._watcher = asyncio.get_running_loop().create_task(self._follow())
+        self.router.version_stats.start()
         first = asyncio.ensure_future(self._first_table.wait())
         try:
             await asyncio.wait({first, self._watcher}, timeout=self.settings.initial_table_timeout_s,

@@ -47,9 +47,13 @@ from services.router import metrics
 
 logger = logging.getLogger(__name__)
 
-#: Decay time constant of the latency estimate (seconds).
-DECAY_S = 2.0
-#: An estimate not refreshed for this long has decayed by a factor of e (seconds).
+#: Decay time constant of the latency estimate (seconds): how long one slow sample (the
+#: peak) keeps weighing. Short, so a worker that hiccuped once — a busy host — is not
+#: taken for slow for long.
+DECAY_S = 0.5
+#: An estimate not refreshed for IDLE_GRACE_S starts to decay, by a factor of e per
+#: IDLE_DECAY_S, so a worker once slow and since unpicked is probed again.
+IDLE_GRACE_S = 2.0
 IDLE_DECAY_S = 10.0
 
 
@@ -73,9 +77,9 @@ class Replica:
     def latency_at(self, now: float) -> float:
         """The latency estimate, decayed for the time since it was last refreshed."""
         idle = now - self.stamp
-        if idle <= DECAY_S:
+        if idle <= IDLE_GRACE_S:
             return self.latency_s
-        return self.latency_s * math.exp(-(idle - DECAY_S) / IDLE_DECAY_S)
+        return self.latency_s * math.exp(-(idle - IDLE_GRACE_S) / IDLE_DECAY_S)
 
 
 class Balancer:

@@ -18,7 +18,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from services.common import edge, inference_parameters, tracing
+from services.common import edge, inference_parameters, redis_connect, tracing, version_windows
 from services.common.admission import Admission
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.tensors import decode_request
@@ -33,6 +33,7 @@ from services.router.redis_link import RedisLink
 from services.router.settings import RouterSettings
 from services.router.shadow import ShadowMirror
 from services.router.table import KeyEntry, ModelEntry, RoutingSnapshot, VersionEntry
+from services.router.version_stats import VersionStats
 from services.router.worker_client import Forward, Liveness, WorkerTransport, forward_infer
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,13 @@ class Router:
         self.limiter = RateLimiter(self.redis, settings.key_prefix)
         self.cache = ResponseCache(self.redis, settings.key_prefix, settings.near_cache_bytes)
         self.shadow = ShadowMirror(pb.ModelInferResponse, settings.shadow_max_in_flight)
+        #: Per-version counts for rollout gates (an edge interceptor, flushed to Redis).
+        cluster = bool(settings.redis_url) and redis_connect.is_cluster(settings.redis_url)
+        self.version_stats = VersionStats(
+            self.redis, version_windows.stats_prefix(settings.key_prefix, cluster=cluster),
+            interval_s=settings.version_stats_interval_s,
+        )
+        self.shadow.on_outcome = self.version_stats.shadow_result
         self.payload_log = None
         if settings.payload_log:
             self.payload_log = PayloadLog(
@@ -178,6 +186,7 @@ class Router:
             if cached is not None:
                 return InferResult(cached, name, entry.version)
 
+        started = time.perf_counter()
         hedge = self.settings.hedge_after_s if name in self.settings.hedge_models else None
         # Trace context rides in the request's parameters, so a traced request keeps the stream link.
         with trace.child("forward", client=True):
@@ -188,12 +197,13 @@ class Router:
                 caller_timeout_us=inference_parameters.timeout_us(request),
             )
             response = await forward_infer(self.balancer, entry.workers, forward, hedge)
+        primary_s = time.perf_counter() - started
 
         if cache_key is not None:
             await self.cache.put(cache_key, strip_id(response, pb.ModelInferResponse), ttl)
         shadow_version = policy.shadow_version
         if shadow_version and shadow_version != entry.version:
-            self._mirror(model, shadow_version, forward, response)
+            self._mirror(model, shadow_version, forward, response, primary_s)
         return InferResult(response, name, entry.version)
 
     def choose_version(self, model: ModelEntry, headers: Mapping[str, str]) -> VersionEntry:
@@ -214,7 +224,9 @@ class Router:
         counter.inc()
         return entry
 
-    def _mirror(self, model: ModelEntry, version: str, primary: Forward, response: bytes) -> None:
+    def _mirror(
+        self, model: ModelEntry, version: str, primary: Forward, response: bytes, primary_s: float = 0.0
+    ) -> None:
         """A copy of the request to the shadow ``version``, its answer compared with ``response``."""
         entry = model.versions.get(version)
         if entry is None or not entry.workers:
@@ -228,7 +240,7 @@ class Router:
             copy = primary.to(shadow_raw, time.monotonic() + timeout_s)
             return await forward_infer(self.balancer, entry.workers, copy)
 
-        self.shadow.mirror(model.name, version, response, send)
+        self.shadow.mirror(model.name, version, response, send, primary_s, primary.raw)
 
     # -- statistics -----------------------------------------------------------------
 
@@ -267,6 +279,7 @@ class Router:
         return merged
 
     async def close(self) -> None:
+        await self.version_stats.close()
         await self.shadow.close()
         if self.payload_log is not None:
             await self.payload_log.close()

@@ -53,6 +53,7 @@ class RouterServicer:
         self.draining = False
         self.edge = edge.Edge("router", tracing.interceptors("router"))
         self.edge.add(router.admission)
+        self.edge.add(router.version_stats)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return self.edge.handler(

@@ -71,6 +71,10 @@ class RouterSettings:
         "stream", "how requests travel to workers: multiplexed over one ModelStreamInfer stream per worker, "
         "or one ModelInfer call each", choices=WORKER_LINKS,
     )
+    version_stats_interval_s: float = setting(
+        1.0, "how often per-version statistics (rollout gates, A/B and shadow reports) go to Redis (0: never)",
+        unit="s", minimum=0,
+    )
     #: TLS for the router's own calls (registry watch, workers); None: plaintext. From the --tls-ca flags.
     client_tls: ClientTls | None = None
     # -- overload and failure handling (README "Overload and failure handling") ---------

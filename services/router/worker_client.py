@@ -37,7 +37,9 @@ worker's response bytes, or an ``UpstreamError`` carrying the worker's own statu
    answers at once without queueing (an older worker answers NOT_FOUND, which proves
    liveness as well) — and when no message at all arrives within ``timeout_s`` of it, the
    stream breaks with every pending request failing UNAVAILABLE marked ``hung``:
-   forward_infer retries each on another worker and ejects this one at once.
+   forward_infer retries each on another worker and ejects this one at once. Unary calls to
+   the same worker (one near the message limit, or given call metadata) are watched by the
+   same pings and cut the same way.
 
 Request bytes are the caller's own plus appended fields (the version the split chose, the
 link's id and timeout): with ``None`` serialisers gRPC passes bytes straight through.
@@ -264,11 +266,25 @@ class WorkerTransport:
         raw = forward.raw
         if self._stream is not None and forward.trace is None and len(raw) <= self._stream_limit:
             return await self._stream.infer(forward, timeout_s)
+        if self._stream is not None:
+            self._stream.check_alive()
+        call = self._unary(raw, timeout=timeout_s, metadata=forward.trace)
+        # On the stream link's worker, the stream's liveness pings watch unary calls too.
+        watched = self._stream.watch(call) if self._stream is not None else None
         try:
-            return await self._unary(raw, timeout=timeout_s, metadata=forward.trace)
-        except grpc.aio.AioRpcError as err:
-            code = err.code()
-            raise UpstreamError(code, err.details() or code.name) from None
+            return await call
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+            cut = StreamLink.unwatch(watched, call) if watched is not None else None
+            watched = None
+            if cut is not None:
+                raise cut from None
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            code = exc.code()
+            raise UpstreamError(code, exc.details() or code.name) from None
+        finally:
+            if watched is not None:
+                StreamLink.unwatch(watched, call)
 
     async def close(self, grace_s: float | None = None) -> None:
         if self._stream is not None:
@@ -277,6 +293,10 @@ class WorkerTransport:
 
 
 # -- 3. the stream link -------------------------------------------------------------
+
+
+#: After a failed write, how long the stream waits for the reader to report the call's status.
+WRITE_FAILED_WAIT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +326,10 @@ class _Stream:
     def __init__(self, call: grpc.aio.StreamStreamCall, on_closed, liveness: Liveness | None = None) -> None:
         self.call = call
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
+        #: Unary calls to the same worker watched by this stream's liveness pings (near the
+        #: message limit, or with call metadata), and those a missed ping cut.
+        self.held: set[grpc.aio.UnaryUnaryCall] = set()
+        self.cut: set[grpc.aio.UnaryUnaryCall] = set()
         self.outbox: deque[bytes] = deque()
         self.broken: UpstreamError | None = None
         self._wakeup: asyncio.Future | None = None
@@ -324,6 +348,14 @@ class _Stream:
 
     def send(self, message: bytes) -> None:
         self._enqueue(message)
+        self._watch_liveness()
+
+    def hold(self, call: grpc.aio.UnaryUnaryCall) -> None:
+        """Watch a unary call to the same worker: a missed ping cancels it too (see ``cut``)."""
+        self.held.add(call)
+        self._watch_liveness()
+
+    def _watch_liveness(self) -> None:
         if self._watch is None and self._liveness is not None:
             self._watch = self._loop.call_later(self._liveness.interval_s, self._check_liveness)
 
@@ -337,7 +369,7 @@ class _Stream:
         """While requests are pending: ping a quiet worker, break the stream if it stays silent."""
         self._watch = None
         liveness = self._liveness
-        if self.broken is not None or liveness is None or not self.pending:
+        if self.broken is not None or liveness is None or not (self.pending or self.held):
             self._ping_sent = None
             return
         now = self._loop.time()
@@ -372,9 +404,15 @@ class _Stream:
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as err:
-            self._break(err.code(), err.details() or "stream to worker failed")
+            await self._write_failed(err.code(), err.details() or "stream to worker failed")
         except Exception as exc:  # e.g. InvalidStateError once the call ended
-            self._break(grpc.StatusCode.UNAVAILABLE, f"stream to worker failed: {exc}")
+            await self._write_failed(grpc.StatusCode.UNAVAILABLE, f"stream to worker failed: {exc}")
+
+    async def _write_failed(self, code: grpc.StatusCode, details: str) -> None:
+        """A write fails once the call has ended: the reader then reports the call's own status
+        (the worker's UNAUTHENTICATED, say, not core's "Internal error"), so give it a moment."""
+        await asyncio.wait((self._reader,), timeout=WRITE_FAILED_WAIT_S)
+        self._break(code, details)  # nothing, if the reader broke the stream first
 
     async def _read_all(self) -> None:
         pending = self.pending
@@ -428,6 +466,12 @@ class _Stream:
                 # One exception object each: a shared one would collect every waiter's traceback.
                 future.set_exception(UpstreamError(code, details, hung))
         self.pending.clear()
+        if hung:
+            # A hung worker will not answer its unary calls either (a worker that merely
+            # closed the stream, draining, still may).
+            self.cut = set(self.held)
+            for call in self.cut:
+                call.cancel()
         self.outbox.clear()
         for task in (self._writer, self._reader):
             if task is not asyncio.current_task():
@@ -448,6 +492,18 @@ class StreamLink:
         self._stream: _Stream | None = None
         self._ids = itertools.count()
         self._closing: set[asyncio.Task] = set()
+        #: After a missed ping, until when (loop time) requests fail at once instead of
+        #: opening a new stream to the hung worker: those that arrive before the balancer
+        #: has ejected it would each wait out another ping.
+        self._hung_until = 0.0
+        self._hung_error: UpstreamError | None = None
+
+    def check_alive(self) -> None:
+        """Raise at once (UNAVAILABLE, hung) while the worker is freshly known hung."""
+        if self._hung_error is not None:
+            if asyncio.get_running_loop().time() < self._hung_until:
+                raise UpstreamError(grpc.StatusCode.UNAVAILABLE, self._hung_error.message, hung=True)
+            self._hung_error = None
 
     def _current(self) -> _Stream:
         stream = self._stream
@@ -458,6 +514,26 @@ class StreamLink:
     def _forget(self, stream: _Stream) -> None:
         if self._stream is stream:
             self._stream = None
+        broken = stream.broken
+        if broken is not None and broken.hung and self._liveness is not None:
+            self._hung_error = broken
+            self._hung_until = asyncio.get_running_loop().time() + self._liveness.timeout_s
+
+    def watch(self, call: grpc.aio.UnaryUnaryCall) -> _Stream:
+        """Put a unary call to this worker under the stream's liveness pings; release with ``unwatch``."""
+        stream = self._current()
+        stream.hold(call)
+        return stream
+
+    @staticmethod
+    def unwatch(stream: _Stream, call: grpc.aio.UnaryUnaryCall) -> UpstreamError | None:
+        """Stop watching ``call``; the error to raise instead if a missed ping cut it."""
+        stream.held.discard(call)
+        if call in stream.cut:
+            stream.cut.discard(call)
+            broken = stream.broken
+            return UpstreamError(grpc.StatusCode.UNAVAILABLE, broken.message if broken else "worker hung", hung=True)
+        return None
 
     async def infer(self, forward: Forward, timeout_s: float) -> bytes:
         """The worker's serialised ModelInferResponse for ``forward``, with the caller's id.
@@ -465,6 +541,7 @@ class StreamLink:
         Raises UpstreamError with the worker's status, DEADLINE_EXCEEDED when
         ``timeout_s`` passes first, or UNAVAILABLE when the stream breaks.
         """
+        self.check_alive()
         stream = self._current()
         link_id = str(next(self._ids))
         budget_us = int(timeout_s * 1_000_000)

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -18,6 +19,9 @@ from services.worker.models import ModelManager
 from services.worker.repository import scan_repository
 from services.worker.servicer import WorkerServicer
 from services.worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from services.worker.cluster import ClusterMember
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +88,8 @@ class WorkerApp:
         self._only = only_models
         self._cluster_settings = cluster
         self._strict = strict
-        self._cluster = None
+        self._cluster: ClusterMember | None = None
+        self._drift = None
         self.bound_address = ""
         # Standalone workers (no registry, so no key table) are open; cluster workers serve
         # routers and admins only unless told otherwise.
@@ -114,6 +119,7 @@ class WorkerApp:
                 registry_tls=settings.registry_tls,
             )
             await self._cluster.start()
+            self._drift = _drift_reporter(settings)
             # Health stays NOT_SERVING (and the readiness line unprinted) until the first
             # routing table has been reconciled: every assigned version loaded or failed.
             await self._cluster.synced.wait()
@@ -151,6 +157,8 @@ class WorkerApp:
 
     async def drain(self) -> None:
         self.servicer.draining = True
+        if self._drift is not None:
+            await self._drift.stop()
         if self._cluster is not None:
             await self._cluster.stop()
         # After deregistering, so routers have moved on before their streams end.
@@ -159,3 +167,15 @@ class WorkerApp:
     async def close(self) -> None:
         await self.models.drain()
         await self.models.close()
+
+
+def _drift_reporter(settings: ClusterSettings):
+    """Cluster mode: report drift window counts to the registry's Monitor service."""
+    from services.monitoring.client import MonitorClient
+    from services.monitoring.observer import MONITORS
+    from services.monitoring.reporter import DriftReporter
+
+    client = MonitorClient(settings.registry_address, settings.admin_key, tls=settings.registry_tls)
+    reporter = DriftReporter(client, MONITORS)
+    reporter.start()
+    return reporter

@@ -18,6 +18,8 @@ from services.common.errors import NotFound, Unavailable
 from services.common.model_config import ModelConfig
 from services.common.signature import Signature
 from services.gen.shunter.registry.v1 import registry_pb2
+from services.monitoring import collector as monitoring_metrics
+from services.monitoring.observer import VersionMonitor
 from services.worker import metrics
 from services.worker.batching.batcher import Arrays, Batcher, BatchTiming, EngineInstance
 from services.worker.batching.policy import BatchPolicy
@@ -62,6 +64,8 @@ class LoadedVersion:
         self._queue_time = metrics.QUEUE_DURATION.labels(**labels)
         self._compute_time = metrics.COMPUTE_DURATION.labels(**labels)
         self._batch_size = metrics.BATCH_SIZE.labels(**labels)
+        #: Output metrics and drift counting (config.yaml ``monitoring:``); None: off.
+        self.monitor = VersionMonitor(self.model, self.version, self.config) if self.config.monitoring else None
 
     @property
     def ready(self) -> bool:
@@ -80,7 +84,8 @@ class LoadedVersion:
                 engine = create_engine(self.spec)
                 await loop.run_in_executor(executor, _load_and_warm, engine)
                 self._engines.append(engine)
-                instances.append(EngineInstance(infer=engine.infer, executor=executor))
+                infer = self.monitor.wrap(engine.infer) if self.monitor is not None else engine.infer
+                instances.append(EngineInstance(infer=infer, executor=executor))
         except BaseException as exc:
             # Also when cancelled (a load timeout, shutdown): a thread still inside load()
             # finishes on its own, and being a daemon it does not hold the process.
@@ -116,6 +121,8 @@ class LoadedVersion:
         )
         self.batcher.start()
         metrics.ROWS_PER_INSTANCE.track(self.model, self.version, self.batcher)
+        if self.monitor is not None:
+            monitoring_metrics.COLLECTOR.track(self.monitor)
         self.state = VersionState.READY
 
     def _record_batch(self, timing: BatchTiming) -> None:
@@ -124,6 +131,11 @@ class LoadedVersion:
         self._compute_time.observe((timing.input_ns + timing.infer_ns + timing.output_ns) / 1e9)
         for queue_ns in timing.queue_ns:
             self._queue_time.observe(queue_ns / 1e9)
+
+    def admit(self, timeout_s: float | None) -> None:
+        """Refuse at once a request the version's queue cannot serve in time (batcher.admit)."""
+        if self.batcher is not None:
+            self.batcher.admit(timeout_s)
 
     async def infer(self, inputs: Arrays, rows: int, timeout_s: float | None) -> Arrays:
         if self.state is not VersionState.READY or self.batcher is None:
@@ -155,6 +167,8 @@ class LoadedVersion:
         if self.batcher is not None:
             metrics.ROWS_PER_INSTANCE.untrack(self.batcher)
             await self.batcher.close()
+        if self.monitor is not None:
+            monitoring_metrics.COLLECTOR.untrack(self.monitor)
         for engine in self._engines:
             try:
                 engine.close()

@@ -120,6 +120,7 @@ class WorkerServicer:
             raise Unavailable("worker is shutting down")
         loaded = self._lookup(request.model_name, request.model_version)
         self.admission.admit(loaded.model, loaded.version, timeout_s)
+        loaded.admit(timeout_s)  # the queue's time bounds, before the request is decoded
         decoded = decode_request(request, loaded.signature)
         outputs = await loaded.infer(decoded.inputs, decoded.batch_size, timeout_s)
         response.model_name = loaded.model

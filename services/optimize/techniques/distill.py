@@ -16,10 +16,11 @@ spec, data and seed give the same student.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.nn import functional as F
 
 from services.optimize.errors import TechniqueNotApplicable
@@ -44,16 +45,17 @@ def distill(ctx: Context, out_dir: Path, width: float, epochs: int, temperature:
     else:
         if not 0 < width <= 1:
             raise TechniqueNotApplicable(f"distill: width must be in (0, 1], got {width}")
-        student = ctx.eager()
-        dropped = drop_square_layers(student, depth) if depth else 0
+        graph = cast(fx.GraphModule, ctx.eager())
+        student = graph
+        dropped = drop_square_layers(graph, depth) if depth else 0
         if depth and not dropped:
             raise TechniqueNotApplicable("distill: depth needs a hidden layer as wide in as out between two others")
-        pairs = linear_pairs(student)
+        pairs = linear_pairs(graph)
         if not pairs and width < 1:
             raise TechniqueNotApplicable("distill: no hidden linear layer to narrow (the width shrink needs an MLP)")
         if width < 1:
             for producer, consumer in pairs:
-                shrink_pair(student, producer, consumer, 1 - width)
+                shrink_pair(graph, producer, consumer, 1 - width)
         described = f"student: hidden layers at {width:.0%} width"
         if dropped:
             described += f", {dropped} hidden layer(s) fewer"

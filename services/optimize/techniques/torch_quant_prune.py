@@ -165,14 +165,17 @@ def _square(module: nn.Module, name: str) -> bool:
 
 def shrink_pair(module: fx.GraphModule, producer: str, consumer: str, amount: float) -> int:
     """Drop the weakest ``amount`` of ``producer``'s outputs and ``consumer``'s matching inputs."""
-    first: nn.Linear = module.get_submodule(producer)
-    second: nn.Linear = module.get_submodule(consumer)
+    first = module.get_submodule(producer)
+    second = module.get_submodule(consumer)
+    assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear)
     drop = round(amount * first.out_features)
     if drop <= 0 or drop >= first.out_features:
         return 0
     # ln_structured computes the mask by L2 norm per output row; the kept rows are sliced out.
     prune.ln_structured(first, "weight", amount=drop, n=2, dim=0)
-    keep = first.weight_mask.sum(dim=1).nonzero().flatten()
+    mask = first.weight_mask
+    assert isinstance(mask, torch.Tensor)
+    keep = mask.sum(dim=1).nonzero().flatten()
     prune.remove(first, "weight")
     smaller_first = nn.Linear(first.in_features, len(keep), bias=first.bias is not None)
     smaller_second = nn.Linear(len(keep), second.out_features, bias=second.bias is not None)

@@ -201,7 +201,7 @@ class Batcher:
             raise Unavailable("model version is unloading or the worker is shutting down")
         if len(self._queue) >= self._max_queue_size:
             raise Unavailable(f"queue full ({self._max_queue_size} requests waiting); retry on another worker")
-        self.queue_time.admit(self._queued_rows, len(self._running), timeout_s, self._name)
+        self.admit(timeout_s)
         now = self._clock()
         future = self._loop.create_future()
         deadline = now + timeout_s if timeout_s is not None else None
@@ -216,6 +216,14 @@ class Batcher:
             return await future
         finally:
             self._in_flight_rows -= rows
+
+    def admit(self, timeout_s: float | None) -> None:
+        """Refuse now (Overloaded) a request this queue cannot serve in time (queue_time.py).
+
+        ``submit`` asks too; the servicer asks first, before decoding the request, so a
+        refusal costs as little as it can.
+        """
+        self.queue_time.admit(self._queued_rows, len(self._running), timeout_s, self._name)
 
     async def drain(self) -> None:
         """Refuse new requests and wait until everything queued or running has finished."""

@@ -185,10 +185,10 @@ class HandlerEngine:
         self._postprocess = _callable(module, "postprocess", path)
         if self._postprocess is not None:
             try:
-                params = inspect.signature(self._postprocess).parameters
+                count = len(inspect.signature(self._postprocess).parameters)
             except (TypeError, ValueError):
-                params = {}
-            self._postprocess_takes_inputs = len(params) >= 2
+                count = 0
+            self._postprocess_takes_inputs = count >= 2
         self._infer = _callable(module, "infer", path)
         if self._inner is None and self._infer is None:
             raise EngineLoadError(f"{path}: a python-backend model must define infer(inputs) -> outputs")

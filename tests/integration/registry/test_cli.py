@@ -47,23 +47,29 @@ def repo(tmp_path_factory):
 def test_models_and_versions(shunter, repo):
     out = shunter("models", "register", "demo", "--version", "1", "--artifact", str(repo / "1"),
                   "--config", str(repo / "config.yaml")).stdout
-    assert out.startswith("registered demo version 1 (onnx, staged) sha256 ")
+    # The first version takes all traffic, and its state says so.
+    assert out.startswith("registered demo version 1 (onnx, production) sha256 ")
     assert artifacts.sha256_of(repo / "1") in out
     registered = json.loads(shunter("models", "register", "demo", "--version", "2", "--artifact",
                                     str(repo / "2" / "model.onnx"), "--config", str(repo / "config.yaml"),
                                     "--state", "canary", "--json").stdout)
     assert registered["sha256"] == artifacts.sha256_of(repo / "2" / "model.onnx")
-    assert registered["state"] == "CANARY" and registered["artifact_uri"].startswith("file:///")
+    # States follow traffic: a version without weight is staged whatever was asked.
+    assert registered["state"] == "STAGED" and registered["artifact_uri"].startswith("file:///")
 
     listed = shunter("models", "list").stdout.splitlines()
     assert listed[0].split() == ["MODEL", "VERSIONS", "ARCHIVED", "TRAFFIC"]
-    assert listed[1].split() == ["demo", "1:staged", "2:canary", "0", "1=100"]
+    assert listed[1].split() == ["demo", "1:production", "2:staged", "0", "1=100"]
 
-    shunter("versions", "set-state", "demo", "2", "production")
+    # A state the policy contradicts is refused, naming the commands that move traffic.
+    failed = shunter("versions", "set-state", "demo", "2", "production", ok=False)
+    assert "states follow the traffic policy" in failed.stderr and "FAILED_PRECONDITION" in failed.stderr
+    shunter("traffic", "set", "demo", "1=50", "2=50", "--force")
     shown = json.loads(shunter("models", "show", "demo", "--json").stdout)
-    assert [(v["version"], v["state"]) for v in shown["versions"]] == [("1", "STAGED"), ("2", "PRODUCTION")]
+    assert [(v["version"], v["state"]) for v in shown["versions"]] == [("1", "CANARY"), ("2", "PRODUCTION")]
     table = shunter("models", "show", "demo").stdout
     assert "VERSION  STATE" in table and "production" in table
+    shunter("traffic", "set", "demo", "1=100", "--force")
 
     failed = shunter("versions", "set-state", "demo", "1", "archived", ok=False)
     assert "still carries traffic" in failed.stderr and "INVALID_ARGUMENT" in failed.stderr

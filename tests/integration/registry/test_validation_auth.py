@@ -148,7 +148,8 @@ async def test_versions_are_immutable(client):
 async def test_first_version_takes_all_traffic_and_registration_records_config(client, tmp_path):
     uri, digest = make_artifact(tmp_path, b"fresh")
     version = await client.register_model_version("fresh", 1, uri, digest, CONFIG_YAML, rpb.CANARY)
-    assert (version.backend, version.state, version.sha256) == ("onnx", rpb.CANARY, digest)
+    # States follow traffic: the first version takes all of it, so it is production.
+    assert (version.backend, version.state, version.sha256) == ("onnx", rpb.PRODUCTION, digest)
     assert [(t.name, t.datatype, list(t.shape)) for t in version.signature.inputs] == [("x", "FP32", [4])]
     assert version.signature.max_batch_size == 8
     assert version.batching.enabled and list(version.batching.preferred_batch_sizes) == [4, 8]

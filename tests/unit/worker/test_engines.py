@@ -355,6 +355,7 @@ def test_handler_around_a_torch_engine_uses_engine_tensors(examples: Path, tmp_p
         outputs=[{"name": "LABEL", "datatype": "INT32", "shape": [1]}],
         engine_inputs=[t.model_dump() for t in base.inputs],
         engine_outputs=[t.model_dump() for t in base.outputs],
+        monitoring=None,  # the example's block watches output__0, which this config renames
     )
     engine = loaded(spec_for(model_dir, "1", config))
     for rows in (1, 7):
