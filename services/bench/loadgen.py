@@ -37,6 +37,9 @@ from services.bench.requests import RequestSource, RequestSpec
 from services.bench.schedule import PoissonArrivals
 from services.bench.stats import ProcessResult
 from services.bench.stream import StreamCaller
+from services.common import tls as tls_channels
+from services.common.tls import ClientTls
+from services.gen.inference import grpc_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +78,8 @@ class ProcessPlan:
     connections: int = 1
     #: What calls send when it varies per call; None: ``payload`` and ``metadata`` every time.
     requests: RequestSpec | None = None
-    #: TLS to the target, with these PEM roots (None: the system's).
-    tls: bool = False
-    root_certificates: bytes | None = None
+    #: TLS to the target (its ``ca_file`` None: the system's roots); None: plaintext.
+    tls: ClientTls | None = None
     #: One ModelStreamInfer call per connection, each request a message on it (stream.py).
     stream: bool = False
 
@@ -91,11 +93,14 @@ class _Recorder:
         self.codes: dict[str, int] = {}
         self.last_done = 0.0
         self.unsent = 0
+        self.user_versions: dict[tuple[int, str], int] = {}
 
-    def record(self, code: str, latency_s: float, done: float) -> None:
+    def record(self, code: str, latency_s: float, done: float, seen: tuple[int, str] | None = None) -> None:
         self.codes[code] = self.codes.get(code, 0) + 1
         if code == "OK":
             self.latencies.append(latency_s)
+        if seen is not None:
+            self.user_versions[seen] = self.user_versions.get(seen, 0) + 1
         if done > self.last_done:
             self.last_done = done
 
@@ -106,28 +111,37 @@ class _Recorder:
             last_done=self.last_done,
             unsent=self.unsent,
             send_lag_s=np.frombuffer(self.lags, dtype=np.float64).copy(),
+            user_versions=dict(self.user_versions),
         )
 
 
-def open_channel(target: str, options, *, tls: bool, root_certificates: bytes | None, aio: bool = True):
-    """A channel to ``target``: plaintext, or TLS with ``root_certificates`` (None: system roots)."""
-    module = grpc.aio if aio else grpc
-    if not tls:
-        return module.insecure_channel(target, options=options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-    return module.secure_channel(target, credentials, options=options)
+def open_channel(target: str, options, *, tls: ClientTls | None, aio: bool = True):
+    """A channel to ``target``, plaintext or TLS, made as every Shunter tool makes it (services/common/tls.py).
+
+    The blocking one (``aio=False``) is for the parent's metadata and probe calls. Raises
+    TlsFileError for a CA file that cannot be read or is not PEM.
+    """
+    if aio:
+        return tls_channels.channel(target, options=options, tls=tls)
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, tls.credentials(), options=[*options, *tls.options()])
 
 
-async def _one_call(call, source: RequestSource, plan: ProcessPlan) -> str:
-    """Send the next request once; return the final status code name."""
-    payload, metadata = source.next()
+async def _one_call(call, source: RequestSource, plan: ProcessPlan) -> tuple[str, tuple[int, str] | None]:
+    """Send the next request once; return the final status code name and, for a simulated
+    user's OK call (``--users``), (user, the version that answered)."""
+    payload, metadata, user = source.next_call()
     if isinstance(call, StreamCaller):
-        return await call.infer(payload, plan.timeout_s)
+        return await call.infer(payload, plan.timeout_s), None
     try:
-        await call(payload, metadata=metadata, timeout=plan.timeout_s)
-        return "OK"
+        reply = await call(payload, metadata=metadata, timeout=plan.timeout_s)
     except grpc.aio.AioRpcError as exc:
-        return exc.code().name
+        return exc.code().name, None
+    if user is None:
+        return "OK", None
+    # Only with --users: parsing every reply costs client CPU the plain benchmark does not pay.
+    return "OK", (user, pb.ModelInferResponse.FromString(reply).model_version)
 
 
 async def _closed_loop(calls: list, source: RequestSource, plan: ProcessPlan, rec: _Recorder,
@@ -139,10 +153,10 @@ async def _closed_loop(calls: list, source: RequestSource, plan: ProcessPlan, re
             sent = monotonic()
             if sent >= end:
                 return
-            code = await _one_call(call, source, plan)
+            code, seen = await _one_call(call, source, plan)
             done = monotonic()
             if sent >= measure_start:
-                rec.record(code, done - sent, done)
+                rec.record(code, done - sent, done, seen)
 
     await asyncio.gather(*(caller(calls[i % len(calls)]) for i in range(plan.concurrency)))
 
@@ -157,10 +171,10 @@ async def _open_loop(
 
     async def fire(due: float, call) -> None:
         sent = monotonic()
-        code = await _one_call(call, source, plan)
+        code, seen = await _one_call(call, source, plan)
         done = monotonic()
         if due >= measure_start:
-            rec.record(code, done - due, done)
+            rec.record(code, done - due, done, seen)
             rec.lags.append(sent - due)
 
     for arrival, offset in enumerate(PoissonArrivals(plan.rate, np.random.default_rng(plan.seed))):
@@ -187,8 +201,7 @@ async def drive(plan: ProcessPlan, wait_for_start: Callable[[], Awaitable[float]
     """Connect, report ready through ``wait_for_start`` (which returns the shared start
     time), run the load, and return what was measured."""
     channels = [
-        open_channel(plan.target, LOAD_CHANNEL_OPTIONS, tls=plan.tls, root_certificates=plan.root_certificates)
-        for _ in range(plan.connections)
+        open_channel(plan.target, LOAD_CHANNEL_OPTIONS, tls=plan.tls) for _ in range(plan.connections)
     ]
     source = RequestSource(plan.requests or RequestSpec((plan.payload,), plan.metadata), plan.seed, str(plan.seed))
     try:

@@ -9,7 +9,9 @@ inputs, and pins every call to one sticky version. The options here vary it:
 - ``--random-inputs``: fresh random values on every call (built in the client process, so
   it costs client CPU: check the client is not the bottleneck);
 - ``--vary-header NAME``: header NAME gets a fresh value on every call (a new simulated
-  user each time, for sticky splits);
+  user each time, for sticky splits); with ``--users N`` it takes N stable values
+  instead (``bench-user-0`` …), the calls made on behalf of those users in turn, so each
+  simulated user keeps its value, and so its variant, for the whole run;
 - ``-H KEY=VALUE``: extra metadata on every call, as ghz's ``-m``.
 """
 
@@ -38,6 +40,8 @@ class RequestSpec:
     metadata: tuple[tuple[str, str], ...] = ()
     #: Header given a fresh value per call; empty: none.
     vary_header: str = ""
+    #: With ``vary_header``: this many simulated users, each with one stable value; 0: a fresh value per call.
+    users: int = 0
     #: With ``random_inputs``: the model, version and input plans each fresh request needs.
     random_inputs: bool = False
     model: str = ""
@@ -56,8 +60,14 @@ class RequestSource:
         self._tag = tag
         self._fixed = (spec.metadata or None) if not spec.vary_header else None
         self.varies = spec.random_inputs or bool(spec.vary_header) or len(spec.payloads) > 1
+        self._users = itertools.cycle(range(spec.users)) if spec.vary_header and spec.users > 0 else None
 
     def next(self) -> tuple[bytes, tuple[tuple[str, str], ...] | None]:
+        payload, metadata, _user = self.next_call()
+        return payload, metadata
+
+    def next_call(self) -> tuple[bytes, tuple[tuple[str, str], ...] | None, int | None]:
+        """(payload, metadata, simulated user index or None) for the next call."""
         spec = self._spec
         if spec.random_inputs:
             arrays = make_inputs(spec.input_plans, self._rng)
@@ -65,8 +75,16 @@ class RequestSource:
         else:
             payload = next(self._payloads)
         if not spec.vary_header:
-            return payload, self._fixed
-        return payload, (*spec.metadata, (spec.vary_header, f"bench-{self._tag}-{next(self._counter)}"))
+            return payload, self._fixed, None
+        if self._users is not None:
+            user = next(self._users)
+            return payload, (*spec.metadata, (spec.vary_header, user_value(user))), user
+        return payload, (*spec.metadata, (spec.vary_header, f"bench-{self._tag}-{next(self._counter)}")), None
+
+
+def user_value(user: int) -> str:
+    """The header value of simulated user ``user`` (the same in every process and run)."""
+    return f"bench-user-{user}"
 
 
 def parse_metadata(items: Sequence[str]) -> tuple[tuple[str, str], ...]:

@@ -24,9 +24,10 @@ import numpy as np
 
 from services.bench.loadgen import CHANNEL_OPTIONS, MODEL_INFER, ProcessPlan, drive, open_channel
 from services.bench.payload import build_request, make_inputs, plan_inputs
-from services.bench.requests import RequestError, RequestSpec, payloads_from_file
+from services.bench.requests import RequestError, RequestSpec, payloads_from_file, user_value
 from services.bench.schedule import split_evenly, split_rate
-from services.bench.stats import ProcessResult, merge, send_lag_summary_ms, summarize
+from services.bench.stats import ProcessResult, merge, send_lag_summary_ms, summarize, users_summary
+from services.common.tls import ClientTls, TlsFileError
 from services.gen.inference import grpc_service_pb2 as pb
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 
@@ -75,13 +76,16 @@ class BenchOptions:
     #: Connections in total, spread over the processes (each opens at least one);
     #: None means one per process.
     connections: int | None = None
-    #: TLS to the target; ``cacert``: a PEM file of roots to trust (implies TLS).
+    #: TLS to the target; ``cacert``: a PEM file of roots to trust (implies TLS; the CLI
+    #: takes it from $SHUNTER_TLS_CA when --cacert is not given, as the other tools do).
     tls: bool = False
     cacert: str | None = None
     #: Extra metadata on every call (``-H KEY=VALUE``).
     headers: tuple[tuple[str, str], ...] = ()
     #: A header given a fresh value on every call (sticky splits see a new user each time).
     vary_header: str = ""
+    #: With ``vary_header``: N simulated users, each keeping one value (0: fresh per call).
+    users: int = 0
     #: ``.npz`` file whose rows the requests are cut from, each call the next one.
     input_file: str | None = None
     #: Fresh random inputs on every call instead of one request sent again and again.
@@ -110,6 +114,10 @@ class BenchOptions:
             raise BenchError(
                 "--stream sends one stream's metadata with all its requests: --vary-header needs unary calls"
             )
+        if self.users < 0:
+            raise BenchError(f"--users must be >= 1, got {self.users}")
+        if self.users and not self.vary_header:
+            raise BenchError("--users needs --vary-header NAME (the header each simulated user keeps)")
 
     @property
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -120,13 +128,11 @@ class BenchOptions:
     def use_tls(self) -> bool:
         return self.tls or bool(self.cacert)
 
-    def root_certificates(self) -> bytes | None:
-        if not self.cacert:
+    def client_tls(self) -> ClientTls | None:
+        """How to dial the target (services/common/tls.py); None: plaintext."""
+        if not self.use_tls:
             return None
-        try:
-            return Path(self.cacert).read_bytes()
-        except OSError as exc:
-            raise BenchError(f"--cacert {self.cacert}: {exc.strerror}") from None
+        return ClientTls(ca_file=Path(self.cacert) if self.cacert else None)
 
 
 @dataclass(frozen=True)
@@ -141,9 +147,12 @@ class Prepared:
 def prepare(options: BenchOptions) -> Prepared:
     """Fetch metadata, build and serialize the request, and probe it once."""
     metadata = options.grpc_metadata or None
-    roots = options.root_certificates()
-    with open_channel(options.target, CHANNEL_OPTIONS, tls=options.use_tls, root_certificates=roots,
-                      aio=False) as channel:
+    client_tls = options.client_tls()
+    try:
+        channel = open_channel(options.target, CHANNEL_OPTIONS, tls=client_tls, aio=False)
+    except TlsFileError as exc:
+        raise BenchError(f"--cacert: {exc}") from None
+    with channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=options.connect_timeout_s)
         except grpc.FutureTimeoutError:
@@ -201,8 +210,8 @@ def prepare(options: BenchOptions) -> Prepared:
                 payload = payloads[0]
             requests = RequestSpec(
                 payloads=payloads, metadata=options.grpc_metadata, vary_header=options.vary_header,
-                random_inputs=options.random_inputs, model=options.model, model_version=options.model_version,
-                input_plans=tuple(plans),
+                users=options.users, random_inputs=options.random_inputs, model=options.model,
+                model_version=options.model_version, input_plans=tuple(plans),
             )
         raw = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
         try:
@@ -252,8 +261,7 @@ def process_plans(options: BenchOptions, payload: bytes, requests: RequestSpec |
         connect_timeout_s=options.connect_timeout_s,
         seed=options.seed,
         requests=requests,
-        tls=options.use_tls,
-        root_certificates=options.root_certificates(),
+        tls=options.client_tls(),
         stream=options.stream,
     )
     return [
@@ -291,6 +299,8 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     }
     if options.rate is not None:
         extra["send_lag_ms"] = send_lag_summary_ms(merged.send_lag_s)
+    if options.users:
+        extra["users"] = users_summary(merged.user_versions, options.users, user_value)
     return summarize(
         merged,
         measure_start=measure_start,
@@ -310,7 +320,9 @@ def _requests_from(spec: RequestSpec | None) -> str:
         source = f"{len(spec.payloads)} requests from --input, in turn"
     else:
         source = "one request, sent every call"
-    if spec is not None and spec.vary_header:
+    if spec is not None and spec.vary_header and spec.users:
+        source += f"; {spec.vary_header} from {spec.users} simulated user(s) in turn"
+    elif spec is not None and spec.vary_header:
         source += f"; {spec.vary_header} fresh every call"
     return source
 

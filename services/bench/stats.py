@@ -10,7 +10,7 @@ observed (as HdrHistogram and ghz report them), never an interpolation.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,8 @@ class ProcessResult:
     unsent: int = 0
     #: Open loop: how late each counted call was sent after its scheduled time (seconds).
     send_lag_s: np.ndarray = field(default_factory=lambda: np.empty(0))
+    #: With ``--users``: OK calls by (simulated user, version that answered).
+    user_versions: dict[tuple[int, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class MergedResult:
     last_done: float
     unsent: int
     send_lag_s: np.ndarray
+    user_versions: dict[tuple[int, str], int] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -62,8 +65,10 @@ def merge(results: Iterable[ProcessResult]) -> MergedResult:
     """Combine per-process results exactly (concatenate samples, add counts)."""
     results = list(results)
     codes: Counter[str] = Counter()
+    user_versions: Counter[tuple[int, str]] = Counter()
     for result in results:
         codes.update(result.codes)
+        user_versions.update(result.user_versions)
     empty = np.empty(0, dtype=np.float64)
     return MergedResult(
         ok_latencies_s=np.concatenate([r.ok_latencies_s for r in results] or [empty]).astype(np.float64),
@@ -71,7 +76,28 @@ def merge(results: Iterable[ProcessResult]) -> MergedResult:
         last_done=max((r.last_done for r in results), default=0.0),
         unsent=sum(r.unsent for r in results),
         send_lag_s=np.concatenate([r.send_lag_s for r in results] or [empty]).astype(np.float64),
+        user_versions=dict(user_versions),
     )
+
+
+def users_summary(user_versions: Mapping[tuple[int, str], int], users: int,
+                  value: Callable[[int], str]) -> dict[str, Any]:
+    """What the simulated users saw: each one's OK calls by the version that answered.
+
+    ``on_one_version`` counts users all of whose OK calls one version answered, which a
+    sticky split promises; ``calls_by_version`` is the split as the users experienced it.
+    """
+    per_user: dict[str, dict[str, int]] = {value(u): {} for u in range(users)}
+    by_version: Counter[str] = Counter()
+    for (user, version), count in sorted(user_versions.items()):
+        per_user[value(user)][version] = count
+        by_version[version] += count
+    return {
+        "count": users,
+        "on_one_version": sum(1 for seen in per_user.values() if len(seen) == 1),
+        "calls_by_version": dict(sorted(by_version.items())),
+        "versions": per_user,
+    }
 
 
 def nearest_rank(sorted_values: np.ndarray, percent: float) -> float:
@@ -167,6 +193,12 @@ def format_table(report: Mapping[str, Any]) -> str:
     if lag and lag.get("p50") is not None:
         lines.append("")
         lines.append(f"Send lag behind schedule (ms): p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}")
+    users = report.get("users")
+    if users:
+        split = " ".join(f"{v or '?'}={n}" for v, n in users["calls_by_version"].items()) or "-"
+        lines.append("")
+        lines.append(f"Simulated users: {users['count']}, {users['on_one_version']} answered by one version "
+                     f"throughout; OK calls by version: {split}")
     lines.append("")
     lines.append("Status codes:")
     codes = report["codes"]

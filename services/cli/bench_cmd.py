@@ -17,7 +17,9 @@ each sent on schedule whether or not earlier calls have returned; latency counts
 scheduled time, so queueing on the server is not hidden. By default every call sends the
 same request, built once from the model's metadata (random values; BYTES inputs get short
 sentences); --random-inputs builds a fresh one per call, --input cuts them from a file,
---vary-header gives a header a fresh value per call. Latency percentiles are over calls
+--vary-header gives a header a fresh value per call (with --users N: one stable value
+per simulated user, the calls made for the N users in turn, and the report says which
+versions answered each user). Latency percentiles are over calls
 that returned OK; throughput counts every call, rows/s counts rows that came back OK.
 --stream sends every call as a message on one ModelStreamInfer stream per connection
 (as tritonclient's start_stream does) instead of a ModelInfer call each; statuses are
@@ -63,11 +65,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "line it shows in `ps`: prefer the variable or --api-key-file)")
     parser.add_argument("--api-key-file", type=Path, default=None, metavar="F", help="read the API key from F")
     parser.add_argument("--tls", action="store_true", help="connect over TLS (system roots unless --cacert)")
-    parser.add_argument("--cacert", default=None, metavar="PEM", help="trust these CA certificates (implies --tls)")
+    parser.add_argument("--cacert", default=None, metavar="PEM",
+                        help="trust these CA certificates (implies --tls; default $SHUNTER_TLS_CA, "
+                        "which `shunter up --tls` exports)")
     parser.add_argument("-H", "--metadata", action="append", default=[], metavar="KEY=VALUE",
                         help="extra gRPC metadata on every call (repeatable), e.g. -H x-tenant=a")
     parser.add_argument("--vary-header", default="", metavar="NAME",
                         help="give metadata NAME a fresh value on every call (a new user per call for sticky splits)")
+    parser.add_argument("--users", type=int, default=0, metavar="N",
+                        help="with --vary-header: N simulated users, each keeping one value of NAME for the "
+                        "whole run (calls made for them in turn); reports the versions each user got")
     parser.add_argument("--input", default=None, metavar="FILE.npz",
                         help="cut requests from this file's rows (one array per input name), the next each call")
     parser.add_argument("--random-inputs", action="store_true",
@@ -152,9 +159,10 @@ def run(args: argparse.Namespace) -> int:
         rate=args.rate,
         api_key=api_key,
         tls=args.tls,
-        cacert=args.cacert,
+        cacert=args.cacert or os.environ.get("SHUNTER_TLS_CA") or None,
         headers=headers,
         vary_header=args.vary_header.strip().lower(),
+        users=args.users,
         input_file=args.input,
         random_inputs=args.random_inputs,
         stream=args.stream,

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import shutil
 import signal
@@ -40,8 +38,6 @@ from typing import TYPE_CHECKING
 from services.common.ready_line import free_port, parse_ready_line
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from services.cli.up_checks import VersionPlan
 
 DEFAULT_REPOSITORY = Path("examples/models")
@@ -125,27 +121,19 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel SIGTERM a child when `shunter up` dies.
+def _die_with_parent() -> list[str]:
+    """An argv prefix that has the kernel SIGTERM a child when `shunter up` dies.
 
     Children run in their own session (Ctrl-C must not reach them directly), so without this a
     `shunter up` killed with SIGKILL, or by an OOM killer, leaves Redis, the registry, workers and
-    routers running with nobody to stop them. Linux only; elsewhere children outlive a killed parent.
+    routers running with nobody to stop them. It is a small exec wrapper rather than a
+    ``preexec_fn``: a ``preexec_fn`` forks this process (gRPC threads busy with the registry
+    included) and sometimes left the child aborting in gRPC before exec; see
+    exec_with_parent_death.py. Linux only; elsewhere children outlive a killed parent.
     """
     if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-        if os.getppid() != parent:  # the parent died between fork and prctl
-            os._exit(1)
-
-    return preexec
+        return []
+    return [sys.executable, "-S", str(Path(__file__).with_name("exec_with_parent_death.py")), str(os.getpid())]
 
 
 class Cluster:
@@ -158,8 +146,8 @@ class Cluster:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         #: Where the export lines were written, once the cluster is up.
         self.env_file: Path | None = None
-        #: Run in each child before exec: it gets SIGTERM if `shunter up` dies, even by SIGKILL.
-        self.preexec = _die_with_parent()
+        #: Put before each child's argv: it gets SIGTERM if `shunter up` dies, even by SIGKILL.
+        self.exec_prefix = _die_with_parent()
         #: ACL user → Redis URL with its password, for the Redis `up` started (see up_redis.py).
         self.redis_urls: dict[str, str] = {}
 
@@ -168,14 +156,15 @@ class Cluster:
         """Start a child logging to ``<run dir>/<name>.log``; ``replace`` takes a dead child's place in stop order."""
         log = self.run_dir / f"{name}.log"
         with log.open("ab") as stderr:
+            # No preexec_fn: CPython then starts the child by vfork/exec, never a fork of this
+            # process and its gRPC threads.
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                *self.exec_prefix, *argv,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
                 env={**self.env, **(env or {})},
                 # Own process group: Ctrl-C reaches `shunter up` only, which stops children in order.
                 start_new_session=True,
-                preexec_fn=self.preexec,
             )
         child = Child(name, proc, log, argv, env, started=time.monotonic())
         if replace is not None:
