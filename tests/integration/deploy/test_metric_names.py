@@ -20,16 +20,6 @@ from tests.integration.router.client import Client, auth, calc_request
 from tests.integration.router.cluster import start_cluster
 from tests.support import deploy_files as d
 
-#: Names the dashboard and alerts use before any service exports them: the model-output and
-#: drift metrics come with the worker's monitoring (issue 13 §3-4, built alongside); remove
-#: each name here once a worker exports it.
-NOT_YET_EXPORTED = {
-    "shunter_prediction_class_total",
-    "shunter_prediction_confidence_bucket",
-    "shunter_output_nonfinite_total",
-    "shunter_drift_score",
-}
-
 SUFFIXES = {
     "counter": ("_total", "_created"),
     "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -85,7 +75,7 @@ def test_every_metric_the_dashboards_and_rules_use_is_exported(cluster):
     services = [*cluster.routers, *cluster.workers, cluster.registry]
     exported = set().union(*(exported_names(s.metrics_url) for s in services))
     for where, names in used_names().items():
-        missing = names - exported - NOT_YET_EXPORTED
+        missing = names - exported
         assert not missing, f"{where} uses metrics no Shunter service exports: {sorted(missing)}"
     # The check can fail: a name that is not exported is reported.
     assert "shunter_worker_queue_depth_total" not in exported
