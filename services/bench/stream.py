@@ -23,29 +23,18 @@ from collections import deque
 
 import grpc
 
+from services.common import wire
 from services.common.inference_parameters import STATUS_CODE
 from services.gen.inference import grpc_service_pb2 as pb
 
 MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
-#: ModelInferRequest.id is field 3, length-delimited.
-_ID_TAG = b"\x1a"
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def with_id(payload: bytes, request_id: str) -> bytes:
     """``payload`` (a serialised ModelInferRequest) with its id set to ``request_id``."""
-    encoded = request_id.encode()
-    return payload + _ID_TAG + _varint(len(encoded)) + encoded
+    return wire.with_id(payload, request_id)
 
 
 def status_of(response: pb.ModelStreamInferResponse) -> str:

@@ -53,7 +53,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from services.common import edge
+from services.common import edge, wire
 
 logger = logging.getLogger(__name__)
 
@@ -204,35 +204,15 @@ def carrier_fields(traceparent: str | None, tracestate: str | None = None) -> by
     if len(traceparent) == _TRACEPARENT_LENGTH:
         out = _TRACEPARENT_PREFIX + traceparent.encode()  # version 00: every field but the value is fixed
     else:
-        out = _string_parameter(TRACEPARENT, traceparent)
+        out = wire.string_parameter_field(TRACEPARENT, traceparent)
     if tracestate:
-        out += _string_parameter(TRACESTATE, tracestate)
+        out += wire.string_parameter_field(TRACESTATE, tracestate)
     return out
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _ld(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
-def _string_parameter(name: str, value: str) -> bytes:
-    # ModelInferRequest.parameters = 4 (map<string, InferParameter>); entry key = 1, value = 2;
-    # InferParameter.string_param = 3. Appended, a map entry overrides an earlier one.
-    param = _ld(0x1A, value.encode())
-    return _ld(0x22, _ld(0x0A, name.encode()) + _ld(0x12, param))
 
 
 #: len("00-" + 32 hex + "-" + 16 hex + "-" + 2 hex), and its encoded parameter up to the value.
 _TRACEPARENT_LENGTH = 55
-_TRACEPARENT_PREFIX = _string_parameter(TRACEPARENT, "x" * _TRACEPARENT_LENGTH)[:-_TRACEPARENT_LENGTH]
+_TRACEPARENT_PREFIX = wire.string_parameter_field(TRACEPARENT, "x" * _TRACEPARENT_LENGTH)[:-_TRACEPARENT_LENGTH]
 
 
 # -- one call's trace ------------------------------------------------------------------

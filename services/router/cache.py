@@ -17,9 +17,10 @@ import logging
 
 import numpy as np
 
+from services.common import wire
 from services.common.datatypes import NUMPY_DTYPES
 from services.common.tensors import DecodedRequest, serialize_bytes_tensor
-from services.router import metrics, wire
+from services.router import metrics
 from services.router.near_cache import NearCache
 from services.router.redis_link import OUTAGE_ERRORS, RedisLink
 

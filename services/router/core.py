@@ -18,12 +18,12 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from services.common import edge, inference_parameters, redis_connect, tracing, version_windows
+from services.common import edge, inference_parameters, redis_connect, tracing, version_windows, wire
 from services.common.admission import Admission
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.tensors import decode_request
 from services.gen.inference import grpc_service_pb2 as pb
-from services.router import describe, metrics, wire
+from services.router import describe, metrics
 from services.router.auth import authenticate, authorize
 from services.router.balancer import Balancer
 from services.router.cache import ResponseCache, canonical_digest, strip_id

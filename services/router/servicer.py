@@ -14,10 +14,10 @@ from collections.abc import Mapping
 
 import grpc
 
-from services.common import edge, inference_parameters, tracing
+from services.common import edge, inference_parameters, tracing, wire
 from services.common.errors import Unavailable
 from services.gen.inference import grpc_service_pb2 as pb
-from services.router import describe, wire
+from services.router import describe
 from services.router.auth import authenticate, authorize
 from services.router.core import RETRY_AFTER_TRAILER, InferResult, Router
 from services.router.payload_log import PayloadLog

@@ -58,13 +58,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.common import inference_parameters
+from services.common import inference_parameters, wire
 from services.common.admission import Overloaded, is_overload
 from services.common.errors import DeadlineExceeded, ShunterError, Unavailable
 from services.common.tls import ClientTls
 from services.common.tls import channel as tls_channel
 from services.gen.inference import grpc_service_pb2 as pb
-from services.router import metrics, wire
+from services.router import metrics
 from services.router.balancer import Balancer, Replica
 from services.router.settings import WORKER_LINKS
 

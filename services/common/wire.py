@@ -18,6 +18,7 @@ _TAG_PARAMETERS = b"\x22"  # ModelInferRequest.parameters = 4 (map entries)
 _TAG_MAP_KEY = b"\x0a"  # map entry key = 1
 _TAG_MAP_VALUE = b"\x12"  # map entry value = 2
 _TAG_INT64_PARAM = b"\x10"  # InferParameter.int64_param = 2 (varint)
+_TAG_STRING_PARAM = b"\x1a"  # InferParameter.string_param = 3
 _FIELD_ID = 3  # ModelInferResponse.id
 _FIELD_STREAM_ERROR = 1
 _FIELD_STREAM_RESPONSE = 2
@@ -110,6 +111,13 @@ def stream_response(infer_response: bytes) -> bytes:
 def int64_parameter_field(name: str, value: int) -> bytes:
     """The encoded map entry ``parameters[name] = value``; appended, it overrides an earlier one."""
     param = _TAG_INT64_PARAM + varint(value & 0xFFFFFFFFFFFFFFFF)
+    entry = _field(_TAG_MAP_KEY, name.encode()) + _field(_TAG_MAP_VALUE, param)
+    return _field(_TAG_PARAMETERS, entry)
+
+
+def string_parameter_field(name: str, value: str) -> bytes:
+    """The encoded map entry ``parameters[name] = value`` (a string); appended, it overrides."""
+    param = _field(_TAG_STRING_PARAM, value.encode())
     entry = _field(_TAG_MAP_KEY, name.encode()) + _field(_TAG_MAP_VALUE, param)
     return _field(_TAG_PARAMETERS, entry)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from services.common import wire
 from services.gen.inference import grpc_service_pb2 as pb
-from services.router import wire
 
 
 def test_varint_matches_protobuf():
@@ -70,3 +70,13 @@ def test_find_id_without_one_and_on_garbage():
     assert wire.find_id(pb.ModelInferResponse(model_name="m").SerializeToString())[0] == ""
     with pytest.raises(wire.WireError, match="truncated"):
         wire.find_id(b"\x0a\x7f" + b"short")
+
+
+def test_string_parameter_field_overrides_as_protobuf_parses_it():
+    request = pb.ModelInferRequest(model_name="m")
+    request.parameters["traceparent"].string_param = "old"
+    raw = request.SerializeToString() + wire.string_parameter_field("traceparent", "new") \
+        + wire.string_parameter_field("tracestate", "k=v")
+    parsed = pb.ModelInferRequest.FromString(raw)
+    assert parsed.parameters["traceparent"].string_param == "new"
+    assert parsed.parameters["tracestate"].string_param == "k=v"
