@@ -35,7 +35,8 @@ class CommandError(Exception):
 # ---- parser ------------------------------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def common_parser() -> argparse.ArgumentParser:
+    """The flags every admin tool shares: where the registry is, the key, --json, TLS."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--registry", default=os.environ.get("SHUNTER_REGISTRY", DEFAULT_REGISTRY),
                         help=f"registry HOST:PORT (env SHUNTER_REGISTRY, default {DEFAULT_REGISTRY})")
@@ -44,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     tls_args.add_dial_args(common, "the registry")
     common.add_argument("--timeout-s", type=float, default=10.0, help=argparse.SUPPRESS)
+    return common
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    common = common_parser()
 
     def group(name: str, help_text: str) -> argparse._SubParsersAction:
         parser = subparsers.add_parser(name, help=help_text, description=help_text)

@@ -14,24 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from services.cli import tls_args
-from services.cli.admin_cmds import DEFAULT_REGISTRY
+from services.cli.admin_cmds import common_parser
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", default=os.environ.get("SHUNTER_REGISTRY", DEFAULT_REGISTRY),
-                        help=f"registry HOST:PORT (env SHUNTER_REGISTRY, default {DEFAULT_REGISTRY})")
-    common.add_argument("--admin-key", default=os.environ.get("SHUNTER_ADMIN_KEY"),
-                        help="admin API key (env SHUNTER_ADMIN_KEY)")
-    common.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
-    tls_args.add_dial_args(common, "the registry")
-    common.add_argument("--timeout-s", type=float, default=10.0, help=argparse.SUPPRESS)
+    common = common_parser()
     parser = subparsers.add_parser(
         "drift", help="input drift: store reference profiles, show the most drifted features",
         description="Input drift against a reference profile per model version (README: Model monitoring and drift).",

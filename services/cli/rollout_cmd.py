@@ -16,14 +16,13 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.cli import tls_args
-from services.cli.admin_cmds import DEFAULT_REGISTRY, emit_json, policy_summary, print_policy, table, when
+from services.cli.admin_cmds import common_parser, emit_json, policy_summary, print_policy, table, when
 
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -60,20 +59,9 @@ def parse_steps(text: str) -> list[int]:
 # ---- parser ------------------------------------------------------------------------------
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", default=os.environ.get("SHUNTER_REGISTRY", DEFAULT_REGISTRY),
-                        help=f"registry HOST:PORT (env SHUNTER_REGISTRY, default {DEFAULT_REGISTRY})")
-    common.add_argument("--admin-key", default=os.environ.get("SHUNTER_ADMIN_KEY"),
-                        help="admin API key (env SHUNTER_ADMIN_KEY)")
-    common.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
-    tls_args.add_dial_args(common, "the registry")
-    common.add_argument("--timeout-s", type=float, default=10.0, help=argparse.SUPPRESS)
-    return common
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    common = _common()
+    common = common_parser()
     help_text = "canary rollouts gated on live error rate and latency, with automatic rollback"
     parser = subparsers.add_parser("rollout", help=help_text, description=help_text)
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
@@ -129,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_traffic_commands(traffic: argparse._SubParsersAction) -> None:
     """`traffic switch|rollback|history`, added to the `traffic` group of admin_cmds."""
-    common = _common()
+    common = common_parser()
 
     def leaf(name: str, handler: Callable, text: str) -> argparse.ArgumentParser:
         p = traffic.add_parser(name, parents=[common], help=text, description=text)
