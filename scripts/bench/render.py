@@ -18,16 +18,6 @@ from pathlib import Path
 from typing import Any
 
 HISTORY = "## History"
-HISTORY_TEMPLATE = """## History
-
-What changed and what it moved, newest first. Append an entry by hand after each change
-that was measured: the date, the commit, what changed, and the figures it moved (before →
-after, from "Changes since the previous report" above). The report never rewrites this
-section.
-
-| date | commit | change | what moved |
-| --- | --- | --- | --- |
-"""
 #: Headline figures (name: point key, metric or cpu:GROUP), the few a History entry quotes.
 HEADLINE = {
     "worker digits c64 req/s": (["peers/shunter-worker/digits/c64", "worker/on/digits/c64"], "throughput_rps"),
@@ -241,6 +231,14 @@ def _threads(record: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- markdown
 
+PROSE_FILE = Path(__file__).resolve().with_name("report.md")
+
+
+def prose() -> dict[str, str]:
+    """report.md's chunks by name: the wording of every section, kept out of the code."""
+    parts = PROSE_FILE.read_text().split("<!-- ")[2:]
+    return {head.split(" -->")[0]: head.split(" -->\n", 1)[1].strip() for head in parts}
+
 
 def fmt(s: dict[str, float] | None, digits: int = 0) -> str:
     if s is None:
@@ -254,8 +252,10 @@ def ms(record: dict[str, Any] | None, metric: str) -> str:
     return fmt(s, 2 if s is None or s["median"] < 10 else 1)
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+def table(header: str, rows: list[list[str]]) -> str:
+    """A markdown table; ``header`` is "a | b | c"."""
+    cells = header.split(" | ")
+    lines = ["| " + " | ".join(cells) + " |", "|" + "|".join(" --- " for _ in cells) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
@@ -265,42 +265,50 @@ def errors(record: dict[str, Any] | None) -> str:
     bad: dict[str, int] = {}
     for run in record["runs"]:
         for code, count in (run.get("codes") or {}).items():
-            bad[code] = bad.get(code, 0) + count if code != "OK" else bad.get(code, 0)
+            if code != "OK":
+                bad[code] = bad.get(code, 0) + count
     failed = next((r["error"] for r in record["runs"] if "error" in r), None)
     if failed and not any(r.get("rows_per_s") for r in record["runs"]):
         return f"failed: {failed.splitlines()[0][:120]}"
-    return ", ".join(f"{k} {v}" for k, v in bad.items() if v) or "none"
+    return ", ".join(f"{k} {v}" for k, v in bad.items()) or "none"
 
 
 def section_machine(results: dict[str, Any]) -> str:
     meta, settings = results["meta"], results["settings"]
     git = meta["git"]
     commit = git["commit"] + (f" (+{git['modified_files']} modified files)" if git.get("modified_files") else "")
-    packages = ", ".join(f"{k} {v}" for k, v in meta["packages"].items())
     rows = [
         ["run", f"{meta.get('started', '?')}, took {meta.get('took_s', '?')} s (profile {results['profile']})"],
         ["CPU", f"{meta['cpu_model']}, {meta['cpus']} CPUs ({meta['usable_cpus']} usable)"],
         ["memory", f"{meta['memory_gib']} GiB"],
         ["OS", f"{meta['os']}, kernel {meta['kernel']}"],
-        ["Shunter", f"commit {commit}; Python {meta['python']}; {packages}"],
+        ["Shunter", f"commit {commit}; Python {meta['python']}; " + _pairs(meta["packages"])],
     ]
+    if meta.get("gpu"):
+        rows.append(
+            [
+                "GPU",
+                f"{meta['gpu'].get('device_name')}; torch {meta['gpu'].get('torch')}, CUDA {meta['gpu'].get('cuda')}",
+            ]
+        )
     for name, peer in results.get("peers", {}).items():
-        detail = ", ".join(f"{k} {v}" for k, v in peer.get("versions", {}).items())
         served = [s["metadata"] for n, s in results["servers"].items() if n.startswith(name) and s.get("metadata")]
-        detail += f"; server reports {served[0]['name']} {served[0]['version']}" if served else ""
+        detail = _pairs(peer.get("versions", {})) + (
+            f"; server reports {served[0]['name']} {served[0]['version']}" if served else ""
+        )
         rows.append([name, detail if peer["status"] == "ok" else "unavailable (see section 5)"])
     load = meta["load_at_start"]
     rows.append(["load average (1 min)", f"{load[0]:.2f} at start, {meta.get('load_at_end', [0])[0]:.2f} at end"])
+    served = ", ".join(f"{m} v{v}" for m, v in settings["served_versions"].items())
     rows.append(
         [
             "settings",
             f"{settings['runs']} interleaved run(s) per figure; {settings['duration_s']:g} s measured "
             f"+ {settings['warmup_s']:g} s warm-up per point; {settings['client_processes']} client process(es) "
-            "of `shunter bench`; served versions "
-            + ", ".join(f"{m} v{v}" for m, v in settings["served_versions"].items()),
+            f"of `shunter bench`; served versions {served}",
         ]
     )
-    text = "## Machine and versions\n\n" + table(["", ""], rows)
+    text = "## Machine and versions\n\n" + table(" | ", rows)
     if load[0] > 0.5:
         text += (
             f"\n\n**Note:** the 1-minute load average was {load[0]:.2f} when the run started: other work "
@@ -315,72 +323,45 @@ def section_machine(results: dict[str, Any]) -> str:
     return text
 
 
-def section_bars(results: dict[str, Any], bars: list[dict[str, Any]], title: str) -> str:
+def _pairs(mapping: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in mapping.items())
+
+
+def section_bars(results: dict[str, Any], bars: list[dict[str, Any]], title: str, text: dict[str, str]) -> str:
     rows = [list(judge(bar, results).values()) for bar in bars]
-    return (
-        f"{title}\n\nFrom the medians below. *met* / *missed* compare the median with the target; *not measured* "
-        "means a figure is missing (its section failed or did not run).\n\n"
-        + table(["bar", "target", "measured", "status"], rows)
-    )
+    return f"{title}\n\n{text['bars']}\n\n" + table("bar | target | measured | status", rows)
 
 
-def section_engine(results: dict[str, Any], plots: dict[str, str]) -> str:
+def section_engine(results: dict[str, Any], text: dict[str, str]) -> str:
     entries = {k: e for k, e in results["engine"].items() if e.get("runs")}
-    text = (
-        "## 1. The physical limit: engines in-process\n\nEach engine built as the worker builds it (handler "
-        "included for minilm), one intra-op thread, called in a loop on one thread with the inputs "
-        "`shunter bench` sends. rows/s, median [min–max] of the runs.\n\n"
-    )
+    out = text["engine"] + "\n\n"
     if not entries:
-        return (
-            text
-            + "Not measured."
-            + "".join(f"\n\n`{k}`: {e['errors'][0][-300:]}" for k, e in results["engine"].items() if e.get("errors"))
-        )
+        failed = [f"`{k}`: {e['errors'][0][-300:]}" for k, e in results["engine"].items() if e.get("errors")]
+        return out + "Not measured." + "".join(f"\n\n{f}" for f in failed)
     stats = {k: engine_stats(e) for k, e in entries.items()}
+    header = " | ".join(["batch"] + [f"{k} ({e.get('backend', '?')})" for k, e in entries.items()])
     sizes = sorted({b for s in stats.values() for b in s})
-    header = ["batch"] + [f"{k} ({e.get('backend', '?')})" for k, e in entries.items()]
-    return (
-        text
-        + table(header, [[str(b)] + [fmt(stats[k].get(b)) for k in entries] for b in sizes])
-        + _plot(plots, "engine", "engines in-process")
-    )
+    return out + table(header, [[str(b)] + [fmt(stats[k].get(b)) for k in entries] for b in sizes])
 
 
-def section_limit(results: dict[str, Any]) -> str:
-    """Issue 15 §2: the in-process limit like for like with the served configuration."""
-    entries = {k: e for k, e in results.get("limit", {}).items() if e.get("runs")}
-    text = (
-        "**The like-for-like limit.** The engine in-process with as many threads as the served configuration "
-        "runs engine instances (one engine per thread, all called at once), at the batch sizes the worker "
-        "executed in the points the bars compare with it (ModelStatistics: inference_count / execution_count "
-        "over the point). The bars above divide by these.\n\n"
-    )
-    if not entries:
-        return text + "Not measured in this run."
-    rows = [
-        [e["model"], str(e["threads"]), str(b), fmt(s)] for e in entries.values() for b, s in engine_stats(e).items()
-    ]
-    return text + table(["model", "threads", "batch", "in-process rows/s"], rows)
+def section_limit(results: dict[str, Any], text: dict[str, str]) -> str:
+    entries = [e for e in results.get("limit", {}).values() if e.get("runs")]
+    rows = [[e["model"], str(e["threads"]), str(b), fmt(s)] for e in entries for b, s in engine_stats(e).items()]
+    body = table("model | engine threads | batch | in-process rows/s", rows) if rows else "Not measured in this run."
+    return f"{text['limit']}\n\n{body}"
 
 
-def section_worker(results: dict[str, Any], plots: dict[str, str]) -> str:
+def section_worker(results: dict[str, Any], text: dict[str, str]) -> str:
     points = results["points"]
-    text = (
-        "## 2. The worker\n\nOne `shunter worker` process per configuration (batching off: no `dynamic_batching`; "
-        "on: the model's config, `max_queue_delay_us` 2000), single-row requests, closed loop. *worker CPU* is the "
-        "worker process's CPU time per request; *batch* the mean rows per executed batch (ModelStatistics); "
-        "*client CPU* the cores the load generator used (near 1 per client process means the client set the "
-        "pace).\n\n"
-    )
     keys = [k for k, r in points.items() if k.startswith("worker/") and r.get("concurrency") and "/overhead" not in k]
     if not keys:
-        return text + "Not measured."
+        return text["worker"] + "\n\nNot measured."
     rows = [
         [
             r["model"],
-            r["tags"]["batching"],
-            str(r["concurrency"]) + (f" × {r['batch_rows']} rows" if r["batch_rows"] > 1 else ""),
+            r["tags"]["batching"]
+            + (f", {r['tags']['processes']} processes" if r["tags"].get("processes", 1) > 1 else ""),
+            r["label"],
             fmt(stat(r, "rows_per_s")),
             ms(r, "p50"),
             ms(r, "p90"),
@@ -392,104 +373,59 @@ def section_worker(results: dict[str, Any], plots: dict[str, str]) -> str:
         ]
         for r in (points[k] for k in keys)
     ]
-    text += table(
-        [
-            "model",
-            "batching",
-            "concurrency",
-            "rows/s",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "worker CPU ms/req",
-            "batch",
-            "client CPU (cores)",
-            "errors",
-        ],
-        rows,
+    out = (
+        text["worker"]
+        + "\n\n"
+        + table(
+            "model | batching | load | rows/s | p50 ms | p90 ms | p99 ms | worker CPU "
+            "ms/req | batch | client CPU (cores) | errors",
+            rows,
+        )
     )
     over = [r for k, r in points.items() if k.startswith("worker/") and k.endswith("/overhead")]
     if over:
-        text += (
-            "\n\n**Serving overhead**: batching off, requests of the engine's best batch size at concurrency 4 "
-            "(the engine is never idle), against the engine in-process at that batch with one thread per "
-            "served instance.\n\n"
-        )
         rows = []
         for r in over:
-            limit = limit_at(results, r, r["batch_rows"])
-            served = stat(r, "rows_per_s")
+            served, limit = stat(r, "rows_per_s"), limit_at(results, r, r["batch_rows"])
             ratio = f"{served['median'] / limit['median']:.2f}" if served and limit else "–"
             rows.append(
                 [r["model"], str(r["batch_rows"]), fmt(served), str(r.get("engine_threads", 1)), fmt(limit), ratio]
             )
-        text += table(
-            ["model", "rows/request", "served rows/s", "threads", "in-process rows/s", "served / in-process"], rows
+        out += f"\n\n{text['overhead']}\n\n" + table(
+            "model | rows/request | served rows/s | engine threads | in-process rows/s | served / in-process", rows
         )
-    text += "\n\n" + section_limit(results)
+    out += "\n\n" + section_limit(results, text)
     opened = [r for k, r in points.items() if k.startswith("worker/") and "/open" in k]
     if opened:
-        text += (
-            "\n\n**Open loop** (Poisson arrivals, batching on) at a fraction of the capacity. The capacity is the "
-            "open loop's: the Poisson client costs more CPU than the closed loop on the same cores, and a batcher "
-            "is cheapest per request when saturated, so the closed-loop best may not be sustainable with "
-            "arrivals spread out. Probes offer the closed-loop best, then 95 % of what completed, until a rate is "
-            "kept up (completed within three Poisson standard deviations of offered). Latency counts from each "
-            "request's scheduled time, so queueing is not hidden; a point that did not keep up was overloaded, "
-            "and its percentiles say nothing about bursts.\n\n"
+        capacity = "; ".join(
+            f"{m} {d['open_loop']:,.0f} (closed loop {d['closed_loop']:,.0f}; probes offered → completed: "
+            + ", ".join(f"{o:,.0f} → {c:,.0f}" for o, c in d["probes"])
+            + ")"
+            for m, d in results.get("capacity_detail", {}).items()
         )
-        detail = results.get("capacity_detail", {})
-        text += (
-            "Capacity, req/s: "
-            + "; ".join(
-                f"{m} {d['open_loop']:,.0f} (closed loop {d['closed_loop']:,.0f}; probes offered → completed: "
-                + ", ".join(f"{o:,.0f} → {c:,.0f}" for o, c in d["probes"])
-                + ")"
-                for m, d in detail.items()
-            )
-            + ".\n\n"
-        )
-        rows = []
-        for r in opened:
-            p50, p99 = median(r, "p50"), median(r, "p99")
-            rows.append(
-                [
-                    r["model"],
-                    f"{r['tags']['fraction']:.0%}",
-                    f"{r['rate']:,.0f}",
-                    fmt(stat(r, "throughput_rps")),
-                    ms(r, "p50"),
-                    ms(r, "p90"),
-                    ms(r, "p99"),
-                    f"{p99 / p50:.1f}" if p50 and p99 else "–",
-                    fmt(stat(r, "send_lag_p99_ms"), 2),
-                ]
-            )
-        text += table(
+        rows = [
             [
-                "model",
-                "load",
-                "offered req/s",
-                "achieved req/s",
-                "p50 ms",
-                "p90 ms",
-                "p99 ms",
-                "p99/p50",
-                "client send lag p99 ms",
-            ],
+                r["model"],
+                f"{r['tags']['fraction']:.0%}",
+                f"{r['rate']:,.0f}",
+                fmt(stat(r, "throughput_rps")),
+                ms(r, "p50"),
+                ms(r, "p90"),
+                ms(r, "p99"),
+                f"{(median(r, 'p99') or 0) / (median(r, 'p50') or 1):.1f}",
+                fmt(stat(r, "send_lag_p99_ms"), 2),
+            ]
+            for r in opened
+        ]
+        out += f"\n\n{text['open_loop']}\n\nCapacity, req/s: {capacity}.\n\n" + table(
+            "model | load | offered req/s | achieved req/s | p50 ms | p90 ms | p99 ms | p99/p50 | client send lag p99 ms",
             rows,
         )
-    return text + _plot(plots, "worker", "worker throughput and latency")
+    return out
 
 
-def section_router(results: dict[str, Any], plots: dict[str, str]) -> str:
-    points = results["points"]
-    text = (
-        "## 3. The router hop\n\nA `shunter up` cluster (Redis, registry, 1 worker, router); the same load sent to "
-        "the worker directly and through the router with a data key (auth, rate limit, validation, split and "
-        "balancing all on the path). Added = router − direct, of the medians.\n\n"
-    )
-    rows = []
+def section_router(results: dict[str, Any], text: dict[str, str]) -> str:
+    points, rows = results["points"], []
     for c in (1, 64):
         direct, routed = points.get(f"router/direct/digits/c{c}"), points.get(f"router/router1/digits/c{c}")
         if direct or routed:
@@ -498,51 +434,34 @@ def section_router(results: dict[str, Any], plots: dict[str, str]) -> str:
                 d, r = median(direct, metric), median(routed, metric)
                 cells += [ms(direct, metric), ms(routed, metric), f"{r - d:+.2f}" if d and r else "–"]
             rows.append(
-                cells
-                + [
+                [
+                    *cells,
                     fmt(stat(direct, "throughput_rps")),
                     fmt(stat(routed, "throughput_rps")),
                     fmt(stat(routed, "cpu:cluster"), 3),
                 ]
             )
     if not rows:
-        return text + "Not measured."
-    text += table(
-        [
-            "load",
-            "direct p50 ms",
-            "router p50 ms",
-            "added p50",
-            "direct p99 ms",
-            "router p99 ms",
-            "added p99",
-            "direct req/s",
-            "router req/s",
-            "cluster CPU ms/req",
-        ],
-        rows,
+        return text["router"] + "\n\nNot measured."
+    out = (
+        text["router"]
+        + "\n\n"
+        + table(
+            "load | direct p50 ms | router p50 ms | added p50 | direct p99 ms | router p99 "
+            "ms | added p99 | direct req/s | router req/s | cluster CPU ms/req",
+            rows,
+        )
     )
     cache = points.get("router/cache/digits/c1")
     if cache:
-        text += (
-            f"\n\n**Cache hit** (the router's response cache on for digits; every call sends the same input, so "
-            f"all but the first hit): p50 {ms(cache, 'p50')} ms, p99 {ms(cache, 'p99')} ms, "
-            f"{fmt(stat(cache, 'throughput_rps'))} req/s at concurrency 1."
+        out += "\n\n" + text["cache"].format(
+            p50=ms(cache, "p50"), p99=ms(cache, "p99"), rps=fmt(stat(cache, "throughput_rps"))
         )
-    text += (
-        "\n\n*cluster CPU* is the CPU time of every process of the cluster (router, worker, registry, Redis) per "
-        'request: the "CPU per request, all Shunter processes together" of the bars.'
-    )
-    return text + _plot(plots, "router", "router hop and scaling")
+    return out + "\n\n" + text["cluster_cpu"]
 
 
-def section_scaling(results: dict[str, Any]) -> str:
-    points, cpus = results["points"], results["meta"]["usable_cpus"]
-    text = (
-        "## 4. Scaling: 1 vs 2 workers behind one router\n\nTwo `shunter up` clusters, with 1 and with 2 workers, "
-        "concurrency 64, single-row requests.\n\n"
-    )
-    rows = []
+def section_scaling(results: dict[str, Any], text: dict[str, str]) -> str:
+    points, rows = results["points"], []
     for model in results["settings"]["served_versions"]:
         one, two = points.get(f"router/router1/{model}/c64"), points.get(f"router/router2/{model}/c64")
         a, b = stat(one, "rows_per_s"), stat(two, "rows_per_s")
@@ -550,54 +469,37 @@ def section_scaling(results: dict[str, Any]) -> str:
             ratio = f"{b['median'] / a['median']:.2f}×" if a and b else "–"
             rows.append([model, fmt(a), fmt(b), ratio, ms(one, "p99"), ms(two, "p99")])
     if not rows:
-        return text + "Not measured."
+        return text["scaling"] + "\n\nNot measured."
+    header = "model | 1 worker rows/s | 2 workers rows/s | 2 / 1 | 1 worker p99 ms | 2 workers p99 ms"
     return (
-        text
-        + table(["model", "1 worker rows/s", "2 workers rows/s", "2 / 1", "1 worker p99 ms", "2 workers p99 ms"], rows)
-        + (
-            f"\n\n**What {cpus} CPUs can and cannot show.** The load generator, the router, Redis and every worker share "
-            f"the same {cpus} CPUs, so a second worker adds no compute: it can only show that the router spreads load "
-            "over two workers without losing throughput, and whether one worker process was leaving a core idle (a "
-            "Python process saturates one core; a second worker can use the other). Linear scaling needs each worker on "
-            "its own cores (or machine); measure that on a bigger box with `--client-processes` raised so the client is "
-            "not the limit."
-        )
+        text["scaling"]
+        + "\n\n"
+        + table(header, rows)
+        + "\n\n"
+        + text["scaling_note"].format(cpus=results["meta"]["usable_cpus"])
     )
 
 
-def section_peers(results: dict[str, Any], plots: dict[str, str]) -> str:
-    points, systems = results["points"], results.get("systems", {})
-    text = (
-        "## 5. Peers: Shunter, NVIDIA Triton and Seldon MLServer\n\nSame machine, same ONNX files, same ONNX Runtime "
-        "build and thread settings (1 intra-op, 1 inter-op thread per instance), same model handler for minilm "
-        "(tokenise, mean-pool), the same load generator (`shunter bench`, Open Inference Protocol over gRPC), and "
-        "the runs interleaved: each round visits every system. Batching as each system offers it, set from the "
-        "same config: Shunter's dynamic batcher and Triton's (max batch 64, queue delay 2 ms, preferred 16/32/64), "
-        "MLServer's adaptive batching (max batch 64, max batch time 2 ms). Each peer runs from its own venv under "
-        "`.bench-venvs/`. Triton is the build that PyPI's `nvidia-pytriton` bundles, which ships only Triton's "
-        "Python backend: Triton's C++ server batches, and each batch goes through a Python backend stub to "
-        "PyTriton's process (over ZeroMQ), where the ONNX Runtime session runs. Triton's native onnxruntime "
-        "backend (a container image) would skip that hop.\n\n"
-    )
+def section_peers(results: dict[str, Any], text: dict[str, str]) -> str:
+    points, systems, out = results["points"], results.get("systems", {}), text["peers"] + "\n\n"
     for name, peer in results.get("peers", {}).items():
         if peer["status"] != "ok":
-            text += f"**{name} could not be used:**\n\n```\n{(peer.get('reason') or '?')[-1500:]}\n```\n\n"
+            out += f"**{name} could not be used:**\n\n```\n{(peer.get('reason') or '?')[-1500:]}\n```\n\n"
     for system in systems.values():
         if system.get("error"):
-            text += f"**{system['label']} did not start:**\n\n```\n{system['error'][-1500:]}\n```\n\n"
+            out += f"**{system['label']} did not start:**\n\n```\n{system['error'][-1500:]}\n```\n\n"
     present = [k for k in systems if any(p.startswith(f"peers/{k}/") for p in points)]
     if not present:
-        return text + "Not measured."
+        return out + "Not measured."
     conc = sorted({r["concurrency"] for k, r in points.items() if k.startswith("peers/") and r["model"] == "digits"})
-    top = conc[-1]
-    rows = []
+    low, top, rows = conc[0], conc[-1], []
     for key in present:
         rec = {c: points.get(f"peers/{key}/digits/c{c}") for c in conc}
         rows.append(
             [
                 systems[key]["label"],
                 *(fmt(stat(rec[c], "throughput_rps")) for c in conc),
-                ms(rec[conc[0]], "p50"),
+                ms(rec[low], "p50"),
                 ms(rec[top], "p50"),
                 ms(rec[top], "p99"),
                 fmt(stat(rec[top], "cpu:server"), 3),
@@ -605,19 +507,19 @@ def section_peers(results: dict[str, Any], plots: dict[str, str]) -> str:
                 errors(rec[top]),
             ]
         )
-    text += "**digits** (RPC-bound: single-row requests, a tiny MLP)\n\n" + table(
+    header = " | ".join(
         [
             "system",
             *(f"req/s c{c}" for c in conc),
-            f"p50 ms c{conc[0]}",
+            f"p50 ms c{low}",
             f"p50 ms c{top}",
             f"p99 ms c{top}",
             f"server CPU ms/req c{top}",
             f"client CPU (cores) c{top}",
             "errors",
-        ],
-        rows,
+        ]
     )
+    out += "**digits** (RPC-bound: single-row requests, a tiny MLP)\n\n" + table(header, rows)
     rows = [
         [
             systems[k]["label"],
@@ -630,57 +532,33 @@ def section_peers(results: dict[str, Any], plots: dict[str, str]) -> str:
         for k in present
         for r in [points.get(f"peers/{k}/minilm/c64")]
     ]
-    text += "\n\n**minilm** (compute-bound: one sentence per request, concurrency 64)\n\n" + table(
-        ["system", "rows/s", "p50 ms", "p99 ms", "server CPU ms/req", "errors"], rows
+    out += "\n\n**minilm** (compute-bound: one sentence per request, concurrency 64)\n\n" + table(
+        "system | rows/s | p50 ms | p99 ms | server CPU ms/req | errors", rows
     )
     checks = results.get("output_check") or {}
     if checks:
         names = {s["server"]: s["label"] for s in systems.values()}
         models = list(results["settings"]["served_versions"])
-        text += (
-            "\n\n**Same answers.** One request of 4 rows per model, sent to each system, outputs compared with the "
-            "Shunter worker's:\n\n"
-            + table(
-                ["system", *models], [[names.get(s, s), *(v.get(m, "–") for m in models)] for s, v in checks.items()]
-            )
-        )
-    text += (
-        "\n\n*server CPU* is the CPU time of all the system's processes (Triton: tritonserver, its Python stubs and "
-        "PyTriton's proxy process; MLServer: the server and its inference-pool workers; Shunter router: the whole "
-        "cluster) per request."
-    )
-    return text + _plot(plots, "peers", "peers")
+        rows = [[names.get(s, s), *(v.get(m, "–") for m in models)] for s, v in checks.items()]
+        out += f"\n\n{text['same_answers']}\n\n" + table(" | ".join(["system", *models]), rows)
+    return out + "\n\n" + text["server_cpu"]
 
 
-def section_gpu(gpu: dict[str, Any] | None, bars: list[dict[str, Any]]) -> str:
-    title = "## 6. On a GPU\n\n"
-    if not gpu:
-        return title + "No GPU run yet: `scripts/bench/gpu_device.sh` on a machine with a CUDA device."
-    meta = gpu["meta"]
-    device = meta.get("gpu", {}).get("device_name") or "a GPU"
-    return (
-        title + f"From the `gpu` profile of the same runner on {device} ({meta['started']}, commit "
-        f"{meta['git']['commit']}); the whole run, its tables and plot: [docs/benchmarks/gpu.md](docs/benchmarks/"
-        "gpu.md). all-MiniLM-L6-v2 runs as TorchScript on CUDA (`minilm_gpu`), with the same handler as on the "
-        "CPU.\n\n" + table(["bar", "target", "measured", "status"], [list(judge(bar, gpu).values()) for bar in bars])
-    )
-
-
-def section_changes(results: dict[str, Any], previous: dict[str, Any] | None) -> str:
-    title = "## Changes since the previous report\n\n"
+def section_changes(results: dict[str, Any], previous: dict[str, Any] | None, text: dict[str, str]) -> str:
     if not previous:
-        return title + "No previous results.json next to the plots: this is the first report, the baseline."
-    now, before = headline(results), previous["headline"]
+        return "## Changes since the previous report\n\nNo previous results.json next to the plots: the baseline."
     rows = []
-    for name, value in now.items():
-        old = before.get(name)
+    for name, value in headline(results).items():
+        old = previous["headline"].get(name)
         if value is not None or old is not None:
-            change = f"{(value - old) / old:+.0%}" if value is not None and old else "–"
-            rows.append([name, _num(old), _num(value), change])
+            rows.append(
+                [name, _num(old), _num(value), f"{(value - old) / old:+.0%}" if value is not None and old else "–"]
+            )
+    meta = previous["meta"]
     return (
-        title + f"Previous: {previous['meta']['started']}, commit {previous['meta']['git']['commit']}. Medians; on a "
-        "shared or different machine, differences within the min–max spread are noise.\n\n"
-        + table(["figure", "previous", "now", "change"], rows)
+        text["changes"].format(started=meta["started"], commit=meta["git"]["commit"])
+        + "\n\n"
+        + table("figure | previous | now | change", rows)
     )
 
 
@@ -688,11 +566,7 @@ def _num(value: float | None) -> str:
     return "–" if value is None else (f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}")
 
 
-def _plot(plots: dict[str, str], name: str, alt: str) -> str:
-    return f"\n\n![{alt}]({plots[name]})" if name in plots else ""
-
-
-def render_cpu(
+def render_markdown(
     results: dict[str, Any],
     bars: list[dict[str, Any]],
     plots: dict[str, str],
@@ -700,85 +574,47 @@ def render_cpu(
     history: str,
     gpu: tuple[dict[str, Any] | None, list],
 ) -> str:
-    meta = results["meta"]
-    intro = (
-        "# Benchmarks\n\n"
-        f"Generated by `scripts/bench/report` on {meta['started']} (commit {meta['git']['commit']}). Everything above "
-        "**History** is rewritten by each run; run it on a quiet machine: other load on the same cores shows up "
-        "directly in the figures. Each figure is the median of the interleaved runs with [min–max]. What is "
-        "measured and what each bar compares is data: `scripts/bench/matrix.yaml`. Reproduce: "
-        "`scripts/bench/report` (about 20 minutes on 2 cores; `--quick` for a smoke run, `--help` for options); "
-        "re-render without measuring: `scripts/bench/report --render docs/benchmarks/results.json`. Raw data: "
-        "`results.json` next to the plots.\n\n"
-        "The example models: **digits** (scikit-learn digits MLP, FP32[64] → FP32[10]; RPC-bound: the model costs "
-        "microseconds, so serving overhead is everything) and **minilm** (all-MiniLM-L6-v2 sentence embeddings, "
-        "text → FP32[384]; compute-bound). Sections 1–5 ran on this machine's CPUs; section 6 quotes the latest "
-        "GPU run (the `gpu` profile, on a lent machine)."
-    )
-    if results.get("note"):
-        intro += f"\n\n**About this run.** {results['note']}"
+    """BENCHMARKS.md (gpu is (the last GPU run's results, its bars)), or gpu.md when this run is the GPU's."""
+    text, meta = prose(), results["meta"]
+
+    def plot(name: str, alt: str) -> str:
+        return f"\n\n![{alt}]({plots[name]})" if name in plots else ""
+
+    note = f"\n\n**About this run.** {results['note']}" if results.get("note") else ""
+    if results["profile"].startswith("gpu"):
+        parts = [
+            text["gpu_intro"].format(profile=results["profile"]) + note,
+            section_machine(results),
+            section_bars(results, bars, "## Bars", text),
+            section_engine(results, text).split("\n\n", 1)[1],
+            section_worker(results, text).split("\n\n", 1)[1] + plot("gpu", "gpu"),
+        ]
+        return "\n\n".join(parts) + "\n"
+    gpu_results, gpu_bars = gpu
+    if gpu_results:
+        device = (gpu_results["meta"].get("gpu") or {}).get("device_name") or "a GPU"
+        gpu_part = text["gpu"].format(
+            device=device, started=gpu_results["meta"]["started"], commit=gpu_results["meta"]["git"]["commit"]
+        )
+        gpu_part += "\n\n" + table(
+            "bar | target | measured | status", [list(judge(bar, gpu_results).values()) for bar in gpu_bars]
+        )
+    else:
+        gpu_part = "## 6. On a GPU\n\nNo GPU run yet: `scripts/bench/gpu_device.sh` on a machine with a CUDA device."
     parts = [
-        intro,
+        text["intro"].format(started=meta["started"], commit=meta["git"]["commit"]) + note,
         section_machine(results),
-        section_bars(results, bars, "## The bars (issues 5 and 15)")
-        + "\n\nWhere the RPC-bound bars' time goes (profiles, the floor of a Python gRPC hop, what did not help) "
-        "and what would remove it: [docs/benchmarks/limits.md](docs/benchmarks/limits.md).",
-        section_engine(results, plots),
-        section_worker(results, plots),
-        section_router(results, plots),
-        section_scaling(results),
-        section_peers(results, plots),
-        section_gpu(*gpu),
-        section_changes(results, previous),
+        section_bars(results, bars, "## The bars (issues 5 and 15)", text) + "\n\n" + text["limits_link"],
+        section_engine(results, text) + plot("engine", "engines in-process"),
+        section_worker(results, text) + plot("worker", "worker throughput and latency"),
+        section_router(results, text) + plot("router", "router hop and scaling"),
+        section_scaling(results, text),
+        section_peers(results, text) + plot("peers", "peers"),
+        gpu_part,
+        section_changes(results, previous, text),
         history.strip(),
     ]
     return "\n\n".join(parts) + "\n"
-
-
-def render_gpu(results: dict[str, Any], bars: list[dict[str, Any]], plots: dict[str, str]) -> str:
-    meta = results["meta"]
-    text = (
-        f"# GPU benchmark\n\nGenerated by `scripts/bench/run.py --profile {results['profile']}` (raw data: "
-        "gpu_results.json; plot: gpu.png). Figures are medians with [min–max] over the runs."
-    )
-    if results.get("note"):
-        text += f"\n\n**About this run.** {results['note']}"
-    gpu = meta.get("gpu") or {}
-    text += (
-        "\n\n"
-        + section_machine(results)
-        + (f"\n\nGPU: {gpu.get('device_name')}, torch CUDA {gpu.get('cuda')}." if gpu else "")
-    )
-    text += "\n\n" + section_bars(results, bars, "## Bars")
-    verify = results.get("verify") or {}
-    if verify:
-        text += "\n\n## Embeddings against the CPU fp32 model (cosine)\n\n" + table(
-            ["where", "min cosine", "ok"],
-            [
-                [k, f"{v.get('min_cosine', float('nan')):.5f}", str(v.get("ok", v.get("error")))]
-                for k, v in verify.items()
-            ],
-        )
-    text += "\n\n" + section_engine(results, plots).replace("## 1. The physical limit: engines in-process", "## Engine")
-    points = [r for k, r in results["points"].items() if k.startswith("worker/")]
-    rows = [
-        [
-            r["model"],
-            f"{r['tags']['batching']}"
-            + (f", {r['tags']['processes']} processes" if r["tags"].get("processes", 1) > 1 else ""),
-            r["label"],
-            fmt(stat(r, "rows_per_s")),
-            ms(r, "p50"),
-            ms(r, "p99"),
-            str(formed_batch(r) or "–"),
-            errors(r),
-        ]
-        for r in points
-    ]
-    text += "\n\n## Served\n\n" + table(
-        ["model", "worker", "load", "rows/s", "p50 ms", "p99 ms", "batch", "errors"], rows
-    )
-    return text + "\n\n" + section_limit(results) + _plot(plots, "gpu", "gpu") + "\n"
 
 
 # ---------------------------------------------------------------- plots
@@ -804,19 +640,24 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
         err = [[x["median"] - x["min"] if x else 0 for x in s], [x["max"] - x["median"] if x else 0 for x in s]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, **kw)
 
+    def log_y(ax: Any) -> None:
+        """Log scale where there is something to scale (a partial run may have no figure for a plot)."""
+        if math.isfinite(ax.dataLim.y1) and ax.dataLim.y1 > 0:
+            ax.set_yscale("log")
+
     def bars(ax: Any, labels: list[str], records: list[Any]) -> None:
         for i, pct in enumerate(("p50", "p90", "p99")):
             ys = [median(r, pct) or float("nan") for r in records]
             ax.bar([x + (i - 1) * 0.27 for x in range(len(labels))], ys, 0.27, label=pct)
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
-        ax.set_yscale("log")
+        log_y(ax)
         ax.set_ylabel("latency (ms)")
         ax.legend(fontsize=8)
 
     def finish(ax: Any, title: str, xlabel: str, ylabel: str, log2: bool = True) -> None:
         if log2:
             ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        log_y(ax)
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -878,7 +719,8 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
             ys = [median(points.get(f"router/{name}/{m}/c64"), "rows_per_s") or float("nan") for m in models]
             right.bar([x + (i - 0.5) * 0.38 for x in range(len(models))], ys, 0.38, label=f"{i + 1} worker(s)")
         right.set_xticks(range(len(models)), [f"{m}, c64" for m in models])
-        right.set(yscale="log", ylabel="rows/s through the router", title="scaling: workers behind one router")
+        log_y(right)
+        right.set(ylabel="rows/s through the router", title="scaling: workers behind one router")
         right.legend(fontsize=8)
         save(fig, "router")
     systems = [k for k in results.get("systems", {}) if any(p.startswith(f"peers/{k}/") for p in points)]
@@ -957,20 +799,16 @@ def write_outputs(
     plots_dir.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=1, default=str))
     output.parent.mkdir(parents=True, exist_ok=True)
+    text = output.read_text() if output.is_file() else ""
+    history = (
+        text[text.index(f"\n{HISTORY}") + 1 :]
+        if f"\n{HISTORY}" in text
+        else prose()["history"].format(date=time.strftime("%Y-%m-%d"), commit=results["meta"]["git"]["commit"])
+    )
+    gpu_path = plots_dir / "gpu_results.json"
+    last_gpu = json.loads(gpu_path.read_text()) if gpu_path.is_file() and not gpu else None
     bars = matrix["bars"][profile["bars"]]
-    if gpu:
-        output.write_text(render_gpu(results, bars, links))
-    else:
-        text = output.read_text() if output.is_file() else ""
-        history = (
-            text[text.index(f"\n{HISTORY}") + 1 :]
-            if f"\n{HISTORY}" in text
-            else HISTORY_TEMPLATE
-            + (f"| {time.strftime('%Y-%m-%d')} | {results['meta']['git']['commit']} | First report. | Baseline. |\n")
-        )
-        gpu_path = plots_dir / "gpu_results.json"
-        gpu_results = json.loads(gpu_path.read_text()) if gpu_path.is_file() else None
-        output.write_text(
-            render_cpu(results, bars, links, previous_summary, history, (gpu_results, matrix["bars"]["gpu"]))
-        )
+    output.write_text(
+        render_markdown(results, bars, links, previous_summary, history, (last_gpu, matrix["bars"]["gpu"]))
+    )
     return [output, *plots.values(), results_path]

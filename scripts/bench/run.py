@@ -363,7 +363,8 @@ class Run:
                 direct = p.get("direct", False)
                 for c in p["concurrencies"]:
                     key = f"router/{p['name']}/{p['model']}/c{c}"
-                    system = "worker, called directly" if direct else f"router → {len(cluster.info['workers'])} worker"
+                    n = len(cluster.info["workers"])
+                    system = "worker, called directly" if direct else f"router → {n} worker" + "s" * (n > 1)
                     self.point(
                         key,
                         cluster,
