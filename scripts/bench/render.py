@@ -327,8 +327,19 @@ def _pairs(mapping: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in mapping.items())
 
 
+def served(bar: dict[str, Any], results: dict[str, Any]) -> bool:
+    """Whether the run serves every model the bar's points name (else the bar is left out)."""
+    keys = [bar.get(k) for k in ("point", "base", "ours", "theirs", "points")]
+    flat = [k for key in keys if key for k in ([key] if isinstance(key, str) else key)]
+    return all(k.split("/")[2] in results["settings"]["served_versions"] for k in flat)
+
+
+def judged(bars: list[dict[str, Any]], results: dict[str, Any]) -> list[list[str]]:
+    return [list(judge(bar, results).values()) for bar in bars if served(bar, results)]
+
+
 def section_bars(results: dict[str, Any], bars: list[dict[str, Any]], title: str, text: dict[str, str]) -> str:
-    rows = [list(judge(bar, results).values()) for bar in bars]
+    rows = judged(bars, results)
     return f"{title}\n\n{text['bars']}\n\n" + table("bar | target | measured | status", rows)
 
 
@@ -596,9 +607,7 @@ def render_markdown(
         gpu_part = text["gpu"].format(
             device=device, started=gpu_results["meta"]["started"], commit=gpu_results["meta"]["git"]["commit"]
         )
-        gpu_part += "\n\n" + table(
-            "bar | target | measured | status", [list(judge(bar, gpu_results).values()) for bar in gpu_bars]
-        )
+        gpu_part += "\n\n" + table("bar | target | measured | status", judged(gpu_bars, gpu_results))
     else:
         gpu_part = "## 6. On a GPU\n\nNo GPU run yet: `scripts/bench/gpu_device.sh` on a machine with a CUDA device."
     parts = [
