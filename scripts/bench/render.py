@@ -429,7 +429,8 @@ def section_worker(results: dict[str, Any], text: dict[str, str]) -> str:
             for r in opened
         ]
         out += f"\n\n{text['open_loop']}\n\nCapacity, req/s: {capacity}.\n\n" + table(
-            "model | load | offered req/s | achieved req/s | p50 ms | p90 ms | p99 ms | p99/p50 | client send lag p99 ms",
+            "model | load | offered req/s | achieved req/s | p50 ms | p90 ms | p99 ms | p99/p50 | client send lag "
+            "p99 ms",
             rows,
         )
     return out

@@ -247,7 +247,10 @@ class Run:
 
     def worker(self) -> None:
         spec = self.profile["worker"]
-        configs = spec["configs"]
+        # Only the configurations some point uses: a GPU profile's 8-process worker is not started for nothing.
+        used = {n for n in spec["configs"] if spec.get("concurrencies")} | {p[1] for p in spec.get("points", [])}
+        used |= {spec[k]["config"] for k in ("overhead", "open_loop") if k in spec}
+        configs = {n: c for n, c in spec["configs"].items() if n in used}
         workers = {
             name: srv.launch_worker(
                 f"worker-{name}", self.repository(name, c["batching"]), self.models, self.logs, c.get("processes", 1)

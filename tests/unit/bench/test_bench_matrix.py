@@ -38,13 +38,17 @@ def _broken(tmp_path: Path, change) -> Path:
     [
         (lambda m: m["profiles"]["quick"].update(runs="three"), "profiles.quick.runs: expected int"),
         (lambda m: m["profiles"]["full"]["worker"].update(concurency=[1]), "profiles.full.worker.concurency: unknown"),
-        (lambda m: m["profiles"]["gpu"]["worker"]["points"].append(["digits", "sideways", 1, 1]),
-         "profiles.gpu.worker.points[17]: config 'sideways'"),
+        (
+            lambda m: m["profiles"]["gpu"]["worker"]["points"].append(["digits", "sideways", 1, 1]),
+            "profiles.gpu.worker.points[17]: config 'sideways'",
+        ),
         (lambda m: m["bars"]["cpu"][0].pop("theirs"), "bars.cpu[0].theirs: missing"),
         (lambda m: m["bars"]["cpu"][1].update(kind="vibes"), "bars.cpu[1].kind: 'vibes' is not one of"),
         (lambda m: m["profiles"]["quick"].update(extends="nowhere"), "profiles.quick.extends: 'nowhere'"),
-        (lambda m: m["profiles"]["full"]["worker"]["configs"].update({True: {"batching": True}}),
-         "a name must be a string"),
+        (
+            lambda m: m["profiles"]["full"]["worker"]["configs"].update({True: {"batching": True}}),
+            "a name must be a string",
+        ),
     ],
 )
 def test_a_malformed_matrix_names_the_key(tmp_path, change, message):
