@@ -598,6 +598,14 @@ def render_markdown(
             text["gpu_intro"].format(profile=results["profile"]) + note,
             section_machine(results),
             section_bars(results, bars, "## Bars", text),
+            "## Embeddings against the CPU fp32 model\n\n"
+            + table(
+                "where | min cosine (≥ 0.999) | error",
+                [
+                    [k, f"{v.get('min_cosine', math.nan):.5f}", v.get("error", "–")]
+                    for k, v in results["verify"].items()
+                ],
+            ),
             section_engine(results, text).split("\n\n", 1)[1],
             section_worker(results, text).split("\n\n", 1)[1] + plot("gpu", "gpu"),
         ]

@@ -63,6 +63,8 @@ class Run:
         self.duration = args.duration or profile["duration_s"]
         self.warmup = profile["warmup_s"] if args.warmup is None else args.warmup
         self.clients = args.client_processes or profile.get("client_processes") or max(1, (os.cpu_count() or 1) // 4)
+        #: Seconds a server gets to drain when stopped; short once a TERM asked the run to end.
+        self.grace_s = 40.0
         self.deadline = time.monotonic() + (args.budget_s or profile.get("budget_s") or 1e9)
         self.scratch = Path(tempfile.mkdtemp(prefix="bench-", dir=ROOT / "bench-results"))
         self.logs = Path(args.out or ROOT / "bench-results") / "logs"
@@ -84,6 +86,11 @@ class Run:
             **{key: {} for key in ("engine", "limit", "points", "peers", "systems", "servers", "errors")},
             "skipped": [],
         }
+
+    def interrupt(self) -> None:
+        """SIGTERM (the device's `timeout`): stop the servers fast and write what was measured."""
+        self.grace_s = 2.0
+        raise KeyboardInterrupt
 
     # ---------------------------------------------------------------- points
 
@@ -312,7 +319,7 @@ class Run:
             if "open_loop" in spec:
                 self.open_loop(spec["open_loop"], add)
         finally:
-            stop(workers.values())
+            stop(workers.values(), self.grace_s)
 
     def open_loop(self, spec: dict[str, Any], add: Any) -> None:
         """Capacity as the open loop sees it (the Poisson client costs more CPU than the closed
@@ -399,7 +406,7 @@ class Run:
                 )
                 self.rounds([key], "router cache")
         finally:
-            stop(clusters.values())
+            stop(clusters.values(), self.grace_s)
 
     def peers(self) -> None:
         spec, peers = self.profile["peers"], self.results["peers"]
@@ -455,7 +462,7 @@ class Run:
                         )
             self.rounds(keys, "peers")
         finally:
-            stop(systems.values())
+            stop(systems.values(), self.grace_s)
 
     def limits(self) -> None:
         """The engine in-process with the served configuration's threads, at the batches formed."""
@@ -518,9 +525,9 @@ def describe(run: dict[str, Any]) -> str:
     return text + (f", errors {bad}" if bad else "")
 
 
-def stop(servers: Any) -> None:
+def stop(servers: Any, grace_s: float) -> None:
     """All at once: each drains within its grace, so stopping costs one grace, not their sum."""
-    threads = [threading.Thread(target=s.stop) for s in servers]
+    threads = [threading.Thread(target=s.stop, args=(grace_s,)) for s in servers]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -541,37 +548,29 @@ def _link(src: Any, dst: Any) -> None:
 
 def machine() -> dict[str, Any]:
     """What the run ran on: numbers from a benchmark mean little without the box they came from."""
-    import importlib.metadata
-
     import psutil
 
-    def first(path: str, prefix: str, default: str) -> str:
+    def first(path: str, key: str, sep: str, default: str) -> str:
         with contextlib.suppress(OSError):
             for line in Path(path).read_text().splitlines():
-                if line.startswith(prefix):
-                    return line.split(prefix[-1], 1)[1].strip().strip('"')
+                if line.startswith(key):
+                    return line.split(sep, 1)[1].strip().strip('"')
         return default
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
         return done.stdout.strip()
 
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
     return {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu_model": first("/proc/cpuinfo", "model name:", platform.processor() or "unknown"),
+        "cpu_model": first("/proc/cpuinfo", "model name", ":", platform.processor() or "unknown"),
         "cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": first("/etc/os-release", "PRETTY_NAME=", platform.system()),
+        "os": first("/etc/os-release", "PRETTY_NAME=", "=", platform.system()),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "packages": versions,
+        "packages": srv.venv_versions(Path(sys.executable), PACKAGES),
         "git": {
             "commit": os.environ.get("SHUNTER_COMMIT") or git("rev-parse", "--short", "HEAD") or "unknown",
             "modified_files": len(git("status", "--porcelain", "--untracked-files=no").splitlines()),
@@ -714,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, lambda *_: run.interrupt())
     started = time.monotonic()
     try:
         if profile["repository"] == "gpu":
