@@ -616,6 +616,7 @@ def render_markdown(
         gpu_part = text["gpu"].format(
             device=device, started=gpu_results["meta"]["started"], commit=gpu_results["meta"]["git"]["commit"]
         )
+        gpu_part += f" {gpu_results['note']}" if gpu_results.get("note") else ""
         gpu_part += "\n\n" + table("bar | target | measured | status", judged(gpu_bars, gpu_results))
     else:
         gpu_part = "## 6. On a GPU\n\nNo GPU run yet: `scripts/bench/gpu_device.sh` on a machine with a CUDA device."
