@@ -659,6 +659,11 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
         err = [[x["median"] - x["min"] if x else 0 for x in s], [x["max"] - x["median"] if x else 0 for x in s]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, **kw)
 
+    def curve(ax: Any, records: list[dict[str, Any]], metric: str, **kw: Any) -> None:
+        """One line over concurrency, a point per record (closed loop only)."""
+        records = sorted((r for r in records if r.get("concurrency")), key=lambda r: r["concurrency"])
+        series(ax, [r["concurrency"] for r in records], [stat(r, metric) for r in records], **kw)
+
     def log_y(ax: Any) -> None:
         """Log scale where there is something to scale (a partial run may have no figure for a plot)."""
         if math.isfinite(ax.dataLim.y1) and ax.dataLim.y1 > 0:
@@ -697,20 +702,12 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
         fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)
         for (left, right), model in zip(axes, models, strict=True):
             for mode in ("off", "on"):
-                recs = sorted(
-                    (
-                        r
-                        for r in worker.values()
-                        if r["model"] == model and r["tags"]["batching"] == mode and r["batch_rows"] == 1
-                    ),
-                    key=lambda r: r["concurrency"],
-                )
-                series(
-                    left,
-                    [r["concurrency"] for r in recs],
-                    [stat(r, "rows_per_s") for r in recs],
-                    label=f"batching {mode}",
-                )
+                mine = [
+                    r
+                    for r in worker.values()
+                    if (r["model"], r["tags"]["batching"], r["batch_rows"]) == (model, mode, 1)
+                ]
+                curve(left, mine, "rows_per_s", label=f"batching {mode}")
             finish(left, f"{model}: worker throughput", "concurrency (1-row requests, closed loop)", "rows/s")
             recs = [
                 r
@@ -750,12 +747,8 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
         )
         fig, axes = plt.subplots(2, 2, figsize=(13, 9))
         for key in systems:
-            series(
-                axes[0][0],
-                conc,
-                [stat(points.get(f"peers/{key}/digits/c{c}"), "throughput_rps") for c in conc],
-                label=results["systems"][key]["label"],
-            )
+            mine = [r for k, r in points.items() if k.startswith(f"peers/{key}/digits/")]
+            curve(axes[0][0], mine, "throughput_rps", label=results["systems"][key]["label"])
         finish(
             axes[0][0], "digits: throughput vs concurrency", "concurrency (1-row requests, closed loop)", "requests/s"
         )
@@ -778,16 +771,8 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
             left.plot(list(stats), [s["median"] for s in stats.values()], marker="o", label=key)
         finish(left, "engine in-process, one thread", "batch size (rows)", "rows/s")
         for name in sorted({(r["model"], r["tags"]["batching"]) for r in worker.values() if r["batch_rows"] == 1}):
-            recs = sorted(
-                (r for r in worker.values() if (r["model"], r["tags"]["batching"]) == name and r["batch_rows"] == 1),
-                key=lambda r: r["concurrency"],
-            )
-            series(
-                right,
-                [r["concurrency"] for r in recs],
-                [stat(r, "rows_per_s") for r in recs],
-                label=f"{name[0]}, {name[1]}",
-            )
+            mine = [r for r in worker.values() if (r["model"], r["tags"]["batching"], r["batch_rows"]) == (*name, 1)]
+            curve(right, mine, "rows_per_s", label=f"{name[0]}, {name[1]}")
         finish(right, "served, single-row requests", "concurrency", "rows/s")
         save(fig, "gpu")
     return made
