@@ -41,7 +41,7 @@ NOT_RUN: dict[tuple[str, int | None], str] = {
                                                 "covered by tests/integration/registry",
     ("Optimise a model: quantise, prune, distil, compile", None): "not run here yet: minutes of training "
                                                                   "on CPU (tests/integration/optimize)",
-    ("Benchmarks", 3): "benchmarks run for minutes and need GPUs for gpu.py; scripts/bench has its own tests",
+    ("Benchmarks", 3): "benchmarks run for minutes and the gpu profile needs a GPU; scripts/bench has its own tests",
     ("High-throughput clients: one stream to the router", None): "not run here yet: needs the local cluster's "
         "router and key; covered by tests/integration/router/test_bench_stream.py",
     ("Fault suite: killed processes, Redis faults, attacks, soak", None): "runs for minutes "
