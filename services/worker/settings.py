@@ -47,6 +47,12 @@ class WorkerSettings:
         minimum=0, exclusive_minimum=True,
     )
 
+    engine_nice: int = setting(
+        10, "added to the nice value of every engine instance thread, so the event loop that receives "
+        "requests runs first and engines take what CPU is left (0: the loop's priority; README \"Dynamic "
+        "batching\")", minimum=0, maximum=19,
+    )
+
     # -- admission (README "Overload and failure handling") ---------------------------
     max_in_flight: int = setting(
         0, "admission: inference requests this process holds at once, counted from arrival; past it they "
