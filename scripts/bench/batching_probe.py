@@ -23,8 +23,10 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -152,6 +154,74 @@ def start_worker(
     raise RuntimeError(f"worker exited ({proc.wait()}) before it was ready")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_triton(repository: Path, model: str, instances: int, venv: Path) -> tuple[subprocess.Popen, str]:
+    """The report's Triton peer (scripts/bench/peers/triton_server.py) on ``model``'s ONNX file.
+
+    ``repository/model`` must hold an ONNX version 1 (e.g. tabular exported with
+    torch.onnx.export); the batcher settings come from its config.yaml, as report_peers.py
+    reads them.
+    """
+    sys.path.insert(0, str(ROOT))
+    from services.common.model_config import load_version_config
+
+    config = load_version_config(repository / model, "1")
+    batching = config.dynamic_batching
+    spec = {
+        "name": model,
+        "onnx": str((repository / model / "1" / config.artifact_name).resolve()),
+        "handler": None,
+        "max_batch_size": config.max_batch_size,
+        "max_queue_delay_us": batching.max_queue_delay_us if batching else 0,
+        "preferred_batch_sizes": list(batching.preferred_batch_sizes) if batching else [],
+        "inputs": [t.model_dump() for t in config.inputs],
+        "outputs": [t.model_dump() for t in config.outputs],
+        "intra_op_threads": config.intra_op_threads,
+        "inter_op_threads": config.inter_op_threads,
+    }
+    spec_file = Path(tempfile.mkdtemp(prefix="probe-triton-")) / "models.json"
+    spec_file.write_text(json.dumps({"models": [spec]}))
+    python = venv / "bin" / "python"
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    env = {**os.environ, "LD_LIBRARY_PATH": libdir}
+    grpc_port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(python),
+            str(ROOT / "scripts" / "bench" / "peers" / "triton_server.py"),
+            "--spec",
+            str(spec_file),
+            "--instances",
+            str(instances),
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("peer triton listening on "):
+            return proc, line.split()[-1]
+    raise RuntimeError(f"triton exited ({proc.wait()}) before it was ready")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tabular")
@@ -164,12 +234,18 @@ def main() -> None:
     parser.add_argument("--profile", help="run the worker under cProfile, writing the event loop's profile here")
     parser.add_argument("--input-sample", action="store_true", help="send the model's sample.npz rows")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker")
+    parser.add_argument("--triton-venv", type=Path, help="serve with the Triton peer (PyTriton) from this venv instead")
+    parser.add_argument("--instances", type=int, default=2, help="Triton's model instances (--triton-venv)")
     args = parser.parse_args()
 
     env = dict(os.environ)
     env.update(item.split("=", 1) for item in args.env)
     load_before = os.getloadavg()
-    worker, target, metrics_at = start_worker(args.repository, args.model, env, args.profile)
+    if args.triton_venv:
+        worker, target = start_triton(args.repository, args.model, args.instances, args.triton_venv)
+        metrics_at = ""
+    else:
+        worker, target, metrics_at = start_worker(args.repository, args.model, env, args.profile)
     try:
         bench = [
             str(VENV_BIN / "python"),
@@ -204,10 +280,10 @@ def main() -> None:
                 raise RuntimeError(f"shunter bench exited early: {client.stderr.read()[-2000:]}")
             time.sleep(0.1)
         time.sleep(1.0)
-        reasons0 = dispatch_reasons(metrics_at)
+        reasons0 = dispatch_reasons(metrics_at) if metrics_at else {}
         stats0, cpu0, client0, t0 = (
             model_stats(target, args.model),
-            thread_cpu(worker.pid),
+            thread_cpu(worker.pid) if metrics_at else {"server": process_tree_cpu(worker.pid)},
             process_tree_cpu(client.pid),
             time.monotonic(),
         )
@@ -224,15 +300,16 @@ def main() -> None:
                 samples.append(gauge(text, "shunter_in_flight_requests", label))
 
         sampler = threading.Thread(target=sample_gauges, daemon=True)
-        sampler.start()
+        if metrics_at:
+            sampler.start()
         time.sleep(max(0.5, args.duration - 1.5))
         stats1, cpu1, client1, t1 = (
             model_stats(target, args.model),
-            thread_cpu(worker.pid),
+            thread_cpu(worker.pid) if metrics_at else {"server": process_tree_cpu(worker.pid)},
             process_tree_cpu(client.pid),
             time.monotonic(),
         )
-        reasons1 = dispatch_reasons(metrics_at)
+        reasons1 = dispatch_reasons(metrics_at) if metrics_at else {}
         stop.set()
         out, err = client.communicate(timeout=120)
         if client.returncode != 0:
@@ -247,6 +324,7 @@ def main() -> None:
     cpu = {name: value for name, value in cpu.items() if value >= 0.05}
     report = {
         "label": args.label,
+        "server": "triton" if args.triton_venv else "shunter",
         "model": args.model,
         "concurrency": args.concurrency,
         "env": args.env,

@@ -48,9 +48,10 @@ class WorkerSettings:
     )
 
     engine_nice: int = setting(
-        10, "added to the nice value of every engine instance thread, so the event loop that receives "
-        "requests runs first and engines take what CPU is left (0: the loop's priority; README \"Dynamic "
-        "batching\")", minimum=0, maximum=19,
+        0, "added to the nice value of every engine instance thread: the event loop that receives requests "
+        "runs first, and more of them wait in the batcher (larger batches); engines then also yield to "
+        "every other process on the host (0: the loop's priority; README \"config.yaml\")", minimum=0,
+        maximum=19,
     )
 
     # -- admission (README "Overload and failure handling") ---------------------------
