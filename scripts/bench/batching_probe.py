@@ -116,7 +116,7 @@ def model_stats(target: str, model: str) -> dict:
 
 
 def start_worker(
-    repository: Path, model: str, env: dict[str, str], profile: str | None
+    repository: Path, model: str, env: dict[str, str], profile: str | None, checkout: Path = ROOT
 ) -> tuple[subprocess.Popen, str, str]:
     # cProfile sees only the main thread: the event loop, which is what it is for here.
     # ``python -m`` from the checkout: .venv/bin/shunter would import the shared venv's
@@ -144,7 +144,7 @@ def start_worker(
         stderr=subprocess.DEVNULL,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=checkout,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -222,6 +222,15 @@ def start_triton(repository: Path, model: str, instances: int, venv: Path) -> tu
     raise RuntimeError(f"triton exited ({proc.wait()}) before it was ready")
 
 
+def perf_analyzer_result(out: str) -> dict:
+    """perf_analyzer's last window in ``shunter bench --json``'s shape (the fields used here)."""
+    throughput = re.findall(r"Throughput: ([\d.]+) infer/sec", out)
+    latency = {p: int(v) / 1000 for p, v in re.findall(r"(p50|p99) latency: (\d+) usec", out)}
+    if not throughput or "p99" not in latency:
+        raise RuntimeError(f"perf_analyzer printed no result:\n{out[-1500:]}")
+    return {"rows_per_s": float(throughput[-1]), "latency_ms": latency, "codes": {}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tabular")
@@ -235,6 +244,12 @@ def main() -> None:
     parser.add_argument("--input-sample", action="store_true", help="send the model's sample.npz rows")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker")
     parser.add_argument("--triton-venv", type=Path, help="serve with the Triton peer (PyTriton) from this venv instead")
+    parser.add_argument(
+        "--perf-analyzer", type=Path, metavar="LIBDIR", help="load with perf_analyzer; LIBDIR holds libcudart.so.12"
+    )
+    parser.add_argument(
+        "--checkout", type=Path, default=ROOT, help="run the worker from this checkout (e.g. the base commit)"
+    )
     parser.add_argument("--instances", type=int, default=2, help="Triton's model instances (--triton-venv)")
     args = parser.parse_args()
 
@@ -245,7 +260,7 @@ def main() -> None:
         worker, target = start_triton(args.repository, args.model, args.instances, args.triton_venv)
         metrics_at = ""
     else:
-        worker, target, metrics_at = start_worker(args.repository, args.model, env, args.profile)
+        worker, target, metrics_at = start_worker(args.repository, args.model, env, args.profile, args.checkout)
     try:
         bench = [
             str(VENV_BIN / "python"),
@@ -271,7 +286,32 @@ def main() -> None:
         sample = args.repository / args.model / "sample.npz"
         if sample.exists() and args.input_sample:
             bench += ["--input", str(sample)]
-        client = subprocess.Popen(bench, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        client_env = None
+        if args.perf_analyzer:
+            # NVIDIA's C++ load generator (tritonclient's wheel): it costs a fraction of the
+            # Python client per call, which tells the generator's limits from the server's.
+            window_ms = int(args.duration * 1000 / 3)
+            bench = [
+                str(VENV_BIN / "perf_analyzer"),
+                "-m",
+                args.model,
+                "-u",
+                target,
+                "-i",
+                "grpc",
+                "--concurrency-range",
+                f"{args.concurrency}",
+                "--measurement-interval",
+                str(window_ms),
+                "--stability-percentage",
+                "50",
+                "--max-trials",
+                "3",
+            ]
+            client_env = {**os.environ, "LD_LIBRARY_PATH": str(args.perf_analyzer.resolve())}
+        client = subprocess.Popen(
+            bench, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=client_env
+        )
         # The window starts once the load generator is running (its processes take a
         # while to start on a busy machine) and has warmed up, and ends before it stops.
         first = model_stats(target, args.model)["inference_count"]
@@ -314,7 +354,7 @@ def main() -> None:
         out, err = client.communicate(timeout=120)
         if client.returncode != 0:
             raise RuntimeError(f"shunter bench failed: {err[-2000:]}")
-        result = json.loads(out)
+        result = perf_analyzer_result(out) if args.perf_analyzer else json.loads(out)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
