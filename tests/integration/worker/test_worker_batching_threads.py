@@ -7,10 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
+from services.gen.inference import grpc_service_pb2 as pb
+from services.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.router.cluster import metric
 from tests.support.models import build_examples
 from tests.support.processes import start_service
@@ -52,12 +54,12 @@ def test_engine_threads_run_below_the_loop_and_batches_name_their_rule():
         # tabular/config.yaml: two instances, one thread each.
         assert sorted(v for v in nice.values() if v == base + ENGINE_NICE) == [base + ENGINE_NICE] * 2, nice
 
-        client = grpcclient.InferenceServerClient(worker.address)
-        rows = np.zeros((3, 64), dtype=np.float32)
-        tensor = grpcclient.InferInput("input__0", list(rows.shape), "FP32")
-        tensor.set_data_from_numpy(rows)
-        assert client.infer("tabular", [tensor]).as_numpy("output__0").shape == (3, 10)
-        client.close()
+        request = pb.ModelInferRequest(model_name="tabular")
+        request.inputs.add(name="input__0", datatype="FP32", shape=[3, 64])
+        request.raw_input_contents.append(np.zeros((3, 64), dtype=np.float32).tobytes())
+        with grpc.insecure_channel(worker.address) as channel:
+            response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        assert list(response.outputs[0].shape) == [3, 10]
         # One caller with nothing else in flight: its batch goes at once (rule 5).
         assert metric(worker.metrics_url, "shunter_worker_batches_total", model="tabular", reason="expected") == 1
     finally:
