@@ -56,6 +56,23 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return totals
 
 
+def run_queue(pid: int) -> dict[str, tuple[float, float]]:
+    """Seconds on a CPU and seconds runnable but waiting for one, per thread (``schedstat``).
+
+    The second figure says whether a thread that does not use a full core is idle or is
+    held back by the other runnable threads on the machine.
+    """
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu, waiting, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        key = "loop" if int(task.name) == pid else task.name
+        found[key] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
+    return found
+
+
 def process_tree_cpu(pid: int) -> float:
     """CPU seconds of ``pid`` and all its live descendants."""
     total = 0.0
@@ -321,6 +338,7 @@ def main() -> None:
             time.sleep(0.1)
         time.sleep(1.0)
         reasons0 = dispatch_reasons(metrics_at) if metrics_at else {}
+        queue0 = run_queue(worker.pid)
         stats0, cpu0, client0, t0 = (
             model_stats(target, args.model),
             thread_cpu(worker.pid) if metrics_at else {"server": process_tree_cpu(worker.pid)},
@@ -350,6 +368,7 @@ def main() -> None:
             time.monotonic(),
         )
         reasons1 = dispatch_reasons(metrics_at) if metrics_at else {}
+        queue1 = run_queue(worker.pid)
         stop.set()
         out, err = client.communicate(timeout=120)
         if client.returncode != 0:
@@ -390,6 +409,12 @@ def main() -> None:
         "worker_cpu_per_s": round(sum(cpu.values()) / window, 2),
         "worker_cpu_total_s": round(sum(cpu.values()), 2),
         "worker_threads": len(cpu1),
+        # Shares of the window: the loop on a CPU, and runnable but waiting for one.
+        "loop_on_cpu": round((queue1["loop"][0] - queue0["loop"][0]) / window, 2),
+        "loop_waiting_for_cpu": round((queue1["loop"][1] - queue0["loop"][1]) / window, 2),
+        "other_threads_waiting_for_cpu": round(
+            sum(queue1[t][1] - queue0.get(t, (0.0, 0.0))[1] for t in queue1 if t != "loop") / window, 2
+        ),
         "client_cpu_s": round(client1 - client0, 2),
         "window_s": round(window, 2),
         "worker_cpu_us_per_row": round(sum(cpu.values()) / max(1, delta["inference_count"]) * 1e6, 1),
