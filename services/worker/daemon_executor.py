@@ -8,11 +8,11 @@ daemon thread; a clean shutdown still drains it (``shutdown(wait=True)``), and a
 call no longer holds the process.
 
 ``nice`` lowers the thread's scheduling priority (Linux gives each thread its own nice
-value; threads an engine starts from it, such as an intra-op pool, inherit it). Engine
-instances run below the event loop (``--engine-nice``): on a worker with fewer cores
-than runnable threads, an engine running many small batches otherwise takes the CPU the
-loop needs to receive requests, so fewer arrive per batch and batches stay small (the
-vicious circle measured in README "Dynamic batching").
+value; threads an engine starts from it, such as an intra-op pool, inherit it). With
+``--engine-nice`` the engine instances run below the event loop: on a worker with fewer
+cores than runnable threads, an engine running many small batches otherwise takes the
+CPU the loop needs to receive requests, so fewer arrive per batch and batches stay small
+(the vicious circle measured in README "config.yaml").
 """
 
 from __future__ import annotations
