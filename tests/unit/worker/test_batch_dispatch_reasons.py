@@ -1,7 +1,7 @@
 """Why each batch went: a real Batcher and its policy name the rule that sent every batch.
 
 The reasons are what tells "batches are small because the queue delay ran out with few
-requests waiting" from "because a preferred size was reached" (README "Dynamic batching");
+requests waiting" from "because a preferred size was reached" (README "config.yaml");
 these tests form batches with the real shell and check the rule each one reports, and
 that VersionStatistics counts them. No timing is asserted: the delays only have to pass.
 """
