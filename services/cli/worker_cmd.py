@@ -71,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
     only = set(settings.models) or None
     app = WorkerApp(
         repository=settings.model_repository, only_models=only, cluster=cluster, strict=settings.strict,
-        admission=settings.admission,
+        admission=settings.admission, engine_nice=settings.engine_nice,
     )
     return run_service(app, server)

@@ -76,10 +76,11 @@ class WorkerApp:
         cluster: ClusterSettings | None = None,
         strict: bool = False,
         admission: AdmissionSettings | None = None,
+        engine_nice: int = 0,
     ) -> None:
         trusted = cluster.trusted_repositories if cluster is not None and repository is None else None
         admission = admission or AdmissionSettings()
-        self.models = ModelManager(trusted_roots=trusted, admission=admission)
+        self.models = ModelManager(trusted_roots=trusted, admission=admission, engine_nice=engine_nice)
         # The edge counts calls (process and version bounds); each version's batcher,
         # which knows its queue and batch time exactly, does the time bounds.
         edge_admission = dataclasses.replace(admission, max_queue_wait_s=0.0, deadline_aware=False)

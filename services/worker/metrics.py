@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client import REGISTRY, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -31,6 +31,13 @@ BATCH_SIZE = Histogram(
     "Rows per executed batch.",
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+BATCHES = Counter(
+    "shunter_worker_batches",
+    "Batches executed, by the batching rule that sent them (full, preferred, delay, expected, "
+    "oversize, incompatible, unbatched).",
+    ["model", "version", "reason"],
 )
 
 

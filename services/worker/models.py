@@ -22,7 +22,7 @@ from services.monitoring import collector as monitoring_metrics
 from services.monitoring.observer import VersionMonitor
 from services.worker import metrics
 from services.worker.batching.batcher import Arrays, Batcher, BatchTiming, EngineInstance
-from services.worker.batching.policy import BatchPolicy
+from services.worker.batching.policy import REASONS, BatchPolicy
 from services.worker.daemon_executor import DaemonThreadExecutor
 from services.worker.devices import resolve_device
 from services.worker.engines import create_engine
@@ -43,8 +43,10 @@ class VersionState(enum.Enum):
 class LoadedVersion:
     """One model version: its engines (one per instance), its batcher and statistics."""
 
-    def __init__(self, spec: EngineSpec, admission: AdmissionSettings | None = None) -> None:
+    def __init__(self, spec: EngineSpec, admission: AdmissionSettings | None = None, engine_nice: int = 0) -> None:
         self.spec = spec
+        #: Added to each instance thread's nice value (WorkerSettings.engine_nice).
+        self.engine_nice = engine_nice
         #: The time bounds of the version's queue (the counts are the edge's: admission.py).
         self.admission = admission or AdmissionSettings()
         self.model = spec.model
@@ -64,6 +66,7 @@ class LoadedVersion:
         self._queue_time = metrics.QUEUE_DURATION.labels(**labels)
         self._compute_time = metrics.COMPUTE_DURATION.labels(**labels)
         self._batch_size = metrics.BATCH_SIZE.labels(**labels)
+        self._batches = {reason: metrics.BATCHES.labels(reason=reason, **labels) for reason in REASONS}
         #: Output metrics and drift counting (config.yaml ``monitoring:``); None: off.
         self.monitor = VersionMonitor(self.model, self.version, self.config) if self.config.monitoring else None
 
@@ -79,7 +82,7 @@ class LoadedVersion:
         loop = asyncio.get_running_loop()
         try:
             for index in range(config.instances):
-                executor = DaemonThreadExecutor(f"{self.model}-v{self.version}-{index}")
+                executor = DaemonThreadExecutor(f"{self.model}-v{self.version}-{index}", self.engine_nice)
                 executors.append(executor)
                 engine = create_engine(self.spec)
                 await loop.run_in_executor(executor, _load_and_warm, engine)
@@ -128,6 +131,7 @@ class LoadedVersion:
     def _record_batch(self, timing: BatchTiming) -> None:
         self.stats.record_batch(timing)
         self._batch_size.observe(timing.rows)
+        self._batches[timing.reason].inc()
         self._compute_time.observe((timing.input_ns + timing.infer_ns + timing.output_ns) / 1e9)
         for queue_ns in timing.queue_ns:
             self._queue_time.observe(queue_ns / 1e9)
@@ -192,10 +196,14 @@ class ModelManager:
     """
 
     def __init__(
-        self, trusted_roots: tuple[Path, ...] | None = None, admission: AdmissionSettings | None = None
+        self,
+        trusted_roots: tuple[Path, ...] | None = None,
+        admission: AdmissionSettings | None = None,
+        engine_nice: int = 0,
     ) -> None:
         self._trusted_roots = trusted_roots
         self._admission = admission
+        self._engine_nice = engine_nice
         self._models: dict[str, dict[str, LoadedVersion]] = {}
         self._latest: dict[str, LoadedVersion] = {}
 
@@ -213,7 +221,7 @@ class ModelManager:
                 config = config.model_copy(update={"device": device})
         except EngineLoadError as exc:
             device_error = str(exc)
-        loaded = LoadedVersion(EngineSpec(model, version, version_dir, config), self._admission)
+        loaded = LoadedVersion(EngineSpec(model, version, version_dir, config), self._admission, self._engine_nice)
         self._models.setdefault(model, {})[version] = loaded
         if device_error:
             loaded.state, loaded.error = VersionState.FAILED, device_error

@@ -47,6 +47,13 @@ class WorkerSettings:
         minimum=0, exclusive_minimum=True,
     )
 
+    engine_nice: int = setting(
+        0, "added to the nice value of every engine instance thread: the event loop that receives requests "
+        "runs first, and more of them wait in the batcher (larger batches); engines then also yield to "
+        "every other process on the host (0: the loop's priority; README \"config.yaml\")", minimum=0,
+        maximum=19,
+    )
+
     # -- admission (README "Overload and failure handling") ---------------------------
     max_in_flight: int = setting(
         0, "admission: inference requests this process holds at once, counted from arrival; past it they "

@@ -76,6 +76,8 @@ class BatchTiming:
     queue_ns: list[int] = field(default_factory=list)
     #: The batch's wall time on its instance, from the dead-request check to the split.
     wall_s: float = 0.0
+    #: The batching rule that sent it (policy.REASONS).
+    reason: str = ""
 
 
 @dataclass(slots=True)
@@ -270,14 +272,14 @@ class Batcher:
 
     async def _run_loop(self) -> None:
         while True:
-            index, batch = await self._next_batch()
+            index, batch, reason = await self._next_batch()
             self._load[index] += 1
             self._running_requests += len(batch)
             if self._on_loop:
                 # Runs to completion without yielding: no task to create.
-                await self._execute(index, batch)
+                await self._execute(index, batch, reason)
                 continue
-            task = asyncio.create_task(self._execute(index, batch))
+            task = asyncio.create_task(self._execute(index, batch, reason))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -289,8 +291,8 @@ class Batcher:
                 best = index
         return best
 
-    async def _next_batch(self) -> tuple[int, list[PendingRequest]]:
-        """The instance to run the next batch on, and the batch (popped from the queue)."""
+    async def _next_batch(self) -> tuple[int, list[PendingRequest], str]:
+        """The instance to run the next batch on, the batch (popped from the queue), and why it went."""
         policy = self._policy
         limit = policy.max_batch_size
         queue = self._queue
@@ -306,7 +308,7 @@ class Batcher:
                 await self._wait_for_arrival(None)  # woken by an arrival or a finished batch
                 continue
             if not self._batched:
-                return index, [self._pop()]
+                return index, [self._pop()], "unbatched"
             head_key = queue[0].shape_key
             rows = []
             total = 0
@@ -320,9 +322,9 @@ class Batcher:
             decision = decide(rows, now - queue[0].enqueued_at, policy, self._peak.peak(now), load == 0)
             if isinstance(decision, Wait) and len(rows) < len(queue) and total <= limit:
                 # The next request cannot join this batch: waiting would not grow it.
-                decision = Dispatch(len(rows), total)
+                decision = Dispatch(len(rows), total, "incompatible")
             if isinstance(decision, Dispatch):
-                return index, [self._pop() for _ in range(decision.count)]
+                return index, [self._pop() for _ in range(decision.count)], decision.reason
             if isinstance(decision, Wait):
                 await self._wait_for_arrival(decision.seconds)
 
@@ -338,7 +340,7 @@ class Batcher:
             if timer is not None:
                 timer.cancel()
 
-    async def _execute(self, index: int, batch: list[PendingRequest]) -> None:
+    async def _execute(self, index: int, batch: list[PendingRequest], reason: str) -> None:
         loop = self._loop
         instance = self._instances[index]
         try:
@@ -364,6 +366,7 @@ class Batcher:
                 else:
                     pending.future.set_result(result)
             if timing is not None:
+                timing.reason = reason
                 self.queue_time.observe_batch(timing.wall_s)
                 if self._on_batch is not None:
                     self._on_batch(timing)

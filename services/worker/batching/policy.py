@@ -34,7 +34,7 @@ Rows, not requests, are counted: a 7-row request fills 7 slots.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +55,22 @@ class BatchPolicy:
         return cls(max_batch_size=1, max_queue_delay_s=0.0)
 
 
+#: Why a batch went (``Dispatch.reason``), one per rule above; the shell adds
+#: "incompatible" (the next request has other shapes) and "unbatched" (no batch dimension).
+REASONS = ("full", "preferred", "delay", "expected", "oversize", "incompatible", "unbatched")
+
+
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Send the first ``count`` waiting requests, ``rows`` rows in all."""
+    """Send the first ``count`` waiting requests, ``rows`` rows in all.
+
+    ``reason`` names the rule that sent it (REASONS): counted per version, it says why
+    batches are the size they are (ModelStatistics only says how big they were).
+    """
 
     count: int
     rows: int
+    reason: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +120,17 @@ def decide(
     if taken == 0:
         # A single request larger than the batch: validation rejects these before they
         # are queued, but never wedge the queue if one slips through.
-        return Dispatch(1, pending_rows[0])
+        return Dispatch(1, pending_rows[0], "oversize")
     if full:
-        return Dispatch(taken, rows)
+        return Dispatch(taken, rows, "full")
     if not instance_free:
         if expected_rows is not None and rows >= expected_rows:
-            return Dispatch(taken, rows)
+            return Dispatch(taken, rows, "expected")
         return Wait(None)
     if best_preferred is not None:
-        return Dispatch(*best_preferred)
+        return Dispatch(*best_preferred, "preferred")
     if oldest_age_s >= policy.max_queue_delay_s:
-        return Dispatch(taken, rows)
+        return Dispatch(taken, rows, "delay")
     if expected_rows is not None and rows >= expected_rows:
-        return Dispatch(taken, rows)
+        return Dispatch(taken, rows, "expected")
     return Wait(policy.max_queue_delay_s - oldest_age_s)
