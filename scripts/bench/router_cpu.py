@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -80,6 +81,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--processes", type=int, default=1, help="bench client processes")
+    parser.add_argument("--clients", default="unary,stream",
+                        help="comma-separated runs, in order, on one cluster (e.g. unary,stream,unary,stream)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="shunter-bench-router-cpu-"))
@@ -93,17 +96,23 @@ def main() -> int:
         short = argparse.Namespace(**{**vars(args), "duration": 1.0})
         for stream in (False, True):
             measure(env["SHUNTER_ROUTER"], args.model, key, stream, short, router, worker)
-        rows = {name: measure(env["SHUNTER_ROUTER"], args.model, key, stream, args, router, worker)
-                for name, stream in (("unary", False), ("stream", True))}
+        rows = {}
+        for number, name in enumerate(args.clients.split(",")):
+            if name not in ("unary", "stream"):
+                raise SystemExit(f"--clients: unknown client {name!r} (unary or stream)")
+            row = measure(env["SHUNTER_ROUTER"], args.model, key, name == "stream", args, router, worker)
+            rows[name if name not in rows else f"{name}#{number + 1}"] = {**row, "load_1m": os.getloadavg()[0]}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     print(f"\nrouter CPU per request, model '{args.model}', closed loop {args.concurrency} in flight "
           f"({psutil.cpu_count()} CPUs shared by client, router and worker)\n")
-    print(f"{'client':<8}{'requests':>10}{'req/s':>9}{'p99 ms':>9}{'router µs/req':>15}{'worker µs/req':>15}")
+    print(f"{'client':<10}{'requests':>8}{'req/s':>9}{'p99 ms':>9}{'router µs/req':>15}{'worker µs/req':>15}"
+          f"{'load 1m':>9}")
     for name, row in rows.items():
-        print(f"{name:<8}{row['requests']:>10}{row['throughput_rps']:>9.0f}{row['p99_ms']:>9.1f}"
-              f"{row['router_cpu_us_per_request']:>15.0f}{row['worker_cpu_us_per_request']:>15.0f}")
+        print(f"{name:<10}{row['requests']:>8}{row['throughput_rps']:>9.0f}{row['p99_ms']:>9.1f}"
+              f"{row['router_cpu_us_per_request']:>15.0f}{row['worker_cpu_us_per_request']:>15.0f}"
+              f"{row['load_1m']:>9.2f}")
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
     (out / "router_cpu.json").write_text(json.dumps({"model": args.model, **vars(args), "rows": rows}, default=str,

@@ -88,9 +88,14 @@ def _fields(buf: bytes) -> Iterator[tuple[int, memoryview]]:
             raise WireError(f"unsupported wire type {wire_type}")
 
 
+def model_version_field(version: str) -> bytes:
+    """The encoded ``model_version`` field; appended to a message it overrides the message's version."""
+    return _field(_TAG_MODEL_VERSION, version.encode())
+
+
 def with_model_version(raw: bytes, version: str) -> bytes:
     """The request (or response) ``raw`` with ``model_version`` overridden."""
-    return raw + _field(_TAG_MODEL_VERSION, version.encode())
+    return raw + model_version_field(version)
 
 
 def id_field(request_id: str) -> bytes:
@@ -164,13 +169,22 @@ def find_id(infer_response: bytes | memoryview) -> tuple[str, int, int]:
     return "", end, end
 
 
-def replace_id(infer_response: bytes | memoryview, start: int, stop: int, new_id: str) -> bytes:
+def replace_id(infer_response: bytes | memoryview, start: int, stop: int, new_id: str, *, wrap: bool = False) -> bytes:
     """The response with the id field found by find_id replaced by ``new_id``: one copy.
 
     The result is the bytes the worker would have sent for a request with ``new_id``
-    (an empty id is left out, as serialisers do).
+    (an empty id is left out, as serialisers do). With ``wrap`` it comes inside a
+    ModelStreamInferResponse (as ``stream_response`` would put it), in the same one copy:
+    what a stream client is sent.
     """
     view = memoryview(infer_response)
-    if not new_id:
-        return b"".join((view[:start], view[stop:]))
-    return b"".join((view[:start], id_field(new_id), view[stop:]))
+    new_field = id_field(new_id) if new_id else b""
+    if not wrap:
+        return b"".join((view[:start], new_field, view[stop:]))
+    length = len(view) - (stop - start) + len(new_field)
+    return b"".join((_TAG_STREAM_RESPONSE, varint(length), view[:start], new_field, view[stop:]))
+
+
+def stream_payload(stream_response_bytes: bytes) -> bytes | memoryview:
+    """The ModelInferResponse inside a ModelStreamInferResponse (a view, uncopied, as a rule)."""
+    return split_stream_response(stream_response_bytes)[1]
