@@ -158,8 +158,7 @@ def stream_in_flight(router) -> float:
 
 
 def stream_count(router, code: str) -> float:
-    return metric(router.metrics_url, "shunter_requests_total", service="router", method="ModelStreamInfer",
-                  code=code)
+    return metric(router.metrics_url, "shunter_requests_total", service="router", method="ModelStreamInfer", code=code)
 
 
 async def test_client_cancel_leaves_nothing_in_flight(slow_cluster: Small):
