@@ -8,6 +8,7 @@ occurrence on the wire wins, so ``raw + field`` overrides whatever ``raw`` held.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 #: Wire tags (field number << 3 | wire type 2, length-delimited) used below.
@@ -46,6 +47,8 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 
 def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     """The varint at ``pos`` and the position after it."""
+    if pos < len(buf) and buf[pos] < 0x80:  # one byte: tags and short lengths, the usual case
+        return buf[pos], pos + 1
     result = shift = 0
     while True:
         if pos >= len(buf):
@@ -113,11 +116,17 @@ def stream_response(infer_response: bytes) -> bytes:
     return _field(_TAG_STREAM_RESPONSE, infer_response)
 
 
+@functools.lru_cache(maxsize=64)
+def _map_key(name: str) -> bytes:
+    # The key part of a parameters entry: the router sends the same few names on every request.
+    return _field(_TAG_MAP_KEY, name.encode())
+
+
 def int64_parameter_field(name: str, value: int) -> bytes:
     """The encoded map entry ``parameters[name] = value``; appended, it overrides an earlier one."""
     param = _TAG_INT64_PARAM + varint(value & 0xFFFFFFFFFFFFFFFF)
-    entry = _field(_TAG_MAP_KEY, name.encode()) + _field(_TAG_MAP_VALUE, param)
-    return _field(_TAG_PARAMETERS, entry)
+    entry = _map_key(name) + _TAG_MAP_VALUE + varint(len(param)) + param
+    return _TAG_PARAMETERS + varint(len(entry)) + entry
 
 
 def string_parameter_field(name: str, value: str) -> bytes:
@@ -134,6 +143,11 @@ def split_stream_response(buf: bytes) -> tuple[str | None, bytes | memoryview]:
     infer_response payloads concatenate (a sub-message's fields merge). The usual single
     part comes back as a view into ``buf``, uncopied (replace_id makes the one copy).
     """
+    if buf[:1] == _TAG_STREAM_RESPONSE:
+        # What a worker sends: one infer_response field and nothing else.
+        length, pos = _read_varint(buf, 1)
+        if pos + length == len(buf):
+            return None, memoryview(buf)[pos:]
     error: str | None = None
     parts: list[memoryview] = []
     for number, payload in _fields(buf):
