@@ -15,6 +15,11 @@ CPU time counts only what the router did, so it is less sensitive to a busy mach
 latency, but a starved process still pays more per request for its wake-ups: compare
 runs made on the same machine, alternating (``--clients unary,stream,unary,stream``).
 
+``--floor`` adds a third row: the same clients against a bare relay (grpc.aio, bytes in and
+out, one worker stream per client stream, nothing parsed, no auth, no choice of worker),
+what any Python gRPC process pays to pass a stream message each way; the router's own
+work is what it costs above that.
+
 ``--callgrind`` counts instructions instead, which do not depend on what else the machine
 runs: a second router is started under valgrind's callgrind (instrumentation off until
 the measured run; ``callgrind_control`` turns it on and off) and the runs go to it. A
@@ -44,6 +49,59 @@ sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 from router import identity_repository, start_cluster  # noqa: E402
 
 from services.bench import BenchOptions, run_bench  # noqa: E402
+
+UNARY_METHODS = ("ModelInfer", "ModelMetadata", "ModelConfig", "ServerReady")
+
+
+async def relay(target: str, key: str) -> None:
+    """The floor: a gRPC hop that forwards ModelStreamInfer messages (and the bench's probe
+    calls) to ``target`` as bytes, and does nothing else."""
+    import asyncio
+
+    import grpc
+
+    channel = grpc.aio.insecure_channel(target)
+    metadata = (("authorization", f"Bearer {key}"),)
+    open_link = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+
+    async def stream(requests, context):
+        link = open_link(metadata=metadata)
+
+        async def pump() -> None:
+            async for raw in requests:
+                await link.write(raw)
+            await link.done_writing()
+
+        writer = asyncio.ensure_future(pump())
+        try:
+            async for raw in link:
+                yield raw
+        finally:
+            writer.cancel()
+
+    def unary(name: str):
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{name}")
+
+        async def forward(raw: bytes, context) -> bytes:
+            return await call(raw, metadata=metadata)
+
+        return grpc.unary_unary_rpc_method_handler(forward)
+
+    handlers = {name: unary(name) for name in UNARY_METHODS}
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(stream)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+def start_relay(worker: str, key: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, __file__, "--relay-to", worker], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "SHUNTER_RELAY_KEY": key})
+    assert proc.stdout is not None
+    return proc, f"127.0.0.1:{proc.stdout.readline().strip()}"
 
 
 def service_process(up: psutil.Process, service: str) -> psutil.Process:
@@ -128,7 +186,9 @@ class Callgrind:
 def measure(target: str, model: str, key: str, stream: bool, args: argparse.Namespace,
             router: psutil.Process, worker: psutil.Process, callgrind: Callgrind | None = None) -> dict[str, float]:
     options = BenchOptions(target=target, model=model, concurrency=args.concurrency, duration_s=args.duration,
-                           api_key=key, processes=args.processes, warmup_s=0.0, stream=stream)
+                           api_key=key, processes=args.processes, warmup_s=0.0, stream=stream,
+                           # A router under callgrind answers 64 in flight in seconds, not milliseconds.
+                           timeout_s=120.0 if args.callgrind else 10.0)
     router_before, worker_before = cpu_s(router), cpu_s(worker)
     instructions = 0
     if callgrind is None:
@@ -161,11 +221,18 @@ def main() -> int:
                         help="comma-separated runs, in order, on one cluster (e.g. unary,stream,unary,stream)")
     parser.add_argument("--callgrind", action="store_true",
                         help="count a callgrind router's instructions per request instead of CPU time")
+    parser.add_argument("--floor", action="store_true", help="also measure a bare stream relay (see above)")
+    parser.add_argument("--relay-to", help=argparse.SUPPRESS)  # the --floor relay's own process
     args = parser.parse_args()
+    if args.relay_to:
+        import uvloop
+
+        uvloop.run(relay(args.relay_to, os.environ["SHUNTER_RELAY_KEY"]))
+        return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="shunter-bench-router-cpu-"))
     repository = args.model_repository.resolve() if args.model_repository else identity_repository(tmp / "models")
-    proc, env, _worker = start_cluster(repository, tmp / "run")
+    proc, env, worker_address = start_cluster(repository, tmp / "run")
     callgrind: Callgrind | None = None
     try:
         up = psutil.Process(proc.pid)
@@ -185,6 +252,16 @@ def main() -> int:
                 raise SystemExit(f"--clients: unknown client {name!r} (unary or stream)")
             row = measure(target, args.model, key, name == "stream", args, router, worker, callgrind)
             rows[name if name not in rows else f"{name}#{number + 1}"] = {**row, "load_1m": os.getloadavg()[0]}
+        if args.floor:
+            relay_proc, relay_address = start_relay(worker_address, env["SHUNTER_ADMIN_KEY"])
+            try:
+                relay_cpu = psutil.Process(relay_proc.pid)
+                measure(relay_address, args.model, key, True, short, relay_cpu, worker)
+                row = measure(relay_address, args.model, key, True, args, relay_cpu, worker)
+                rows["relay"] = {**row, "load_1m": os.getloadavg()[0]}
+            finally:
+                relay_proc.terminate()
+                relay_proc.wait(30)
     finally:
         if callgrind is not None:
             callgrind.stop()
