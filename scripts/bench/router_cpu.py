@@ -98,8 +98,13 @@ async def relay(target: str, key: str) -> None:
 
 
 def start_relay(worker: str, key: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, __file__, "--relay-to", worker], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "SHUNTER_RELAY_KEY": key})
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--relay-to", worker],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SHUNTER_RELAY_KEY": key},
+    )
     assert proc.stdout is not None
     return proc, f"127.0.0.1:{proc.stdout.readline().strip()}"
 
@@ -131,10 +136,26 @@ class Callgrind:
         self.runs = 0
         self.idle_per_s = 0.0
         self.proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.out}",
-             sys.executable, "-m", "services.cli.main", "router", "--registry", env["SHUNTER_REGISTRY"],
-             "--port", "0", "--admin-key-file", str(key_file)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={self.out}",
+                sys.executable,
+                "-m",
+                "services.cli.main",
+                "router",
+                "--registry",
+                env["SHUNTER_REGISTRY"],
+                "--port",
+                "0",
+                "--admin-key-file",
+                str(key_file),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
             env={**os.environ, "SHUNTER_ROUTER_REDIS_URL": env["SHUNTER_REDIS_URL"]},
         )
         assert self.proc.stdout is not None
@@ -183,12 +204,28 @@ class Callgrind:
             self.proc.kill()
 
 
-def measure(target: str, model: str, key: str, stream: bool, args: argparse.Namespace,
-            router: psutil.Process, worker: psutil.Process, callgrind: Callgrind | None = None) -> dict[str, float]:
-    options = BenchOptions(target=target, model=model, concurrency=args.concurrency, duration_s=args.duration,
-                           api_key=key, processes=args.processes, warmup_s=0.0, stream=stream,
-                           # A router under callgrind answers 64 in flight in seconds, not milliseconds.
-                           timeout_s=120.0 if args.callgrind else 10.0)
+def measure(
+    target: str,
+    model: str,
+    key: str,
+    stream: bool,
+    args: argparse.Namespace,
+    router: psutil.Process,
+    worker: psutil.Process,
+    callgrind: Callgrind | None = None,
+) -> dict[str, float]:
+    options = BenchOptions(
+        target=target,
+        model=model,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        api_key=key,
+        processes=args.processes,
+        warmup_s=0.0,
+        stream=stream,
+        # A router under callgrind answers 64 in flight in seconds, not milliseconds.
+        timeout_s=120.0 if args.callgrind else 10.0,
+    )
     router_before, worker_before = cpu_s(router), cpu_s(worker)
     instructions = 0
     if callgrind is None:
@@ -217,10 +254,16 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--processes", type=int, default=1, help="bench client processes")
-    parser.add_argument("--clients", default="unary,stream",
-                        help="comma-separated runs, in order, on one cluster (e.g. unary,stream,unary,stream)")
-    parser.add_argument("--callgrind", action="store_true",
-                        help="count a callgrind router's instructions per request instead of CPU time")
+    parser.add_argument(
+        "--clients",
+        default="unary,stream",
+        help="comma-separated runs, in order, on one cluster (e.g. unary,stream,unary,stream)",
+    )
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count a callgrind router's instructions per request instead of CPU time",
+    )
     parser.add_argument("--floor", action="store_true", help="also measure a bare stream relay (see above)")
     parser.add_argument("--relay-to", help=argparse.SUPPRESS)  # the --floor relay's own process
     args = parser.parse_args()
@@ -267,18 +310,25 @@ def main() -> int:
             callgrind.stop()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    print(f"\nrouter CPU per request, model '{args.model}', closed loop {args.concurrency} in flight "
-          f"({psutil.cpu_count()} CPUs shared by client, router and worker)\n")
-    print(f"{'client':<10}{'requests':>8}{'req/s':>9}{'p99 ms':>9}{'router µs/req':>15}{'worker µs/req':>15}"
-          f"{'load 1m':>9}{'router Ir/req':>15}")
+    print(
+        f"\nrouter CPU per request, model '{args.model}', closed loop {args.concurrency} in flight "
+        f"({psutil.cpu_count()} CPUs shared by client, router and worker)\n"
+    )
+    print(
+        f"{'client':<10}{'requests':>8}{'req/s':>9}{'p99 ms':>9}{'router µs/req':>15}{'worker µs/req':>15}"
+        f"{'load 1m':>9}{'router Ir/req':>15}"
+    )
     for name, row in rows.items():
-        print(f"{name:<10}{row['requests']:>8}{row['throughput_rps']:>9.0f}{row['p99_ms']:>9.1f}"
-              f"{row['router_cpu_us_per_request']:>15.0f}{row['worker_cpu_us_per_request']:>15.0f}"
-              f"{row['load_1m']:>9.2f}{row['router_instructions_per_request']:>15.0f}")
+        print(
+            f"{name:<10}{row['requests']:>8}{row['throughput_rps']:>9.0f}{row['p99_ms']:>9.1f}"
+            f"{row['router_cpu_us_per_request']:>15.0f}{row['worker_cpu_us_per_request']:>15.0f}"
+            f"{row['load_1m']:>9.2f}{row['router_instructions_per_request']:>15.0f}"
+        )
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
-    (out / "router_cpu.json").write_text(json.dumps({"model": args.model, **vars(args), "rows": rows}, default=str,
-                                                    indent=2))
+    (out / "router_cpu.json").write_text(
+        json.dumps({"model": args.model, **vars(args), "rows": rows}, default=str, indent=2)
+    )
     return 0
 
 
