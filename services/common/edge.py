@@ -33,6 +33,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -229,13 +230,24 @@ class BidiStream:
     ``one(raw, context)`` gives the response bytes; when it raises, ``failed(raw, code,
     message)`` gives the response that reports the failure on the stream (the stream itself
     stays open). Each message is a call of its own for the interceptors. At most
-    ``max_in_flight`` messages per stream are served at once (None: no bound); when the
-    client ends the stream, it ends once every message taken is answered.
+    ``max_in_flight`` messages per stream are served at once (None: no bound): past it the
+    stream stops reading, so HTTP/2 flow control holds the client back. When the client
+    ends the stream, it ends once every message taken is answered.
+
+    ``per_stream(context)``, when given, is called once as a stream opens and returns the
+    function that serves that stream's messages (``serve(raw)``), in place of ``one``: what
+    every message of a stream shares (its call metadata, say) is then read once, not per
+    message.
     """
 
-    one: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+    one: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]] | None
     failed: Callable[[bytes, grpc.StatusCode, str], bytes]
     max_in_flight: int | None = None
+    per_stream: Callable[[grpc.aio.ServicerContext], Callable[[bytes], Awaitable[bytes]]] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.one is None) == (self.per_stream is None):
+            raise ValueError("BidiStream takes one of one and per_stream")
 
 
 MethodSpec = Unary | Raw | ServerStream | BidiStream
@@ -371,22 +383,29 @@ class Edge:
         return stream
 
     def _bidi(self, method: str, spec: BidiStream) -> Callable:
-        one, failed, bound = spec.one, spec.failed, spec.max_in_flight
+        failed, bound, per_stream, one = spec.failed, spec.max_in_flight, spec.per_stream, spec.one
 
         async def stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            out: asyncio.Queue[bytes | None] = asyncio.Queue()
-            slots = asyncio.Semaphore(bound) if bound else None
-            tasks: set[asyncio.Task] = set()
+            if per_stream is not None:
+                serve = per_stream(context)
+            else:
+                assert one is not None
+
+                def serve(raw: bytes) -> Awaitable[bytes]:
+                    return one(raw, context)
+
+            state = _BidiState(bound)
             loop = asyncio.get_running_loop()
 
             async def serve_one(raw: bytes) -> None:
-                # A task of its own, so CURRENT here is this message's call.
+                # A task of its own (it waits on a worker or a batch while others are read),
+                # so CURRENT here is this message's call.
                 call = RpcCall(self.service, method, context)
                 CURRENT.set(call)
                 for interceptor in self._chain:
                     interceptor.begin(call)
                 try:
-                    out.put_nowait(await one(raw, context))
+                    state.answer(await serve(raw))
                 except asyncio.CancelledError:
                     call.code = grpc.StatusCode.CANCELLED
                     raise
@@ -394,17 +413,20 @@ class Edge:
                     call.code, message = status_of(exc)
                     if not isinstance(exc, ShunterError):
                         logger.exception("%s %s message failed", self.service, method)
-                    out.put_nowait(failed(raw, call.code, message))
+                    state.answer(failed(raw, call.code, message))
                 finally:
-                    if slots is not None:
-                        slots.release()
+                    state.done_one()
                     self._end(call)
 
             async def read_all() -> None:
+                tasks = state.tasks
                 try:
                     async for raw in requests:
-                        if slots is not None:
-                            await slots.acquire()
+                        if state.full():
+                            # Read no further until a message is answered: the client's
+                            # writes then wait on HTTP/2 flow control.
+                            await state.room()
+                        state.in_flight += 1
                         task = loop.create_task(serve_one(raw))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
@@ -412,20 +434,70 @@ class Edge:
                     # Also on end_streams(): what was taken is answered before the stream ends.
                     while tasks:
                         await asyncio.wait(set(tasks))
-                    out.put_nowait(None)
+                    state.answer(None)
 
             reader = loop.create_task(read_all())
             self._stream_readers.add(reader)
             try:
-                while (message := await out.get()) is not None:
-                    yield message
+                out = state.out
+                while True:
+                    while out:
+                        message = out.popleft()
+                        if message is None:
+                            return
+                        yield message
+                    await state.more()
             finally:
                 self._stream_readers.discard(reader)
                 reader.cancel()
-                for task in list(tasks):
+                for task in list(state.tasks):
                     task.cancel()
 
         return stream
+
+
+class _BidiState:
+    """One bidirectional stream's answers waiting to go out, and its messages in flight.
+
+    A deque and one waiter each way instead of an asyncio.Queue and Semaphore: only the
+    stream's own writer waits for answers and only its reader waits for room.
+    """
+
+    __slots__ = ("_more", "_room", "bound", "in_flight", "out", "tasks")
+
+    def __init__(self, bound: int | None) -> None:
+        self.bound = bound
+        self.in_flight = 0
+        #: Answers in order of completion; None ends the stream.
+        self.out: deque[bytes | None] = deque()
+        self.tasks: set[asyncio.Task] = set()
+        self._more: asyncio.Future | None = None
+        self._room: asyncio.Future | None = None
+
+    def answer(self, message: bytes | None) -> None:
+        self.out.append(message)
+        more = self._more
+        if more is not None and not more.done():
+            more.set_result(None)
+
+    def more(self) -> asyncio.Future:
+        """A future done once an answer is added."""
+        self._more = asyncio.get_running_loop().create_future()
+        return self._more
+
+    def full(self) -> bool:
+        return self.bound is not None and self.in_flight >= self.bound
+
+    def done_one(self) -> None:
+        self.in_flight -= 1
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    async def room(self) -> None:
+        while self.full():
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
 
 
 def _parsing(fn: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]], request_type: type[Message]) -> Any:

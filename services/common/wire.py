@@ -8,6 +8,7 @@ occurrence on the wire wins, so ``raw + field`` overrides whatever ``raw`` held.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 #: Wire tags (field number << 3 | wire type 2, length-delimited) used below.
@@ -46,6 +47,8 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 
 def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     """The varint at ``pos`` and the position after it."""
+    if pos < len(buf) and buf[pos] < 0x80:  # one byte: tags and short lengths, the usual case
+        return buf[pos], pos + 1
     result = shift = 0
     while True:
         if pos >= len(buf):
@@ -88,9 +91,14 @@ def _fields(buf: bytes) -> Iterator[tuple[int, memoryview]]:
             raise WireError(f"unsupported wire type {wire_type}")
 
 
+def model_version_field(version: str) -> bytes:
+    """The encoded ``model_version`` field; appended to a message it overrides the message's version."""
+    return _field(_TAG_MODEL_VERSION, version.encode())
+
+
 def with_model_version(raw: bytes, version: str) -> bytes:
     """The request (or response) ``raw`` with ``model_version`` overridden."""
-    return raw + _field(_TAG_MODEL_VERSION, version.encode())
+    return raw + model_version_field(version)
 
 
 def id_field(request_id: str) -> bytes:
@@ -108,11 +116,17 @@ def stream_response(infer_response: bytes) -> bytes:
     return _field(_TAG_STREAM_RESPONSE, infer_response)
 
 
+@functools.lru_cache(maxsize=64)
+def _map_key(name: str) -> bytes:
+    # The key part of a parameters entry: the router sends the same few names on every request.
+    return _field(_TAG_MAP_KEY, name.encode())
+
+
 def int64_parameter_field(name: str, value: int) -> bytes:
     """The encoded map entry ``parameters[name] = value``; appended, it overrides an earlier one."""
     param = _TAG_INT64_PARAM + varint(value & 0xFFFFFFFFFFFFFFFF)
-    entry = _field(_TAG_MAP_KEY, name.encode()) + _field(_TAG_MAP_VALUE, param)
-    return _field(_TAG_PARAMETERS, entry)
+    entry = _map_key(name) + _TAG_MAP_VALUE + varint(len(param)) + param
+    return _TAG_PARAMETERS + varint(len(entry)) + entry
 
 
 def string_parameter_field(name: str, value: str) -> bytes:
@@ -129,6 +143,11 @@ def split_stream_response(buf: bytes) -> tuple[str | None, bytes | memoryview]:
     infer_response payloads concatenate (a sub-message's fields merge). The usual single
     part comes back as a view into ``buf``, uncopied (replace_id makes the one copy).
     """
+    if buf[:1] == _TAG_STREAM_RESPONSE:
+        # What a worker sends: one infer_response field and nothing else.
+        length, pos = _read_varint(buf, 1)
+        if pos + length == len(buf):
+            return None, memoryview(buf)[pos:]
     error: str | None = None
     parts: list[memoryview] = []
     for number, payload in _fields(buf):
@@ -164,13 +183,22 @@ def find_id(infer_response: bytes | memoryview) -> tuple[str, int, int]:
     return "", end, end
 
 
-def replace_id(infer_response: bytes | memoryview, start: int, stop: int, new_id: str) -> bytes:
+def replace_id(infer_response: bytes | memoryview, start: int, stop: int, new_id: str, *, wrap: bool = False) -> bytes:
     """The response with the id field found by find_id replaced by ``new_id``: one copy.
 
     The result is the bytes the worker would have sent for a request with ``new_id``
-    (an empty id is left out, as serialisers do).
+    (an empty id is left out, as serialisers do). With ``wrap`` it comes inside a
+    ModelStreamInferResponse (as ``stream_response`` would put it), in the same one copy:
+    what a stream client is sent.
     """
     view = memoryview(infer_response)
-    if not new_id:
-        return b"".join((view[:start], view[stop:]))
-    return b"".join((view[:start], id_field(new_id), view[stop:]))
+    new_field = id_field(new_id) if new_id else b""
+    if not wrap:
+        return b"".join((view[:start], new_field, view[stop:]))
+    length = len(view) - (stop - start) + len(new_field)
+    return b"".join((_TAG_STREAM_RESPONSE, varint(length), view[:start], new_field, view[stop:]))
+
+
+def stream_payload(stream_response_bytes: bytes) -> bytes | memoryview:
+    """The ModelInferResponse inside a ModelStreamInferResponse (a view, uncopied, as a rule)."""
+    return split_stream_response(stream_response_bytes)[1]

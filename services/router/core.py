@@ -131,7 +131,11 @@ class Router:
 
     # -- the request path -----------------------------------------------------------
 
-    async def infer(self, raw: bytes, headers: Mapping[str, str], deadline: float) -> InferResult:
+    async def infer(
+        self, raw: bytes, headers: Mapping[str, str], deadline: float, *, stream: bool = False
+    ) -> InferResult:
+        """The answer to ``raw``: the worker's ModelInferResponse bytes, or with ``stream``
+        (a ModelStreamInfer message) the ModelStreamInferResponse that carries it."""
         snapshot = self.snapshot
         key = authenticate(snapshot, headers.get("authorization"))
         try:
@@ -162,10 +166,10 @@ class Router:
             if entry is None:
                 edge.label(name)
                 raise NotFound(f"unknown version '{request.model_version}' of model '{name}'")
-            forward_raw = raw
+            overrides = b""
         else:
             entry = self.choose_version(model, headers)
-            forward_raw = wire.with_model_version(raw, entry.version)
+            overrides = wire.model_version_field(entry.version)
             trace.event("split", {"shunter.variant": entry.version})
         edge.label(name, entry.version)
         trace.set("shunter.variant", entry.version)
@@ -184,26 +188,33 @@ class Router:
                 cached = await self.cache.get(name, cache_key, request.id, ttl)
             trace.set("shunter.cache_hit", cached is not None)
             if cached is not None:
-                return InferResult(cached, name, entry.version)
+                return InferResult(wire.stream_response(cached) if stream else cached, name, entry.version)
 
         started = time.perf_counter()
         hedge = self.settings.hedge_after_s if name in self.settings.hedge_models else None
         # Trace context rides in the request's parameters, so a traced request keeps the stream link.
         with trace.child("forward", client=True):
+            # The caller's bytes go as they came; the link joins the overrides on in its one copy.
             forward = Forward(
-                raw=forward_raw + trace.outgoing(headers),
+                raw=raw,
                 deadline=deadline,
                 caller_id=request.id,
                 caller_timeout_us=inference_parameters.timeout_us(request),
+                overrides=overrides + trace.outgoing(headers),
+                stream_response=stream,
             )
             response = await forward_infer(self.balancer, entry.workers, forward, hedge)
         primary_s = time.perf_counter() - started
 
-        if cache_key is not None:
-            await self.cache.put(cache_key, strip_id(response), ttl)
         shadow_version = policy.shadow_version
-        if shadow_version and shadow_version != entry.version:
-            self._mirror(model, shadow_version, forward, response, primary_s)
+        if shadow_version == entry.version:
+            shadow_version = ""
+        if cache_key is not None or shadow_version:
+            bare = bytes(wire.stream_payload(response)) if stream else response
+            if cache_key is not None:
+                await self.cache.put(cache_key, strip_id(bare), ttl)
+            if shadow_version:
+                self._mirror(model, shadow_version, forward, bare, primary_s)
         return InferResult(response, name, entry.version)
 
     def choose_version(self, model: ModelEntry, headers: Mapping[str, str]) -> VersionEntry:
@@ -233,11 +244,11 @@ class Router:
             metrics.SHADOW.labels(model.name, version, "error").inc()
             return
         # Appended last, the shadow's version overrides any the split appended.
-        shadow_raw = wire.with_model_version(primary.raw, version)
+        overrides = primary.overrides + wire.model_version_field(version)
         timeout_s = self.settings.shadow_timeout_s
 
         async def send() -> bytes:
-            copy = primary.to(shadow_raw, time.monotonic() + timeout_s)
+            copy = primary.to(overrides, time.monotonic() + timeout_s)
             return await forward_infer(self.balancer, entry.workers, copy)
 
         self.shadow.mirror(model.name, version, response, send, primary_s, primary.raw)

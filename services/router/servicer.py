@@ -10,7 +10,7 @@ comes from ``Router`` and ``describe``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 
@@ -61,9 +61,10 @@ class RouterServicer:
             {
                 "ModelInfer": edge.Raw(self.model_infer),
                 "ModelStreamInfer": edge.BidiStream(
-                    self.stream_message,
+                    None,
                     inference_parameters.failed_stream_response_bytes,
                     self.router.settings.stream_max_in_flight,
+                    per_stream=self.stream_messages,
                 ),
                 "ServerLive": edge.Unary(self.server_live, pb.ServerLiveRequest),
                 "ServerReady": edge.Unary(self.server_ready, pb.ServerReadyRequest),
@@ -87,14 +88,27 @@ class RouterServicer:
             _log_payload(self.router.payload_log, raw, result)
         return result.response
 
-    async def stream_message(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """One message of a ModelStreamInfer call, routed on its own; the response keeps its id."""
-        if self.draining:
-            raise Unavailable("router is shutting down")
-        result = await self.router.infer(raw, _headers(context), self.router.deadline(context.time_remaining()))
-        if self.router.payload_log is not None:
-            _log_payload(self.router.payload_log, raw, result)
-        return wire.stream_response(result.response)
+    def stream_messages(self, context: grpc.aio.ServicerContext) -> Callable[[bytes], Awaitable[bytes]]:
+        """What serves one ModelStreamInfer call's messages, each routed on its own.
+
+        The call's metadata (the key, a sticky header) is the stream's: read once here, not
+        per message. Each response keeps its request's id and goes out as the worker's bytes
+        inside their stream wrapper, built in the one copy that puts the id back
+        (worker_client.StreamLink); nothing is parsed or re-encoded.
+        """
+        headers = _headers(context)
+        router = self.router
+
+        async def one(raw: bytes) -> bytes:
+            if self.draining:
+                raise Unavailable("router is shutting down")
+            result = await router.infer(raw, headers, router.deadline(context.time_remaining()), stream=True)
+            if router.payload_log is not None:
+                bare = InferResult(bytes(wire.stream_payload(result.response)), result.model, result.version)
+                _log_payload(router.payload_log, raw, bare)
+            return result.response
+
+        return one
 
     # -- server and model information -----------------------------------------------
 

@@ -79,7 +79,7 @@ Metadata = tuple[tuple[str, str], ...]
 class Forward:
     """One request on its way to a worker: everything the hop needs, in one place."""
 
-    #: The bytes to send: the caller's ModelInferRequest, plus appended overrides.
+    #: The caller's ModelInferRequest, as it came.
     raw: bytes
     #: When the caller stops waiting, on the ``time.monotonic`` clock.
     deadline: float
@@ -90,10 +90,16 @@ class Forward:
     caller_id: str = ""
     #: The caller's Triton ``timeout`` parameter in µs, if it set one.
     caller_timeout_us: int | None = None
+    #: Encoded fields that override the caller's (the version the split chose, trace
+    #: context), appended to ``raw`` as it goes out: one copy of the request in all.
+    overrides: bytes = b""
+    #: The caller reads a ModelInferStream: the response comes back wrapped as a
+    #: ModelStreamInferResponse, built in the same copy that puts the caller's id back.
+    stream_response: bool = False
 
-    def to(self, raw: bytes, deadline: float) -> Forward:
-        """The same request with other bytes and deadline (a shadow copy)."""
-        return dataclasses.replace(self, raw=raw, deadline=deadline)
+    def to(self, overrides: bytes, deadline: float) -> Forward:
+        """The same request with other overrides and deadline, answered bare (a shadow copy)."""
+        return dataclasses.replace(self, overrides=overrides, deadline=deadline, stream_response=False)
 
 
 class UpstreamError(ShunterError):
@@ -263,12 +269,17 @@ class WorkerTransport:
 
     async def infer(self, forward: Forward, timeout_s: float) -> bytes:
         """The worker's serialised response within ``timeout_s``; UpstreamError carries its status."""
-        raw = forward.raw
-        if self._stream is not None and forward.trace is None and len(raw) <= self._stream_limit:
+        size = len(forward.raw) + len(forward.overrides)
+        if self._stream is not None and forward.trace is None and size <= self._stream_limit:
             return await self._stream.infer(forward, timeout_s)
         if self._stream is not None:
             self._stream.check_alive()
-        call = self._unary(raw, timeout=timeout_s, metadata=forward.trace)
+        response = await self._infer_unary(forward, timeout_s)
+        # The response's one copy on this path (a unary worker answers with the caller's id).
+        return wire.stream_response(response) if forward.stream_response else response
+
+    async def _infer_unary(self, forward: Forward, timeout_s: float) -> bytes:
+        call = self._unary(forward.raw + forward.overrides, timeout=timeout_s, metadata=forward.trace)
         # On the stream link's worker, the stream's liveness pings watch unary calls too.
         watched = self._stream.watch(call) if self._stream is not None else None
         try:
@@ -325,7 +336,8 @@ class _Stream:
 
     def __init__(self, call: grpc.aio.StreamStreamCall, on_closed, liveness: Liveness | None = None) -> None:
         self.call = call
-        self.pending: dict[str, tuple[asyncio.Future, str]] = {}
+        #: By link id: the caller's future, id, and whether it wants a stream response.
+        self.pending: dict[str, tuple[asyncio.Future, str, bool]] = {}
         #: Unary calls to the same worker watched by this stream's liveness pings (near the
         #: message limit, or with call metadata), and those a missed ping cut.
         self.held: set[grpc.aio.UnaryUnaryCall] = set()
@@ -429,12 +441,13 @@ class _Stream:
                 waiter = pending.pop(link_id, None)
                 if waiter is None:
                     continue  # its caller gave up (deadline or cancellation)
-                future, caller_id = waiter
+                future, caller_id, wrap = waiter
                 if future.done():
                     continue
                 if error is None:
-                    # The response's one copy here: a slice-and-join that puts the caller's id back.
-                    future.set_result(wire.replace_id(infer_response, start, stop, caller_id))
+                    # The response's one copy in the router: a slice-and-join that puts the
+                    # caller's id back (and the stream wrapper around it for a stream caller).
+                    future.set_result(wire.replace_id(infer_response, start, stop, caller_id, wrap=wrap))
                 else:
                     code = inference_parameters.status_of_failed(bytes(infer_response))
                     future.set_exception(UpstreamError(code, error))
@@ -461,7 +474,7 @@ class _Stream:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
-        for future, _ in self.pending.values():
+        for future, _, _ in self.pending.values():
             if not future.done():
                 # One exception object each: a shared one would collect every waiter's traceback.
                 future.set_exception(UpstreamError(code, details, hung))
@@ -547,15 +560,17 @@ class StreamLink:
         budget_us = int(timeout_s * 1_000_000)
         if forward.caller_timeout_us is not None:
             budget_us = min(budget_us, forward.caller_timeout_us)
-        # One copy of the request: its bytes, then the fields that override its id and timeout.
+        # One copy of the request: its bytes, then the fields that override its version, id
+        # and timeout.
         message = b"".join((
             forward.raw,
+            forward.overrides,
             wire.id_field(link_id),
             wire.int64_parameter_field(inference_parameters.TIMEOUT, max(budget_us, 1)),
         ))
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        stream.pending[link_id] = (future, forward.caller_id)
+        stream.pending[link_id] = (future, forward.caller_id, forward.stream_response)
         timer = loop.call_later(timeout_s, _expire, future)
         stream.send(message)
         try:
@@ -569,7 +584,7 @@ class StreamLink:
         stream, self._stream = self._stream, None
         if stream is None:
             return
-        waiting = [future for future, _ in stream.pending.values()]
+        waiting = [future for future, _, _ in stream.pending.values()]
         if grace_s and waiting:
             await asyncio.wait(waiting, timeout=grace_s)
         await stream.close()

@@ -23,7 +23,7 @@ class RecordingWorker:
         self.seen: list[tuple[pb.ModelInferRequest, dict]] = []
 
     async def infer(self, forward, timeout_s: float) -> bytes:
-        request = pb.ModelInferRequest.FromString(forward.raw)
+        request = pb.ModelInferRequest.FromString(forward.raw + forward.overrides)
         self.seen.append((request, dict(forward.trace or ())))
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
                                          id=request.id)
