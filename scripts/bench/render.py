@@ -252,6 +252,18 @@ def ms(record: dict[str, Any] | None, metric: str) -> str:
     return fmt(s, 2 if s is None or s["median"] < 10 else 1)
 
 
+def cells(record: dict[str, Any] | None, *metrics: str) -> list[str]:
+    """A record's table cells: "errors", a latency (ms), else METRIC or METRIC/DIGITS as median [min–max]."""
+    out = []
+    for metric in metrics:
+        name, _, digits = metric.partition("/")
+        if metric == "errors":
+            out.append(errors(record))
+        else:
+            out.append(ms(record, name) if name in ("p50", "p90", "p99") else fmt(stat(record, name), int(digits or 0)))
+    return out
+
+
 def table(header: str, rows: list[list[str]]) -> str:
     """A markdown table; ``header`` is "a | b | c"."""
     cells = header.split(" | ")
@@ -373,14 +385,9 @@ def section_worker(results: dict[str, Any], text: dict[str, str]) -> str:
             r["tags"]["batching"]
             + (f", {r['tags']['processes']} processes" if r["tags"].get("processes", 1) > 1 else ""),
             r["label"],
-            fmt(stat(r, "rows_per_s")),
-            ms(r, "p50"),
-            ms(r, "p90"),
-            ms(r, "p99"),
-            fmt(stat(r, "cpu:worker"), 3),
+            *cells(r, "rows_per_s", "p50", "p90", "p99", "cpu:worker/3"),
             str(formed_batch(r) or "–"),
-            fmt(stat(r, "client_cpu"), 2),
-            errors(r),
+            *cells(r, "client_cpu/2", "errors"),
         ]
         for r in (points[k] for k in keys)
     ]
@@ -419,12 +426,9 @@ def section_worker(results: dict[str, Any], text: dict[str, str]) -> str:
                 r["model"],
                 f"{r['tags']['fraction']:.0%}",
                 f"{r['rate']:,.0f}",
-                fmt(stat(r, "throughput_rps")),
-                ms(r, "p50"),
-                ms(r, "p90"),
-                ms(r, "p99"),
+                *cells(r, "throughput_rps", "p50", "p90", "p99"),
                 f"{(median(r, 'p99') or 0) / (median(r, 'p50') or 1):.1f}",
-                fmt(stat(r, "send_lag_p99_ms"), 2),
+                *cells(r, "send_lag_p99_ms/2"),
             ]
             for r in opened
         ]
@@ -441,18 +445,11 @@ def section_router(results: dict[str, Any], text: dict[str, str]) -> str:
     for c in (1, 64):
         direct, routed = points.get(f"router/direct/digits/c{c}"), points.get(f"router/router1/digits/c{c}")
         if direct or routed:
-            cells = [f"digits, c{c}"]
+            row = [f"digits, c{c}"]
             for metric in ("p50", "p99"):
                 d, r = median(direct, metric), median(routed, metric)
-                cells += [ms(direct, metric), ms(routed, metric), f"{r - d:+.2f}" if d and r else "–"]
-            rows.append(
-                [
-                    *cells,
-                    fmt(stat(direct, "throughput_rps")),
-                    fmt(stat(routed, "throughput_rps")),
-                    fmt(stat(routed, "cpu:cluster"), 3),
-                ]
-            )
+                row += [ms(direct, metric), ms(routed, metric), f"{r - d:+.2f}" if d and r else "–"]
+            rows.append([*row, *cells(direct, "throughput_rps"), *cells(routed, "throughput_rps", "cpu:cluster/3")])
     if not rows:
         return text["router"] + "\n\nNot measured."
     out = (
@@ -511,12 +508,8 @@ def section_peers(results: dict[str, Any], text: dict[str, str]) -> str:
             [
                 systems[key]["label"],
                 *(fmt(stat(rec[c], "throughput_rps")) for c in conc),
-                ms(rec[low], "p50"),
-                ms(rec[top], "p50"),
-                ms(rec[top], "p99"),
-                fmt(stat(rec[top], "cpu:server"), 3),
-                fmt(stat(rec[top], "client_cpu"), 2),
-                errors(rec[top]),
+                *cells(rec[low], "p50"),
+                *cells(rec[top], "p50", "p99", "cpu:server/3", "client_cpu/2", "errors"),
             ]
         )
     header = " | ".join(
@@ -535,14 +528,9 @@ def section_peers(results: dict[str, Any], text: dict[str, str]) -> str:
     rows = [
         [
             systems[k]["label"],
-            fmt(stat(r, "rows_per_s")),
-            ms(r, "p50"),
-            ms(r, "p99"),
-            fmt(stat(r, "cpu:server"), 2),
-            errors(r),
+            *cells(points.get(f"peers/{k}/minilm/c64"), "rows_per_s", "p50", "p99", "cpu:server/2", "errors"),
         ]
         for k in present
-        for r in [points.get(f"peers/{k}/minilm/c64")]
     ]
     out += "\n\n**minilm** (compute-bound: one sentence per request, concurrency 64)\n\n" + table(
         "system | rows/s | p50 ms | p99 ms | server CPU ms/req | errors", rows
