@@ -20,11 +20,12 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import psutil
@@ -41,6 +42,7 @@ VENVS = ROOT / ".bench-venvs"
 PEERS_DIR = Path(__file__).resolve().with_name("peers")
 #: Same engine builds in every peer's venv as in ours, so the model code is identical.
 SHARED_PACKAGES = ("onnxruntime", "tokenizers")
+T = TypeVar("T")
 
 
 @dataclass
@@ -176,18 +178,23 @@ def shunter(*args: str) -> list[str]:
     return [sys.executable, "-m", "services.cli.main", *args]
 
 
-def _worker_ready(text: str) -> dict[str, Any] | None:
-    for line in text.splitlines():
-        announced = parse_ready_line(line)
-        if announced and announced.service == "worker":
-            return {"address": announced.address}
-    return None
+def ready_line(service: str, **info: Any) -> Callable[[str], dict[str, Any] | None]:
+    """A log's parser for the ready line ``service`` prints; ``info`` goes with its address."""
+
+    def parse(text: str) -> dict[str, Any] | None:
+        for line in text.splitlines():
+            announced = parse_ready_line(line)
+            if announced and announced.service == service:
+                return {"address": announced.address, **info}
+        return None
+
+    return parse
 
 
 def launch_worker(name: str, repository: Path, models: Iterable[str], log_dir: Path, processes: int = 1) -> Server:
     extra = ("--processes", str(processes)) if processes > 1 else ()
     argv = shunter("worker", "--model-repository", str(repository), "--port", "0", "--metrics-port", "0", *extra)
-    return launch(name, argv, log_dir, models, _worker_ready)
+    return launch(name, argv, log_dir, models, ready_line("worker"))
 
 
 def _cluster_ready(text: str) -> dict[str, Any] | None:
@@ -204,13 +211,40 @@ def _cluster_ready(text: str) -> dict[str, Any] | None:
         "api_key": env["SHUNTER_API_KEY"],
         "workers": workers,
         "grpc_metadata": (("authorization", f"Bearer {env['SHUNTER_API_KEY']}"),),
+        "exports": env,
     }
 
 
-def launch_cluster(name: str, repository: Path, models: Iterable[str], workers: int, log_dir: Path) -> Server:
+def launch_cluster(
+    name: str, repository: Path, models: Iterable[str], workers: int, log_dir: Path, *extra: str, **kw: Any
+) -> Server:
     """`shunter up`: Redis, registry, ``workers`` workers and a router, as a user starts it."""
-    argv = shunter("up", "--model-repository", str(repository), "--workers", str(workers), "--port", "0")
-    return launch(name, [*argv, "--run-dir", str(log_dir / f"{name}-run")], log_dir, models, _cluster_ready)
+    argv = shunter("up", "--model-repository", str(repository), "--workers", str(workers), "--port", "0", *extra)
+    return launch(name, [*argv, "--run-dir", str(log_dir / f"{name}-run")], log_dir, models, _cluster_ready, **kw)
+
+
+def start_ready(servers: list[Server], timeout_s: float = 300.0) -> None:
+    """wait_ready for the cost probes: any server that fails to start ends the probe, with its log."""
+    failed = wait_ready(servers, timeout_s)
+    if failed:
+        stop_all(servers)
+        raise SystemExit("\n".join(f"{name}: {why}" for name, why in failed.items()))
+
+
+def stop_all(servers: Iterable[Server], grace_s: float = 40.0) -> None:
+    """All at once: each drains within its grace, so stopping costs one grace, not their sum."""
+    threads = [threading.Thread(target=s.stop, args=(grace_s,)) for s in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def abba(settings: Sequence[T], rounds: int) -> Iterator[T]:
+    """The cost probes' A/B order: every setting once a round, reversed every other round, so a
+    machine whose load drifts, or a server still warming up, favours none of them."""
+    for index in range(rounds):
+        yield from settings if index % 2 == 0 else settings[::-1]
 
 
 def enable_cache(cluster: Server, model: str, ttl_s: int = 3600) -> None:
