@@ -296,13 +296,8 @@ def section_machine(results: dict[str, Any]) -> str:
         ["OS", f"{meta['os']}, kernel {meta['kernel']}"],
         ["Shunter", f"commit {commit}; Python {meta['python']}; " + _pairs(meta["packages"])],
     ]
-    if meta.get("gpu"):
-        rows.append(
-            [
-                "GPU",
-                f"{meta['gpu'].get('device_name')}; torch {meta['gpu'].get('torch')}, CUDA {meta['gpu'].get('cuda')}",
-            ]
-        )
+    if gpu := meta.get("gpu"):
+        rows.append(["GPU", f"{gpu.get('device_name')}; torch {gpu.get('torch')}, CUDA {gpu.get('cuda')}"])
     for name, peer in results.get("peers", {}).items():
         served = [s["metadata"] for n, s in results["servers"].items() if n.startswith(name) and s.get("metadata")]
         detail = _pairs(peer.get("versions", {})) + (
@@ -582,28 +577,23 @@ def render_markdown(
 
     note = f"\n\n**About this run.** {results['note']}" if results.get("note") else ""
     if results["profile"].startswith("gpu"):
+        verify = [
+            [k, f"{v.get('min_cosine', math.nan):.5f}", v.get("error", "–")] for k, v in results["verify"].items()
+        ]
         parts = [
             text["gpu_intro"].format(profile=results["profile"]) + note,
             section_machine(results),
             section_bars(results, bars, "## Bars", text),
-            "## Embeddings against the CPU fp32 model\n\n"
-            + table(
-                "where | min cosine (≥ 0.999) | error",
-                [
-                    [k, f"{v.get('min_cosine', math.nan):.5f}", v.get("error", "–")]
-                    for k, v in results["verify"].items()
-                ],
-            ),
+            "## Embeddings against the CPU fp32 model\n\n" + table("where | min cosine (≥ 0.999) | error", verify),
             section_engine(results, text).split("\n\n", 1)[1],
             section_worker(results, text).split("\n\n", 1)[1] + plot("gpu", "gpu"),
         ]
         return "\n\n".join(parts) + "\n"
     gpu_results, gpu_bars = gpu
     if gpu_results:
-        device = (gpu_results["meta"].get("gpu") or {}).get("device_name") or "a GPU"
-        gpu_part = text["gpu"].format(
-            device=device, started=gpu_results["meta"]["started"], commit=gpu_results["meta"]["git"]["commit"]
-        )
+        gpu_meta = gpu_results["meta"]
+        device = (gpu_meta.get("gpu") or {}).get("device_name") or "a GPU"
+        gpu_part = text["gpu"].format(device=device, started=gpu_meta["started"], commit=gpu_meta["git"]["commit"])
         gpu_part += f" {gpu_results['note']}" if gpu_results.get("note") else ""
         gpu_part += "\n\n" + table("bar | target | measured | status", judged(gpu_bars, gpu_results))
     else:
@@ -686,16 +676,16 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
             finish(ax, f"{model}: engine in-process, one thread", "batch size (rows)", "rows/s")
         save(fig, "engine")
     worker = {k: r for k, r in points.items() if k.startswith("worker/") and r.get("concurrency")}
+
+    def single_row(model: str, mode: str) -> list[dict[str, Any]]:
+        """The worker's closed-loop points with 1-row requests, for one model and server configuration."""
+        return [r for r in worker.values() if (r["model"], r["tags"]["batching"], r["batch_rows"]) == (model, mode, 1)]
+
     if worker and not gpu:
         fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)
         for (left, right), model in zip(axes, models, strict=True):
             for mode in ("off", "on"):
-                mine = [
-                    r
-                    for r in worker.values()
-                    if (r["model"], r["tags"]["batching"], r["batch_rows"]) == (model, mode, 1)
-                ]
-                curve(left, mine, "rows_per_s", label=f"batching {mode}")
+                curve(left, single_row(model, mode), "rows_per_s", label=f"batching {mode}")
             finish(left, f"{model}: worker throughput", "concurrency (1-row requests, closed loop)", "rows/s")
             recs = [
                 r
@@ -705,16 +695,8 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
             bars(right, [r["tags"]["batching"] + "\n" + r["label"].replace("open ", "open\n") for r in recs], recs)
             right.set_title(f"{model}: worker latency (batching off/on; open loop = Poisson)")
         save(fig, "worker")
-    router = [
-        points.get(k)
-        for k in (
-            "router/direct/digits/c1",
-            "router/router1/digits/c1",
-            "router/cache/digits/c1",
-            "router/direct/digits/c64",
-            "router/router1/digits/c64",
-        )
-    ]
+    hops = (("direct", 1), ("router1", 1), ("cache", 1), ("direct", 64), ("router1", 64))
+    router = [points.get(f"router/{name}/digits/c{c}") for name, c in hops]
     if any(router) and not gpu:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
         bars(left, ["direct\nc1", "router\nc1", "cache hit\nc1", "direct\nc64", "router\nc64"], router)
@@ -740,15 +722,11 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
         finish(
             axes[0][0], "digits: throughput vs concurrency", "concurrency (1-row requests, closed loop)", "requests/s"
         )
-        bars(axes[0][1], [labels[k] for k in systems], [points.get(f"peers/{k}/digits/c{conc[-1]}") for k in systems])
-        axes[0][1].set_title(f"digits: latency at concurrency {conc[-1]}")
-        bars(axes[1][0], [labels[k] for k in systems], [points.get(f"peers/{k}/digits/c{conc[0]}") for k in systems])
-        axes[1][0].set_title(f"digits: latency at concurrency {conc[0]}")
-        axes[1][1].bar(
-            range(len(systems)),
-            [median(points.get(f"peers/{k}/minilm/c64"), "rows_per_s") or 0 for k in systems],
-            color="tab:green",
-        )
+        for ax, c in ((axes[0][1], conc[-1]), (axes[1][0], conc[0])):
+            bars(ax, [labels[k] for k in systems], [points.get(f"peers/{k}/digits/c{c}") for k in systems])
+            ax.set_title(f"digits: latency at concurrency {c}")
+        minilm = [median(points.get(f"peers/{k}/minilm/c64"), "rows_per_s") or 0 for k in systems]
+        axes[1][1].bar(range(len(systems)), minilm, color="tab:green")
         axes[1][1].set_xticks(range(len(systems)), [labels[k] for k in systems], fontsize=8)
         axes[1][1].set(ylabel="rows/s", title="minilm: throughput at concurrency 64")
         save(fig, "peers")
@@ -759,8 +737,7 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
             left.plot(list(stats), [s["median"] for s in stats.values()], marker="o", label=key)
         finish(left, "engine in-process, one thread", "batch size (rows)", "rows/s")
         for name in sorted({(r["model"], r["tags"]["batching"]) for r in worker.values() if r["batch_rows"] == 1}):
-            mine = [r for r in worker.values() if (r["model"], r["tags"]["batching"], r["batch_rows"]) == (*name, 1)]
-            curve(right, mine, "rows_per_s", label=f"{name[0]}, {name[1]}")
+            curve(right, single_row(*name), "rows_per_s", label=f"{name[0]}, {name[1]}")
         finish(right, "served, single-row requests", "concurrency", "rows/s")
         save(fig, "gpu")
     return made

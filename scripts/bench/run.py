@@ -434,11 +434,8 @@ class Run:
         try:
             failed = self.ready(list(systems.values()), fail=False, timeout_s=600)
             for key, server in systems.items():
-                self.results["systems"][key] = {
-                    "label": spec["systems"][key]["label"],
-                    "server": server.name,
-                    "error": failed.get(server.name),
-                }
+                label, error = spec["systems"][key]["label"], failed.get(server.name)
+                self.results["systems"][key] = {"label": label, "server": server.name, "error": error}
             ready = [s for s in systems.values() if s.name not in failed]
             reference = next((s for k, s in systems.items() if spec["systems"][k]["kind"] == "worker"), None)
             if reference in ready:

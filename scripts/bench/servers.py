@@ -350,25 +350,18 @@ def launch_triton(name: str, specs: list[dict[str, Any]], instances: int, work: 
     argv += ["--grpc-port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2]]
     # Triton's Python stub links libpython from the base Python's LIBDIR: without it first on
     # LD_LIBRARY_PATH, model loading fails with an ``_thread.RLock`` error.
-    libdir = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    ).stdout.strip() or (sysconfig.get_config_var("LIBDIR") or "")
+    code = "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    libdir = done.stdout.strip() or (sysconfig.get_config_var("LIBDIR") or "")
     current = os.environ.get("LD_LIBRARY_PATH", "")
+    env = {"LD_LIBRARY_PATH": f"{libdir}:{current}" if current else libdir}
     prefix = "peer triton listening on "
-    return launch(
-        name,
-        argv,
-        log_dir,
-        [s["name"] for s in specs],
-        lambda text: next(
-            ({"address": line[len(prefix) :].strip()} for line in text.splitlines() if line.startswith(prefix)), None
-        ),
-        env={"LD_LIBRARY_PATH": f"{libdir}:{current}" if current else libdir},
-    )
+
+    def ready(text: str) -> dict[str, Any] | None:
+        found = [line[len(prefix) :].strip() for line in text.splitlines() if line.startswith(prefix)]
+        return {"address": found[0]} if found else None
+
+    return launch(name, argv, log_dir, [s["name"] for s in specs], ready, env=env)
 
 
 def launch_mlserver(name: str, specs: list[dict[str, Any]], workers: int, work: Path, log_dir: Path) -> Server:
@@ -396,17 +389,13 @@ def launch_mlserver(name: str, specs: list[dict[str, Any]], workers: int, work: 
             "parameters": {"extra": spec},
         }
         (root / spec["name"] / "model-settings.json").write_text(json.dumps(model_settings, indent=1))
-    address = f"127.0.0.1:{grpc_port}"
-    return launch(
-        name,
-        [str(venv_python("mlserver").parent / "mlserver"), "start", str(root)],
-        log_dir,
-        [s["name"] for s in specs],
-        # No line says every model is loaded: wait_ready's ModelReady check does that.
-        lambda text: {"address": address} if "gRPC server running" in text else None,
-        env={"PYTHONPATH": str(PEERS_DIR)},
-        cwd=root,
-    )
+    address, argv = f"127.0.0.1:{grpc_port}", [str(venv_python("mlserver").parent / "mlserver"), "start", str(root)]
+
+    # No line says every model is loaded: wait_ready's ModelReady check does that.
+    def ready(text: str) -> dict[str, Any] | None:
+        return {"address": address} if "gRPC server running" in text else None
+
+    return launch(name, argv, log_dir, [s["name"] for s in specs], ready, env={"PYTHONPATH": str(PEERS_DIR)}, cwd=root)
 
 
 def compare_outputs(specs: list[dict[str, Any]], reference: Server, others: list[Server]) -> dict[str, dict[str, str]]:
