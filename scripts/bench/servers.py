@@ -403,22 +403,14 @@ def compare_outputs(specs: list[dict[str, Any]], reference: Server, others: list
     import numpy as np
 
     from services.bench.payload import InputPlan, build_request, make_inputs
-    from services.common.datatypes import NUMPY_DTYPES
+    from services.jobs.infer import decode_response
 
     def ask(server: Server, request: Any) -> dict[str, Any]:
         with grpc.insecure_channel(server.address) as channel:
             reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
                 request, timeout=30, metadata=tuple(server.info.get("grpc_metadata", ()))
             )
-        out = {}
-        for index, tensor in enumerate(reply.outputs):
-            dtype = NUMPY_DTYPES[tensor.datatype]
-            if index < len(reply.raw_output_contents):
-                array = np.frombuffer(reply.raw_output_contents[index], dtype=dtype)
-            else:  # typed contents (FP32 is all the examples return)
-                array = np.asarray(tensor.contents.fp32_contents, dtype=dtype)
-            out[tensor.name] = array.reshape(tuple(tensor.shape)).astype(np.float64)
-        return out
+        return {name: array.astype(np.float64) for name, array in decode_response(reply).items()}
 
     verdicts: dict[str, dict[str, str]] = {server.name: {} for server in others}
     for spec in specs:
