@@ -197,14 +197,9 @@ def gpu_info() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
     try:
-        done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        )
+        done = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True)
         info["nvidia_smi"] = done.stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         info["error"] = f"nvidia-smi: {exc}"

@@ -31,20 +31,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import redis
+import servers as srv
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from services.common.ready_line import free_port, parse_ready_line  # noqa: E402
 from services.gen.inference import grpc_service_pb2 as pb  # noqa: E402
 from services.gen.inference import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-
-SHUNTER = [sys.executable, "-m", "services.cli.main"]
-
-
+from tests.support.processes import start_redis  # noqa: E402
 
 
 def shunter(*args: str, env: dict[str, str]) -> str:
-    return subprocess.run([*SHUNTER, *args], check=True, capture_output=True, text=True, env=env, cwd=ROOT).stdout
+    return subprocess.run(srv.shunter(*args), check=True, capture_output=True, text=True, env=env, cwd=ROOT).stdout
 
 
 def counters(client: redis.Redis) -> tuple[dict[str, int], int, int]:
@@ -102,68 +99,49 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shunter-redis-cost-"))
-    port = free_port()
-    procs: list[subprocess.Popen] = []
+    server = start_redis()
+    client, url = redis.Redis.from_url(server.url), server.url
+    models = ["digits"]
+    cluster = srv.launch_cluster("cluster", ROOT / "examples" / "models", models, 1, work, "--redis-url", url)
+    procs = [cluster]
     try:
-        procs.append(subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL))
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        up = subprocess.Popen([*SHUNTER, "up", "--redis-url", url, "--workers", "1", "--port", "0",
-                               "--run-dir", str(work)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        procs.append(up)
-        env = dict(os.environ)
-        for line in up.stdout:
-            if line.startswith("export "):
-                name, value = line[len("export "):].strip().split("=", 1)
-                env[name] = value
-            if line.startswith("# Ctrl-C"):
-                break
-        limited = json.loads(shunter("keys", "create", "--tenant", "limited", "--rate", "100000/s", "--json",
-                                     env=env))["secret"]
-        router = subprocess.Popen([*SHUNTER, "router", "--registry", env["SHUNTER_REGISTRY"], "--redis-url", url,
-                                   "--port", "0", "--near-cache-mb", "0"], stdout=subprocess.PIPE, text=True,
-                                  env=env, cwd=ROOT)
-        procs.append(router)
-        far_router = next(r.address for r in map(parse_ready_line, router.stdout) if r and r.service == "router")
+        srv.start_ready([cluster])
+        env = {**os.environ, **cluster.info["exports"]}
+        router, key = env["SHUNTER_ROUTER"], env["SHUNTER_API_KEY"]
+        limited = shunter("keys", "create", "--tenant", "limited", "--rate", "100000/s", "--json", env=env)
+        limited = json.loads(limited)["secret"]
+        argv = srv.shunter("router", "--registry", env["SHUNTER_REGISTRY"], "--redis-url", url, "--port", "0")
+        ready = srv.ready_line("router", grpc_metadata=cluster.info["grpc_metadata"])
+        procs.append(srv.launch("router-far", [*argv, "--near-cache-mb", "0"], work, models, ready, env=env))
+        srv.start_ready(procs[1:])
+        far_router = procs[1].address
         rng = np.random.default_rng(0)
         distinct = [rng.random((1, 64), dtype=np.float32) for _ in range(args.requests)]
-        asyncio.run(send(env["SHUNTER_ROUTER"], env["SHUNTER_API_KEY"], distinct[:200]))  # warm up
+        asyncio.run(send(router, key, distinct[:200]))  # warm up
         client.config_resetstat()
         time.sleep(10)
         calls, bytes_in, bytes_out = counters(client)
         idle = {"calls": {k: v / 10 for k, v in calls.items()}, "in": bytes_in / 10, "out": bytes_out / 10}
-        results = {"idle_commands_per_second": {k: round(v, 2) for k, v in idle["calls"].items()
-                                                if not k.startswith(("config", "info"))}}
-        results["unlimited key, cache off"] = measure(client, env["SHUNTER_ROUTER"], env["SHUNTER_API_KEY"],
-                                                      distinct, idle)
-        results["rate-limited key, cache off"] = measure(client, env["SHUNTER_ROUTER"], limited, distinct, idle)
+        results = {
+            "idle_commands_per_second": {
+                k: round(v, 2) for k, v in idle["calls"].items() if not k.startswith(("config", "info"))
+            }
+        }
+        results["unlimited key, cache off"] = measure(client, router, key, distinct, idle)
+        results["rate-limited key, cache off"] = measure(client, router, limited, distinct, idle)
         shunter("traffic", "set", "digits", "3=100", "--cache-ttl", "600", env=env)
         time.sleep(2)  # the routers pick the policy up from the watch
-        results["cache on, distinct inputs (misses)"] = measure(client, far_router, env["SHUNTER_API_KEY"],
-                                                                 distinct, idle)
-        results["cache on, repeated inputs (Redis hits)"] = measure(client, far_router, env["SHUNTER_API_KEY"],
-                                                                     distinct, idle)
+        for scenario in ("cache on, distinct inputs (misses)", "cache on, repeated inputs (Redis hits)"):
+            results[scenario] = measure(client, far_router, key, distinct, idle)
         # Redis' own MEMORY USAGE per key (key, value, expiry and allocator overhead).
-        keys = [k for k in client.scan_iter(count=1000) if client.ttl(k) > 0][:200]
+        keys = list(client.scan_iter(match="shunter:cache:*", count=1000))[:200]  # services/router/cache.py
         results["cache entries sampled"] = len(keys)
         results["redis memory per cached entry, bytes"] = round(sum(client.memory_usage(k) for k in keys) / len(keys))
         results["cached response bytes (value)"] = round(sum(client.strlen(k) for k in keys) / len(keys))
         results["cache key bytes"] = round(sum(len(k) for k in keys) / len(keys))
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        srv.stop_all(procs, 30)
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=1))

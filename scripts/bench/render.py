@@ -252,6 +252,18 @@ def ms(record: dict[str, Any] | None, metric: str) -> str:
     return fmt(s, 2 if s is None or s["median"] < 10 else 1)
 
 
+def cells(record: dict[str, Any] | None, *metrics: str) -> list[str]:
+    """A record's table cells: "errors", a latency (ms), else METRIC or METRIC/DIGITS as median [min–max]."""
+    out = []
+    for metric in metrics:
+        name, _, digits = metric.partition("/")
+        if metric == "errors":
+            out.append(errors(record))
+        else:
+            out.append(ms(record, name) if name in ("p50", "p90", "p99") else fmt(stat(record, name), int(digits or 0)))
+    return out
+
+
 def table(header: str, rows: list[list[str]]) -> str:
     """A markdown table; ``header`` is "a | b | c"."""
     cells = header.split(" | ")
@@ -284,13 +296,8 @@ def section_machine(results: dict[str, Any]) -> str:
         ["OS", f"{meta['os']}, kernel {meta['kernel']}"],
         ["Shunter", f"commit {commit}; Python {meta['python']}; " + _pairs(meta["packages"])],
     ]
-    if meta.get("gpu"):
-        rows.append(
-            [
-                "GPU",
-                f"{meta['gpu'].get('device_name')}; torch {meta['gpu'].get('torch')}, CUDA {meta['gpu'].get('cuda')}",
-            ]
-        )
+    if gpu := meta.get("gpu"):
+        rows.append(["GPU", f"{gpu.get('device_name')}; torch {gpu.get('torch')}, CUDA {gpu.get('cuda')}"])
     for name, peer in results.get("peers", {}).items():
         served = [s["metadata"] for n, s in results["servers"].items() if n.startswith(name) and s.get("metadata")]
         detail = _pairs(peer.get("versions", {})) + (
@@ -373,14 +380,9 @@ def section_worker(results: dict[str, Any], text: dict[str, str]) -> str:
             r["tags"]["batching"]
             + (f", {r['tags']['processes']} processes" if r["tags"].get("processes", 1) > 1 else ""),
             r["label"],
-            fmt(stat(r, "rows_per_s")),
-            ms(r, "p50"),
-            ms(r, "p90"),
-            ms(r, "p99"),
-            fmt(stat(r, "cpu:worker"), 3),
+            *cells(r, "rows_per_s", "p50", "p90", "p99", "cpu:worker/3"),
             str(formed_batch(r) or "–"),
-            fmt(stat(r, "client_cpu"), 2),
-            errors(r),
+            *cells(r, "client_cpu/2", "errors"),
         ]
         for r in (points[k] for k in keys)
     ]
@@ -419,12 +421,9 @@ def section_worker(results: dict[str, Any], text: dict[str, str]) -> str:
                 r["model"],
                 f"{r['tags']['fraction']:.0%}",
                 f"{r['rate']:,.0f}",
-                fmt(stat(r, "throughput_rps")),
-                ms(r, "p50"),
-                ms(r, "p90"),
-                ms(r, "p99"),
+                *cells(r, "throughput_rps", "p50", "p90", "p99"),
                 f"{(median(r, 'p99') or 0) / (median(r, 'p50') or 1):.1f}",
-                fmt(stat(r, "send_lag_p99_ms"), 2),
+                *cells(r, "send_lag_p99_ms/2"),
             ]
             for r in opened
         ]
@@ -441,18 +440,11 @@ def section_router(results: dict[str, Any], text: dict[str, str]) -> str:
     for c in (1, 64):
         direct, routed = points.get(f"router/direct/digits/c{c}"), points.get(f"router/router1/digits/c{c}")
         if direct or routed:
-            cells = [f"digits, c{c}"]
+            row = [f"digits, c{c}"]
             for metric in ("p50", "p99"):
                 d, r = median(direct, metric), median(routed, metric)
-                cells += [ms(direct, metric), ms(routed, metric), f"{r - d:+.2f}" if d and r else "–"]
-            rows.append(
-                [
-                    *cells,
-                    fmt(stat(direct, "throughput_rps")),
-                    fmt(stat(routed, "throughput_rps")),
-                    fmt(stat(routed, "cpu:cluster"), 3),
-                ]
-            )
+                row += [ms(direct, metric), ms(routed, metric), f"{r - d:+.2f}" if d and r else "–"]
+            rows.append([*row, *cells(direct, "throughput_rps"), *cells(routed, "throughput_rps", "cpu:cluster/3")])
     if not rows:
         return text["router"] + "\n\nNot measured."
     out = (
@@ -511,12 +503,8 @@ def section_peers(results: dict[str, Any], text: dict[str, str]) -> str:
             [
                 systems[key]["label"],
                 *(fmt(stat(rec[c], "throughput_rps")) for c in conc),
-                ms(rec[low], "p50"),
-                ms(rec[top], "p50"),
-                ms(rec[top], "p99"),
-                fmt(stat(rec[top], "cpu:server"), 3),
-                fmt(stat(rec[top], "client_cpu"), 2),
-                errors(rec[top]),
+                *cells(rec[low], "p50"),
+                *cells(rec[top], "p50", "p99", "cpu:server/3", "client_cpu/2", "errors"),
             ]
         )
     header = " | ".join(
@@ -535,14 +523,9 @@ def section_peers(results: dict[str, Any], text: dict[str, str]) -> str:
     rows = [
         [
             systems[k]["label"],
-            fmt(stat(r, "rows_per_s")),
-            ms(r, "p50"),
-            ms(r, "p99"),
-            fmt(stat(r, "cpu:server"), 2),
-            errors(r),
+            *cells(points.get(f"peers/{k}/minilm/c64"), "rows_per_s", "p50", "p99", "cpu:server/2", "errors"),
         ]
         for k in present
-        for r in [points.get(f"peers/{k}/minilm/c64")]
     ]
     out += "\n\n**minilm** (compute-bound: one sentence per request, concurrency 64)\n\n" + table(
         "system | rows/s | p50 ms | p99 ms | server CPU ms/req | errors", rows
@@ -594,28 +577,23 @@ def render_markdown(
 
     note = f"\n\n**About this run.** {results['note']}" if results.get("note") else ""
     if results["profile"].startswith("gpu"):
+        verify = [
+            [k, f"{v.get('min_cosine', math.nan):.5f}", v.get("error", "–")] for k, v in results["verify"].items()
+        ]
         parts = [
             text["gpu_intro"].format(profile=results["profile"]) + note,
             section_machine(results),
             section_bars(results, bars, "## Bars", text),
-            "## Embeddings against the CPU fp32 model\n\n"
-            + table(
-                "where | min cosine (≥ 0.999) | error",
-                [
-                    [k, f"{v.get('min_cosine', math.nan):.5f}", v.get("error", "–")]
-                    for k, v in results["verify"].items()
-                ],
-            ),
+            "## Embeddings against the CPU fp32 model\n\n" + table("where | min cosine (≥ 0.999) | error", verify),
             section_engine(results, text).split("\n\n", 1)[1],
             section_worker(results, text).split("\n\n", 1)[1] + plot("gpu", "gpu"),
         ]
         return "\n\n".join(parts) + "\n"
     gpu_results, gpu_bars = gpu
     if gpu_results:
-        device = (gpu_results["meta"].get("gpu") or {}).get("device_name") or "a GPU"
-        gpu_part = text["gpu"].format(
-            device=device, started=gpu_results["meta"]["started"], commit=gpu_results["meta"]["git"]["commit"]
-        )
+        gpu_meta = gpu_results["meta"]
+        device = (gpu_meta.get("gpu") or {}).get("device_name") or "a GPU"
+        gpu_part = text["gpu"].format(device=device, started=gpu_meta["started"], commit=gpu_meta["git"]["commit"])
         gpu_part += f" {gpu_results['note']}" if gpu_results.get("note") else ""
         gpu_part += "\n\n" + table("bar | target | measured | status", judged(gpu_bars, gpu_results))
     else:
@@ -698,16 +676,16 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
             finish(ax, f"{model}: engine in-process, one thread", "batch size (rows)", "rows/s")
         save(fig, "engine")
     worker = {k: r for k, r in points.items() if k.startswith("worker/") and r.get("concurrency")}
+
+    def single_row(model: str, mode: str) -> list[dict[str, Any]]:
+        """The worker's closed-loop points with 1-row requests, for one model and server configuration."""
+        return [r for r in worker.values() if (r["model"], r["tags"]["batching"], r["batch_rows"]) == (model, mode, 1)]
+
     if worker and not gpu:
         fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)
         for (left, right), model in zip(axes, models, strict=True):
             for mode in ("off", "on"):
-                mine = [
-                    r
-                    for r in worker.values()
-                    if (r["model"], r["tags"]["batching"], r["batch_rows"]) == (model, mode, 1)
-                ]
-                curve(left, mine, "rows_per_s", label=f"batching {mode}")
+                curve(left, single_row(model, mode), "rows_per_s", label=f"batching {mode}")
             finish(left, f"{model}: worker throughput", "concurrency (1-row requests, closed loop)", "rows/s")
             recs = [
                 r
@@ -717,16 +695,8 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
             bars(right, [r["tags"]["batching"] + "\n" + r["label"].replace("open ", "open\n") for r in recs], recs)
             right.set_title(f"{model}: worker latency (batching off/on; open loop = Poisson)")
         save(fig, "worker")
-    router = [
-        points.get(k)
-        for k in (
-            "router/direct/digits/c1",
-            "router/router1/digits/c1",
-            "router/cache/digits/c1",
-            "router/direct/digits/c64",
-            "router/router1/digits/c64",
-        )
-    ]
+    hops = (("direct", 1), ("router1", 1), ("cache", 1), ("direct", 64), ("router1", 64))
+    router = [points.get(f"router/{name}/digits/c{c}") for name, c in hops]
     if any(router) and not gpu:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
         bars(left, ["direct\nc1", "router\nc1", "cache hit\nc1", "direct\nc64", "router\nc64"], router)
@@ -752,15 +722,11 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
         finish(
             axes[0][0], "digits: throughput vs concurrency", "concurrency (1-row requests, closed loop)", "requests/s"
         )
-        bars(axes[0][1], [labels[k] for k in systems], [points.get(f"peers/{k}/digits/c{conc[-1]}") for k in systems])
-        axes[0][1].set_title(f"digits: latency at concurrency {conc[-1]}")
-        bars(axes[1][0], [labels[k] for k in systems], [points.get(f"peers/{k}/digits/c{conc[0]}") for k in systems])
-        axes[1][0].set_title(f"digits: latency at concurrency {conc[0]}")
-        axes[1][1].bar(
-            range(len(systems)),
-            [median(points.get(f"peers/{k}/minilm/c64"), "rows_per_s") or 0 for k in systems],
-            color="tab:green",
-        )
+        for ax, c in ((axes[0][1], conc[-1]), (axes[1][0], conc[0])):
+            bars(ax, [labels[k] for k in systems], [points.get(f"peers/{k}/digits/c{c}") for k in systems])
+            ax.set_title(f"digits: latency at concurrency {c}")
+        minilm = [median(points.get(f"peers/{k}/minilm/c64"), "rows_per_s") or 0 for k in systems]
+        axes[1][1].bar(range(len(systems)), minilm, color="tab:green")
         axes[1][1].set_xticks(range(len(systems)), [labels[k] for k in systems], fontsize=8)
         axes[1][1].set(ylabel="rows/s", title="minilm: throughput at concurrency 64")
         save(fig, "peers")
@@ -771,8 +737,7 @@ def plot_all(results: dict[str, Any], directory: Path, gpu: bool) -> dict[str, P
             left.plot(list(stats), [s["median"] for s in stats.values()], marker="o", label=key)
         finish(left, "engine in-process, one thread", "batch size (rows)", "rows/s")
         for name in sorted({(r["model"], r["tags"]["batching"]) for r in worker.values() if r["batch_rows"] == 1}):
-            mine = [r for r in worker.values() if (r["model"], r["tags"]["batching"], r["batch_rows"]) == (*name, 1)]
-            curve(right, mine, "rows_per_s", label=f"{name[0]}, {name[1]}")
+            curve(right, single_row(*name), "rows_per_s", label=f"{name[0]}, {name[1]}")
         finish(right, "served, single-row requests", "concurrency", "rows/s")
         save(fig, "gpu")
     return made

@@ -319,7 +319,7 @@ class Run:
             if "open_loop" in spec:
                 self.open_loop(spec["open_loop"], add)
         finally:
-            stop(workers.values(), self.grace_s)
+            srv.stop_all(workers.values(), self.grace_s)
 
     def open_loop(self, spec: dict[str, Any], add: Any) -> None:
         """Capacity as the open loop sees it (the Poisson client costs more CPU than the closed
@@ -406,7 +406,7 @@ class Run:
                 )
                 self.rounds([key], "router cache")
         finally:
-            stop(clusters.values(), self.grace_s)
+            srv.stop_all(clusters.values(), self.grace_s)
 
     def peers(self) -> None:
         spec, peers = self.profile["peers"], self.results["peers"]
@@ -434,11 +434,8 @@ class Run:
         try:
             failed = self.ready(list(systems.values()), fail=False, timeout_s=600)
             for key, server in systems.items():
-                self.results["systems"][key] = {
-                    "label": spec["systems"][key]["label"],
-                    "server": server.name,
-                    "error": failed.get(server.name),
-                }
+                label, error = spec["systems"][key]["label"], failed.get(server.name)
+                self.results["systems"][key] = {"label": label, "server": server.name, "error": error}
             ready = [s for s in systems.values() if s.name not in failed]
             reference = next((s for k, s in systems.items() if spec["systems"][k]["kind"] == "worker"), None)
             if reference in ready:
@@ -462,7 +459,7 @@ class Run:
                         )
             self.rounds(keys, "peers")
         finally:
-            stop(systems.values(), self.grace_s)
+            srv.stop_all(systems.values(), self.grace_s)
 
     def limits(self) -> None:
         """The engine in-process with the served configuration's threads, at the batches formed."""
@@ -523,15 +520,6 @@ def describe(run: dict[str, Any]) -> str:
         text += f", {name} CPU {value:.3f} ms/req"
     bad = {k: v for k, v in run["codes"].items() if k != "OK"}
     return text + (f", errors {bad}" if bad else "")
-
-
-def stop(servers: Any, grace_s: float) -> None:
-    """All at once: each drains within its grace, so stopping costs one grace, not their sum."""
-    threads = [threading.Thread(target=s.stop, args=(grace_s,)) for s in servers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
 
 def _children_cpu() -> float:

@@ -20,11 +20,12 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import psutil
@@ -41,6 +42,7 @@ VENVS = ROOT / ".bench-venvs"
 PEERS_DIR = Path(__file__).resolve().with_name("peers")
 #: Same engine builds in every peer's venv as in ours, so the model code is identical.
 SHARED_PACKAGES = ("onnxruntime", "tokenizers")
+T = TypeVar("T")
 
 
 @dataclass
@@ -176,18 +178,23 @@ def shunter(*args: str) -> list[str]:
     return [sys.executable, "-m", "services.cli.main", *args]
 
 
-def _worker_ready(text: str) -> dict[str, Any] | None:
-    for line in text.splitlines():
-        announced = parse_ready_line(line)
-        if announced and announced.service == "worker":
-            return {"address": announced.address}
-    return None
+def ready_line(service: str, **info: Any) -> Callable[[str], dict[str, Any] | None]:
+    """A log's parser for the ready line ``service`` prints; ``info`` goes with its address."""
+
+    def parse(text: str) -> dict[str, Any] | None:
+        for line in text.splitlines():
+            announced = parse_ready_line(line)
+            if announced and announced.service == service:
+                return {"address": announced.address, **info}
+        return None
+
+    return parse
 
 
 def launch_worker(name: str, repository: Path, models: Iterable[str], log_dir: Path, processes: int = 1) -> Server:
     extra = ("--processes", str(processes)) if processes > 1 else ()
     argv = shunter("worker", "--model-repository", str(repository), "--port", "0", "--metrics-port", "0", *extra)
-    return launch(name, argv, log_dir, models, _worker_ready)
+    return launch(name, argv, log_dir, models, ready_line("worker"))
 
 
 def _cluster_ready(text: str) -> dict[str, Any] | None:
@@ -204,13 +211,40 @@ def _cluster_ready(text: str) -> dict[str, Any] | None:
         "api_key": env["SHUNTER_API_KEY"],
         "workers": workers,
         "grpc_metadata": (("authorization", f"Bearer {env['SHUNTER_API_KEY']}"),),
+        "exports": env,
     }
 
 
-def launch_cluster(name: str, repository: Path, models: Iterable[str], workers: int, log_dir: Path) -> Server:
+def launch_cluster(
+    name: str, repository: Path, models: Iterable[str], workers: int, log_dir: Path, *extra: str, **kw: Any
+) -> Server:
     """`shunter up`: Redis, registry, ``workers`` workers and a router, as a user starts it."""
-    argv = shunter("up", "--model-repository", str(repository), "--workers", str(workers), "--port", "0")
-    return launch(name, [*argv, "--run-dir", str(log_dir / f"{name}-run")], log_dir, models, _cluster_ready)
+    argv = shunter("up", "--model-repository", str(repository), "--workers", str(workers), "--port", "0", *extra)
+    return launch(name, [*argv, "--run-dir", str(log_dir / f"{name}-run")], log_dir, models, _cluster_ready, **kw)
+
+
+def start_ready(servers: list[Server], timeout_s: float = 300.0) -> None:
+    """wait_ready for the cost probes: any server that fails to start ends the probe, with its log."""
+    failed = wait_ready(servers, timeout_s)
+    if failed:
+        stop_all(servers)
+        raise SystemExit("\n".join(f"{name}: {why}" for name, why in failed.items()))
+
+
+def stop_all(servers: Iterable[Server], grace_s: float = 40.0) -> None:
+    """All at once: each drains within its grace, so stopping costs one grace, not their sum."""
+    threads = [threading.Thread(target=s.stop, args=(grace_s,)) for s in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def abba(settings: Sequence[T], rounds: int) -> Iterator[T]:
+    """The cost probes' A/B order: every setting once a round, reversed every other round, so a
+    machine whose load drifts, or a server still warming up, favours none of them."""
+    for index in range(rounds):
+        yield from settings if index % 2 == 0 else settings[::-1]
 
 
 def enable_cache(cluster: Server, model: str, ttl_s: int = 3600) -> None:
@@ -316,25 +350,18 @@ def launch_triton(name: str, specs: list[dict[str, Any]], instances: int, work: 
     argv += ["--grpc-port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2]]
     # Triton's Python stub links libpython from the base Python's LIBDIR: without it first on
     # LD_LIBRARY_PATH, model loading fails with an ``_thread.RLock`` error.
-    libdir = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    ).stdout.strip() or (sysconfig.get_config_var("LIBDIR") or "")
+    code = "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    libdir = done.stdout.strip() or (sysconfig.get_config_var("LIBDIR") or "")
     current = os.environ.get("LD_LIBRARY_PATH", "")
+    env = {"LD_LIBRARY_PATH": f"{libdir}:{current}" if current else libdir}
     prefix = "peer triton listening on "
-    return launch(
-        name,
-        argv,
-        log_dir,
-        [s["name"] for s in specs],
-        lambda text: next(
-            ({"address": line[len(prefix) :].strip()} for line in text.splitlines() if line.startswith(prefix)), None
-        ),
-        env={"LD_LIBRARY_PATH": f"{libdir}:{current}" if current else libdir},
-    )
+
+    def ready(text: str) -> dict[str, Any] | None:
+        found = [line[len(prefix) :].strip() for line in text.splitlines() if line.startswith(prefix)]
+        return {"address": found[0]} if found else None
+
+    return launch(name, argv, log_dir, [s["name"] for s in specs], ready, env=env)
 
 
 def launch_mlserver(name: str, specs: list[dict[str, Any]], workers: int, work: Path, log_dir: Path) -> Server:
@@ -362,17 +389,13 @@ def launch_mlserver(name: str, specs: list[dict[str, Any]], workers: int, work: 
             "parameters": {"extra": spec},
         }
         (root / spec["name"] / "model-settings.json").write_text(json.dumps(model_settings, indent=1))
-    address = f"127.0.0.1:{grpc_port}"
-    return launch(
-        name,
-        [str(venv_python("mlserver").parent / "mlserver"), "start", str(root)],
-        log_dir,
-        [s["name"] for s in specs],
-        # No line says every model is loaded: wait_ready's ModelReady check does that.
-        lambda text: {"address": address} if "gRPC server running" in text else None,
-        env={"PYTHONPATH": str(PEERS_DIR)},
-        cwd=root,
-    )
+    address, argv = f"127.0.0.1:{grpc_port}", [str(venv_python("mlserver").parent / "mlserver"), "start", str(root)]
+
+    # No line says every model is loaded: wait_ready's ModelReady check does that.
+    def ready(text: str) -> dict[str, Any] | None:
+        return {"address": address} if "gRPC server running" in text else None
+
+    return launch(name, argv, log_dir, [s["name"] for s in specs], ready, env={"PYTHONPATH": str(PEERS_DIR)}, cwd=root)
 
 
 def compare_outputs(specs: list[dict[str, Any]], reference: Server, others: list[Server]) -> dict[str, dict[str, str]]:
@@ -380,22 +403,14 @@ def compare_outputs(specs: list[dict[str, Any]], reference: Server, others: list
     import numpy as np
 
     from services.bench.payload import InputPlan, build_request, make_inputs
-    from services.common.datatypes import NUMPY_DTYPES
+    from services.jobs.infer import decode_response
 
     def ask(server: Server, request: Any) -> dict[str, Any]:
         with grpc.insecure_channel(server.address) as channel:
             reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
                 request, timeout=30, metadata=tuple(server.info.get("grpc_metadata", ()))
             )
-        out = {}
-        for index, tensor in enumerate(reply.outputs):
-            dtype = NUMPY_DTYPES[tensor.datatype]
-            if index < len(reply.raw_output_contents):
-                array = np.frombuffer(reply.raw_output_contents[index], dtype=dtype)
-            else:  # typed contents (FP32 is all the examples return)
-                array = np.asarray(tensor.contents.fp32_contents, dtype=dtype)
-            out[tensor.name] = array.reshape(tuple(tensor.shape)).astype(np.float64)
-        return out
+        return {name: array.astype(np.float64) for name, array in decode_response(reply).items()}
 
     verdicts: dict[str, dict[str, str]] = {server.name: {} for server in others}
     for spec in specs:

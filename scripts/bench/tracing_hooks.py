@@ -74,21 +74,24 @@ def main() -> int:
     args = parser.parse_args()
     # What a router sends on for a request it did not sample.
     unsampled = tracing.carrier_fields("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
-    parameters = pb.ModelInferRequest.FromString(pb.ModelInferRequest(model_name="m").SerializeToString()
-                                                 + unsampled).parameters
-    off = {"router": per_request_us(lambda: router_request([]), args.n),
-           "worker": per_request_us(lambda: worker_request([], parameters), args.n)}
+    request = pb.ModelInferRequest(model_name="m").SerializeToString() + unsampled
+    parameters = pb.ModelInferRequest.FromString(request).parameters
+
+    def per_request(chain: list[edge.Interceptor]) -> dict[str, float]:
+        return {
+            "router": per_request_us(lambda: router_request(chain), args.n),
+            "worker": per_request_us(lambda: worker_request(chain, parameters), args.n),
+        }
+
+    off = per_request([])
     # Spans stay buffered while measuring: exporting is the span processor's thread's work
     # (its cost shows in scripts/bench/tracing.py), and here it would only retry a closed port.
-    os.environ.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=str(args.ratio),
-                      OTEL_BSP_MAX_QUEUE_SIZE="1000000", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1000000",
-                      OTEL_BSP_SCHEDULE_DELAY="3600000")
+    os.environ.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=str(args.ratio))
+    os.environ.update(OTEL_BSP_MAX_QUEUE_SIZE="1000000", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1000000")
+    os.environ.update(OTEL_BSP_SCHEDULE_DELAY="3600000")
     tracing.configure("bench", "127.0.0.1:1")
-    chain = tracing.interceptors("bench")
-    on = {"router": per_request_us(lambda: router_request(chain), args.n),
-          "worker": per_request_us(lambda: worker_request(chain, parameters), args.n)}
-    print(json.dumps({"ratio": args.ratio, "off_us": off, "on_us": on,
-                      "added_us": {k: on[k] - off[k] for k in on}}))
+    on = per_request(tracing.interceptors("bench"))
+    print(json.dumps({"ratio": args.ratio, "off_us": off, "on_us": on, "added_us": {k: on[k] - off[k] for k in on}}))
     sys.stdout.flush()
     os._exit(0)  # no exporter shutdown: its retries to the closed port would only add waiting
 

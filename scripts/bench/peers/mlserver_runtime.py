@@ -1,6 +1,6 @@
 """A Seldon MLServer runtime that serves the report's ONNX models (for the peer comparison).
 
-Runs inside the MLServer peer's virtual environment; report_peers.py writes a
+Runs inside the MLServer peer's virtual environment; servers.py (launch_mlserver) writes a
 settings.json and one model-settings.json per model whose ``implementation`` is
 ``mlserver_runtime.OrtRuntime`` and whose ``parameters.extra`` is the model's spec (the
 same one Triton gets), with adaptive batching set from Shunter's config

@@ -9,7 +9,7 @@ graph optimisation, the CPU provider, and the same ``preprocess``/``postprocess`
 module around the session (loaded once per instance, as Shunter's worker does, so module
 globals are per instance).
 
-A spec is one entry of the JSON file the report writes (report_peers.py, ``model_specs``).
+A spec is one entry of the JSON file the runner writes (servers.py, ``model_specs``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ instances; each instance is one inference callable with its own ONNX Runtime ses
 Prints ``peer triton listening on HOST:PORT`` once every model is loaded, then serves
 until SIGTERM or SIGINT. The Python stub Triton starts for each model needs
 LD_LIBRARY_PATH to hold the lib directory of the Python this venv was made from, or model
-loading fails with an ``_thread.RLock`` error; report_peers.py sets it.
+loading fails with an ``_thread.RLock`` error; servers.py (launch_triton) sets it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def make_callable(spec: dict):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", type=Path, required=True, help="JSON written by report_peers.py")
+    parser.add_argument("--spec", type=Path, required=True, help="JSON written by servers.py (launch_triton)")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--grpc-port", type=int, required=True)
@@ -86,8 +86,8 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    # Statistics and the other admin endpoints open: perf_analyzer (scripts/bench/
-    # perf_analyzer_check.py) reads ModelStatistics. The server binds 127.0.0.1 only.
+    # Every endpoint open, ModelStatistics included (the batches Triton formed can be read by
+    # hand); the server binds 127.0.0.1 only.
     security = TritonSecurityConfig(restricted_endpoints=[])
     with Triton(config=config, security_config=security) as triton:
         for spec in json.loads(args.spec.read_text())["models"]:
