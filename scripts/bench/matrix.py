@@ -71,6 +71,7 @@ BAR_KINDS: dict[str, tuple[str, ...]] = {
     "capture": ("point", "base"),
     "ratio_best": ("points", "base"),
     "engine_gain": ("model",),
+    "batch": ("point", "min"),
 }
 BAR: dict[str, Any] = {
     "kind": str,

@@ -203,6 +203,10 @@ def judge(bar: dict[str, Any], results: dict[str, Any]) -> dict[str, str]:
         if tops[0][0] and tops[1][0]:
             (a, ra), (b, rb) = tops
             measured = f"{a / b:.2f}× ({a:,.0f} rows/s at c{ra['concurrency']} vs {b:,.0f} at c{rb['concurrency']})"
+    elif kind == "batch":
+        batch = formed_batch(points.get(bar["point"]))
+        if batch is not None:
+            measured, ok = f"{batch} rows", batch >= bar["min"]
     elif kind == "engine_gain":
         model, version = bar["model"].split("/")
         engine = {b: s["median"] for b, s in engine_stats(results["engine"].get(f"{model}/v{version}")).items()}
@@ -220,6 +224,8 @@ def judge(bar: dict[str, Any], results: dict[str, Any]) -> dict[str, str]:
         target += " ms"
     elif kind == "tail":
         target = f"p99 ≤ {bar['max']:g}× p50"
+    elif kind == "batch":
+        target += " rows"
     status = "not measured" if ok is None else ("met" if ok else "**missed**")
     return {"bar": bar["name"], "target": target, "measured": measured, "status": status}
 

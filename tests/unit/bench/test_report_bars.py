@@ -160,3 +160,13 @@ def test_gpu_bars_ratio_of_bests_and_engine_gain():
     assert render.judge(gpu["minilm_gpu, engine in-process, best batch / batch 1 rows/s"], data)["measured"].startswith(
         "45.0× (batch 64"
     )
+
+
+def test_the_batch_bar_reads_the_mean_batch_the_worker_executed():
+    on = point("tabular", [run(900.0, inferences=1500, executions=100), run(950.0, inferences=1400, executions=100)])
+    judged = render.judge(bar("tabular, mean executed batch"), results({"worker/on/tabular/c64": on}))
+    # (1500 + 1400) / 200 = 14.5 -> 14 rows (rounded), under the bar of 16
+    assert (judged["measured"], judged["target"], judged["status"]) == ("14 rows", "≥ 16 rows", "**missed**")
+    on["runs"][0]["inferences"] = 2000
+    assert render.judge(bar("tabular, mean executed batch"), results({"worker/on/tabular/c64": on}))["status"] == "met"
+    assert render.judge(bar("tabular, mean executed batch"), results({}))["status"] == "not measured"
