@@ -59,11 +59,16 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
     saturated = await load.closed_loop(target, payload, 32, max(3.0, SECONDS / 2), metadata=metadata)
     capacity = saturated.goodput_rps()
     rate = 10 * capacity
+    cpu_before = {who: load.cpu_s(pid) for who, pid in pids.items()}
     overload = await load.open_loop(target, payload, rate, SECONDS, timeout_s=DEADLINE_S, metadata=metadata)
+    cpu_used = {who: load.cpu_s(pid) - cpu_before[who] for who, pid in pids.items()}
     load_ended = time.monotonic()
     recovered = await recovery_s(target, payload, metadata, 3 * unloaded_p99 / 1000)
     recovered_after = time.monotonic() - load_ended if recovered is not None else None
     after = {who: load.rss_mb(pid) for who, pid in pids.items()}
+    # The machine's own floor, right after: a bare gRPC server refusing at once, same rate.
+    bare = await load.floor(payload, rate, min(SECONDS, 5.0))
+    bare_sent = bare.latencies("UNAVAILABLE", from_send=True)
 
     admitted_p99 = load.percentile_ms(overload.latencies("OK"), 99)
     refused = overload.latencies("UNAVAILABLE")
@@ -99,6 +104,10 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
         ("goodput", f"{goodput:.1f}/s ({100 * goodput / capacity:.0f} % of capacity)"),
         ("recovery time", "-" if recovered_after is None else f"{recovered_after:.2f} s"),
         *((f"RSS {who} before / after", f"{before[who]:.0f} / {after[who]:.0f} MiB") for who in pids),
+        *((f"CPU {who} per call sent (overload phase)", f"{1000 * cpu_used[who] / max(overload.total, 1):.3f} ms "
+           f"({100 * cpu_used[who] / SECONDS:.0f} % of a core)") for who in pids),
+        ("floor: a bare gRPC server refusing at once, same rate, p50 / p99 from send",
+         f"{report.fmt_ms(load.percentile_ms(bare_sent, 50))} / {report.fmt_ms(load.percentile_ms(bare_sent, 99))}"),
         ("machine", load.load_average()),
         ("flags", "worker " + " ".join(WORKER_FLAGS) + ("; router " + " ".join(ROUTER_FLAGS) if "router" in pids
                                                          else "")),
