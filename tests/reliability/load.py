@@ -150,11 +150,14 @@ async def closed_loop(
     return outcomes
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process and its children (``--processes``) have used, from /proc."""
+def cpu_s(pid: int, children: bool = True) -> float:
+    """CPU seconds (user + system) a process has used, from /proc; with ``children``, its
+    live children's too (the processes of ``--processes``)."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if not children:
+        return total
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as children:
             total += sum(cpu_s(int(child)) for child in children.read().split())
