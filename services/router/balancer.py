@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.admission import is_deadline_refusal
 from services.router import metrics
 
 logger = logging.getLogger(__name__)
@@ -274,10 +275,14 @@ class Balancer:
         if replica.limit:
             replica.limit += 1.0 / replica.limit  # one more per cap's worth of answers
 
-    def refused(self, replica: Replica) -> None:
+    def refused(self, replica: Replica, message: str = "") -> None:
         """The worker refused a request at admission (overloaded) while holding ``replica.outstanding``
-        from this router, this one included: it takes no more than the others until it answers."""
-        if not self.limit_ttl_s:
+        from this router, this one included: it takes no more than the others until it answers.
+
+        A refusal for that request's own short deadline (``message``) says nothing about the
+        worker being full, and teaches nothing.
+        """
+        if not self.limit_ttl_s or is_deadline_refusal(message):
             return
         if not replica.limit:
             self._limited += 1

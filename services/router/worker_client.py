@@ -195,7 +195,7 @@ async def _attempts(balancer: Balancer, addresses: Sequence[str], replica: Repli
                 raise
             if err.overloaded:
                 metrics.WORKER_REFUSALS.inc()
-                balancer.refused(current)
+                balancer.refused(current, err.message)
             else:
                 balancer.failed(current, hung=err.hung)
             other = None if retried else balancer.pick(addresses, exclude=current)

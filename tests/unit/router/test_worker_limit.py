@@ -164,3 +164,17 @@ async def test_a_refused_request_is_not_copied_with_the_splits_version(full_rout
     assert len(copies) == 2  # refused by the router: no copy made
     full_router.fakes["w1:1"].release.set()
     await held
+
+
+def test_a_refusal_for_the_requests_own_deadline_teaches_no_cap():
+    balancer = Balancer(clock=FakeClock())
+    replica = balancer.replica("a")
+    replica.outstanding = 3
+    balancer.refused(
+        replica, OVERLOAD_PREFIX + "expected wait 80 ms is longer than the 20 ms left of the request's deadline"
+    )
+    assert not balancer.at_capacity(["a"])
+    balancer.refused(
+        replica, OVERLOAD_PREFIX + "expected queue wait 80 ms is over the 50 ms bound; retry on another worker"
+    )
+    assert balancer.at_capacity(["a"])
