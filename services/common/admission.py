@@ -69,6 +69,16 @@ def is_overload(message: str) -> bool:
     return message.startswith(OVERLOAD_PREFIX)
 
 
+#: How a refusal for the request's own deadline (not for a full server) ends its message,
+#: here and in a worker batcher's (queue_time.py): the router learns no cap from those.
+DEADLINE_SUFFIX = "left of the request's deadline"
+
+
+def is_deadline_refusal(message: str) -> bool:
+    """Whether an admission refusal was for that request's short deadline, not a full server."""
+    return message.endswith(DEADLINE_SUFFIX)
+
+
 @dataclass(frozen=True, slots=True)
 class AdmissionSettings:
     #: Inference calls one process holds at once, counted from arrival (0: no bound).
@@ -176,7 +186,7 @@ class Admission(edge.Interceptor):
                 self._refuse("wait")
                 raise Overloaded(
                     f"model '{model}' version {version} takes {expected * 1000:.0f} ms here now, longer than "
-                    f"the {max(remaining_s, 0) * 1000:.0f} ms left of the request's deadline"
+                    f"the {max(remaining_s, 0) * 1000:.0f} ms {DEADLINE_SUFFIX}"
                 )
         call = edge.CURRENT.get()
         if call is not None and call.state is not None and call.state.get(_STATE_KEY, 0) is None:

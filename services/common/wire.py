@@ -96,11 +96,6 @@ def model_version_field(version: str) -> bytes:
     return _field(_TAG_MODEL_VERSION, version.encode())
 
 
-def with_model_version(raw: bytes, version: str) -> bytes:
-    """The request (or response) ``raw`` with ``model_version`` overridden."""
-    return raw + model_version_field(version)
-
-
 def id_field(request_id: str) -> bytes:
     """The encoded ``id`` field; appended to a message it overrides the message's id."""
     return _field(_TAG_ID, request_id.encode())

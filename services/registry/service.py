@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from redis.exceptions import RedisError
 
 from services.common import api_keys, edge, tracing
 from services.common.errors import (
@@ -36,7 +35,7 @@ from services.common.errors import (
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.registry import metrics, validation
 from services.registry.rollout import records
-from services.registry.store import RedisStore, now_ms
+from services.registry.store import REDIS_DOWN, RedisStore, now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class RegistryService:
             try:
                 key = await self.store.lookup_key(digest)
                 looked_up = True
-            except RedisError as exc:
+            except REDIS_DOWN as exc:
                 self.store.unavailable(exc)
         if not looked_up and self.store.catalogue is not None:
             key = self.store.catalogue.keys_by_hash.get(digest)

@@ -61,6 +61,15 @@ def status_fingerprint(statuses: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
+#: Exceptions from a Redis call that mean "Redis is unavailable" (an outage: writes refused
+#: with UNAVAILABLE, reads from the last snapshot), not a bug. RuntimeError too, as the
+#: router's Redis link has it (services/router/redis_link.py): uvloop, the services' event
+#: loop, raises it for a write on a transport the peer reset between connect and the first
+#: command (a Redis going away mid-connect), and redis-py passes it through, so it surfaced
+#: as INTERNAL. Each handler that catches these wraps Redis calls only.
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisError, OSError, RuntimeError)
+
+
 def _pairs(flat: list[Any]) -> list[tuple[bytes, Any]]:
     return list(zip(flat[0::2], flat[1::2], strict=True))
 
@@ -116,7 +125,7 @@ class RedisStore:
         """Load a first snapshot if Redis answers, then follow it in the background."""
         try:
             await self.refresh()
-        except RedisError as exc:
+        except REDIS_DOWN as exc:
             self._mark_down(exc)
         self._task = asyncio.create_task(self._follow(), name="registry-follow-redis")
 
@@ -163,12 +172,12 @@ class RedisStore:
                 if pubsub is not None:
                     await pubsub.aclose()
                 raise
-            except (RedisError, OSError) as exc:
+            except REDIS_DOWN as exc:
                 self._mark_down(exc)
                 if pubsub is not None:
                     try:
                         await pubsub.aclose()
-                    except (RedisError, OSError):
+                    except REDIS_DOWN:
                         pass
                     pubsub = None
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
@@ -344,7 +353,7 @@ class RedisStore:
         if fresh and self._up is not False:
             try:
                 return await self.refresh(force=force)
-            except RedisError as exc:
+            except REDIS_DOWN as exc:
                 self._mark_down(exc)
         if self._catalogue is None:
             raise Unavailable(
@@ -393,7 +402,7 @@ class RedisStore:
                 return result, revision
             except WatchError:
                 await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
-            except RedisError as exc:
+            except REDIS_DOWN as exc:
                 raise self.unavailable(exc) from None
         raise Unavailable("too many concurrent registry writes; try again")
 
@@ -414,7 +423,7 @@ class RedisStore:
         pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
         try:
             _fence, confirmed = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_DOWN as exc:
             raise self.unavailable(exc) from None
         metrics.WAIT_REPLICAS.observe(int(confirmed))
         if int(confirmed) < self._wait_replicas:
@@ -429,7 +438,7 @@ class RedisStore:
     async def run_script(self, name: str, *args: Any) -> Any:
         try:
             reply = await self._script[name](self.keys.script_keys, [self.keys.events, *args])
-        except RedisError as exc:
+        except REDIS_DOWN as exc:
             raise self.unavailable(exc) from None
         self._mark_up()
         return reply

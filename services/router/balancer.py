@@ -28,6 +28,15 @@ The per-worker in-flight cap (``max_outstanding``, 0: none) takes a worker that 
 holds that many requests from this router out of the pick; when every worker of the
 version is at its cap the router refuses the request at once (``admission.Overloaded``).
 
+A worker's own admission refusal (``refused``) teaches the router a second, learned cap:
+the requests the worker held from this router when it refused (at least 1). Without it,
+at 10x a router forwards every request to a worker that is full and relays the worker's
+refusal back: two gRPC hops and a worker's decode for each, which on a busy host cost the
+router about 50 % more CPU per refusal than refusing itself, so it fell behind and its
+refusals queued for hundreds of milliseconds (RELIABILITY.md). The learned cap grows back
+by one per cap's worth of answers (additive increase, as TCP's window), so it follows a
+worker that speeds up, and is forgotten ``limit_ttl_s`` after the last refusal.
+
 Latency is kept per worker, over every model it serves for this router: a worker that
 serves a slow model beside a fast one looks slower than one serving only the fast one.
 """
@@ -43,6 +52,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.admission import is_deadline_refusal
 from services.router import metrics
 
 logger = logging.getLogger(__name__)
@@ -73,6 +83,9 @@ class Replica:
     samples: int = 0
     #: Requests answered (success or the worker's own error): the share tests count.
     answered: int = 0
+    #: Learned cap from the worker's own refusals (0: none): see ``Balancer.refused``.
+    limit: float = 0.0
+    limited_at: float = 0.0
 
     def latency_at(self, now: float) -> float:
         """The latency estimate, decayed for the time since it was last refreshed."""
@@ -95,6 +108,7 @@ class Balancer:
         outlier_min_gap_s: float = 0.02,
         outlier_cooloff_s: float = 10.0,
         outlier_interval_s: float = 1.0,
+        limit_ttl_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -107,11 +121,15 @@ class Balancer:
         self._outlier_min_gap_s = outlier_min_gap_s
         self._outlier_cooloff_s = outlier_cooloff_s
         self._outlier_interval_s = outlier_interval_s
+        #: How long a learned cap outlives the worker's last refusal (0: never learn one).
+        self.limit_ttl_s = limit_ttl_s
         self._clock = clock
         self._rng = rng or random.Random()
         self.replicas: dict[str, Replica] = {}
         #: Last outlier check per version's worker list.
         self._checked: dict[tuple[str, ...], float] = {}
+        #: Replicas with a learned cap (so a balancer with none skips the cap filter).
+        self._limited = 0
 
     def replica(self, address: str) -> Replica:
         found = self.replicas.get(address)
@@ -126,6 +144,8 @@ class Balancer:
         gone = [replica for address, replica in self.replicas.items() if address not in keep]
         for replica in gone:
             del self.replicas[replica.address]
+            if replica.limit:
+                self._limited -= 1
         self._checked.clear()
         return gone
 
@@ -144,10 +164,9 @@ class Balancer:
         if not candidates:
             return None
         pool = self.healthy(candidates) or candidates
-        cap = self.max_outstanding
-        if cap:
+        if self.max_outstanding or self._limited:
             replicas = self.replicas
-            pool = [a for a in pool if (r := replicas.get(a)) is None or r.outstanding < cap]
+            pool = [a for a in pool if (r := replicas.get(a)) is None or r.outstanding < self.cap_of(r)]
             if not pool:
                 return None
         count = len(pool)
@@ -171,13 +190,37 @@ class Balancer:
             return a if a.outstanding <= b.outstanding else b
         return a if cost_a < cost_b else b
 
+    def cap_of(self, replica: Replica) -> float:
+        """The most requests ``replica`` may hold from this router now (inf: no cap).
+
+        The lower of ``max_outstanding`` and the cap learned from its refusals; a learned
+        cap older than ``limit_ttl_s`` is forgotten here.
+        """
+        cap = float(self.max_outstanding) if self.max_outstanding else math.inf
+        if replica.limit:
+            if self._clock() - replica.limited_at > self.limit_ttl_s:
+                replica.limit = 0.0
+                self._limited -= 1
+            else:
+                cap = min(cap, replica.limit)
+        return cap
+
     def at_capacity(self, addresses: Sequence[str]) -> bool:
-        """Whether every worker in ``addresses`` holds ``max_outstanding`` requests (a cap is set)."""
-        cap = self.max_outstanding
-        if not cap or not addresses:
+        """Whether every worker in ``addresses`` holds as many requests as it may (a cap applies)."""
+        if not addresses or not (self.max_outstanding or self._limited):
             return False
         replicas = self.replicas
-        return all((r := replicas.get(a)) is not None and r.outstanding >= cap for a in addresses)
+        return all((r := replicas.get(a)) is not None and r.outstanding >= self.cap_of(r) for a in addresses)
+
+    def full_reason(self, addresses: Sequence[str]) -> str:
+        """Why ``at_capacity(addresses)`` holds, for the refusal's message (names the limit)."""
+        learned = [r for a in addresses if (r := self.replicas.get(a)) is not None and r.limit
+                   and (not self.max_outstanding or r.limit < self.max_outstanding)]
+        if not learned:
+            return f"every worker of this version holds {self.max_outstanding} requests from this router"
+        held = sum(r.outstanding for a in addresses if (r := self.replicas.get(a)) is not None)
+        return (f"every worker of this version is full: each holds as many requests from this router ({held} in "
+                "all) as it took before it last refused one")
 
     def _mean_latency(self, addresses: Sequence[str], now: float) -> float:
         known = [r.latency_at(now) for a in addresses if (r := self.replicas.get(a)) is not None and r.samples]
@@ -229,6 +272,22 @@ class Balancer:
 
     def succeeded(self, replica: Replica) -> None:
         replica.consecutive_failures = 0
+        if replica.limit:
+            replica.limit += 1.0 / replica.limit  # one more per cap's worth of answers
+
+    def refused(self, replica: Replica, message: str = "") -> None:
+        """The worker refused a request at admission (overloaded) while holding ``replica.outstanding``
+        from this router, this one included: it takes no more than the others until it answers.
+
+        A refusal for that request's own short deadline (``message``) says nothing about the
+        worker being full, and teaches nothing.
+        """
+        if not self.limit_ttl_s or is_deadline_refusal(message):
+            return
+        if not replica.limit:
+            self._limited += 1
+        replica.limit = float(max(1, replica.outstanding - 1))
+        replica.limited_at = self._clock()
 
     def failed(self, replica: Replica, hung: bool = False) -> None:
         """A failure before any response; ``hung``: the worker missed a liveness ping (eject now)."""

@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from services.common import edge, inference_parameters, redis_connect, tracing, version_windows, wire
-from services.common.admission import Admission
+from services.common.admission import Admission, Overloaded
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.tensors import decode_request
 from services.gen.inference import grpc_service_pb2 as pb
@@ -80,6 +80,7 @@ class Router:
             eject_after=settings.eject_after_failures,
             cooloff_s=settings.eject_cooloff_s,
             max_outstanding=settings.max_in_flight_per_worker,
+            limit_ttl_s=settings.worker_limit_ttl_s,
             outlier_ratio=settings.outlier_ratio,
             outlier_min_gap_s=settings.outlier_min_gap_s,
             outlier_cooloff_s=settings.outlier_cooloff_s,
@@ -169,11 +170,16 @@ class Router:
             overrides = b""
         else:
             entry = self.choose_version(model, headers)
+            # The split's version rides beside the caller's bytes (joined in the link's one copy).
             overrides = wire.model_version_field(entry.version)
             trace.event("split", {"shunter.variant": entry.version})
         edge.label(name, entry.version)
         trace.set("shunter.variant", entry.version)
         self.admission.admit(name, entry.version, deadline - time.monotonic())
+        if self.balancer.at_capacity(entry.workers):
+            # Before validation and the cache: a refused request needs neither.
+            metrics.WORKERS_AT_CAP.inc()
+            raise Overloaded(self.balancer.full_reason(entry.workers))
         decoded = decode_request(request, entry.signature, materialize=False)
         trace.event("validated")
         if not entry.workers:

@@ -93,6 +93,11 @@ class RouterSettings:
         0, "requests one worker may hold from this router; with every worker of a version at it, requests "
         "are refused at once with UNAVAILABLE (0: no cap)", minimum=0,
     )
+    worker_limit_ttl_s: float = setting(
+        5.0, "after a worker refuses a request as overloaded, send it no more than it held then (growing back "
+        "by one per that many answers) until this long after its last refusal; the router refuses the rest "
+        "at once itself (0: never learn such a cap)", unit="s", minimum=0,
+    )
     liveness_interval_s: float = setting(
         1.0, "stream link: ping a worker that has sent nothing for this long while requests wait",
         unit="s", minimum=0, exclusive_minimum=True,

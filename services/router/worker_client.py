@@ -132,7 +132,8 @@ async def forward_infer(
     Each attempt gets what is left of ``forward.deadline``.
     A worker's admission refusal is retried elsewhere like any UNAVAILABLE but never counts
     against the worker; one that missed a liveness ping is ejected at once. When every
-    worker is at the router's per-worker cap the request is refused at once (Overloaded).
+    worker is at the router's per-worker cap (set, or learned from its refusals) the request
+    is refused at once (Overloaded).
 
     ``hedge_after_s`` (idempotent models only, ``--hedge-model``): when the first attempt
     has not answered after that long, a second goes to another worker; the first answer
@@ -142,9 +143,7 @@ async def forward_infer(
     if replica is None:
         if balancer.at_capacity(addresses):
             metrics.WORKERS_AT_CAP.inc()
-            raise Overloaded(
-                f"every worker of this version holds {balancer.max_outstanding} requests from this router"
-            )
+            raise Overloaded(balancer.full_reason(addresses))
         raise Unavailable("no ready worker")
     attempt = _attempts(balancer, addresses, replica, forward)
     if hedge_after_s is None or len(addresses) < 2:
@@ -202,6 +201,7 @@ async def _attempts(balancer: Balancer, addresses: Sequence[str], replica: Repli
                 raise
             if err.overloaded:
                 metrics.WORKER_REFUSALS.inc()
+                balancer.refused(current, err.message)
             else:
                 balancer.failed(current, hung=err.hung)
             other = None if retried else balancer.pick(addresses, exclude=current)

@@ -122,8 +122,15 @@ class Small(Cluster):
         worker = start_service(args, env={"SHUNTER_ADMIN_KEY": self.admin_key})
         self.workers.append(worker)
         address = advertised or worker.address
-        wait_for(lambda: address in self.ready_worker_addresses(), 120, "worker ready in the registry")
+        wait_for(lambda: address in self.ready_for(models.split(",")), 120, "worker ready in the registry")
         return worker
+
+    def ready_for(self, models: list[str]) -> set[str]:
+        """Workers the registry lists with every version of ``models`` ready (a repository such as
+        examples/models holds more models than one worker is told to serve)."""
+        wanted = {(m, v) for m, versions in scan(self.repository).items() if m in models for v in versions}
+        workers, _ = self.admin(lambda c: c.list_workers())
+        return {w.address for w in workers if wanted <= {(s.model, s.version) for s in w.versions if s.ready}}
 
     def stop(self) -> None:
         super().stop()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -146,6 +148,37 @@ async def closed_loop(
         for channel in channels:
             await channel.close()
     return outcomes
+
+
+def cpu_s(pid: int, children: bool = True) -> float:
+    """CPU seconds (user + system) a process has used, from /proc; with ``children``, its
+    live children's too (the processes of ``--processes``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if not children:
+        return total
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            total += sum(cpu_s(int(child)) for child in children.read().split())
+    except OSError:
+        pass
+    return total
+
+
+async def floor(payload: bytes, rate: float, seconds: float) -> Outcomes:
+    """The same open loop against a bare gRPC server that refuses every call at once
+    (bare_refuser.py): the refusal latency this machine allows right now, Shunter aside."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("bare_refuser.py")), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(await proc.stdout.readline())
+        return await open_loop(f"127.0.0.1:{port}", payload, rate, seconds)
+    finally:
+        proc.kill()
+        await proc.wait()
 
 
 def rss_mb(pid: int) -> float:

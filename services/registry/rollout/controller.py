@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from redis.exceptions import RedisError
 
 from services.common.errors import ShunterError
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
@@ -39,7 +38,7 @@ from services.registry import validation
 from services.registry.rollout import records
 from services.registry.rollout.judgement import Gates, Progress, Verdict, judge
 from services.registry.rollout.window import read_window
-from services.registry.store import RedisStore, now_ms
+from services.registry.store import REDIS_DOWN, RedisStore, now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +143,14 @@ class RolloutController:
             try:  # hand the lease over at once instead of after its TTL
                 if await self.store.redis.get(self.rkeys.lease) == f"{self.fence}:{self.holder}".encode():
                     await self.store.redis.delete(self.rkeys.lease)
-            except RedisError:
+            except REDIS_DOWN:
                 pass
 
     async def _run(self) -> None:
         while True:
             try:
                 await self.tick()
-            except (RedisError, OSError) as exc:
+            except REDIS_DOWN as exc:
                 LEADER.set(0)
                 logger.debug("rollout controller: Redis unavailable (%s)", exc)
             except Exception:

@@ -14,7 +14,6 @@ import math
 from typing import Any
 
 import grpc
-from redis.exceptions import RedisError
 
 from services.common import edge
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -24,7 +23,7 @@ from services.registry import validation
 from services.registry.rollout import records
 from services.registry.rollout.controller import DECISIONS, ControllerSettings
 from services.registry.service import RegistryService, admin_rpc
-from services.registry.store import now_ms
+from services.registry.store import REDIS_DOWN, now_ms
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ class RolloutService:
     async def _list(self, key: str) -> list[bytes]:
         try:
             return await self.store.redis.lrange(key, 0, -1)
-        except RedisError as exc:
+        except REDIS_DOWN as exc:
             raise self.store.unavailable(exc) from None
 
     async def _ready(self, model: str) -> set[str]:
@@ -182,7 +181,7 @@ class RolloutService:
         model = validation.check_name(request.model)
         try:
             rollout = await records.read_rollout(self.store.redis, self.rkeys, model)
-        except RedisError as exc:
+        except REDIS_DOWN as exc:
             raise self.store.unavailable(exc) from None
         if rollout is None:
             raise NotFound(f"model {model!r} has no rollout")
@@ -363,7 +362,7 @@ class RolloutService:
         start = end - int(since_s * 1000)
         try:
             windows = await read_window(self.stats_redis, self.settings.stats_prefix, model, versions, start, end)
-        except RedisError as exc:
+        except REDIS_DOWN as exc:
             raise self.store.unavailable(exc) from None
         windows = {v: w for v, w in windows.items() if w.requests or weights.get(v)}
         control = records.leading_version(found.policy)
@@ -393,7 +392,7 @@ class RolloutService:
         try:
             stats, samples = await read_shadow_window(self.stats_redis, self.settings.stats_prefix, model, versions,
                                                       start, end)
-        except RedisError as exc:
+        except REDIS_DOWN as exc:
             raise self.store.unavailable(exc) from None
         shadow = found.policy.shadow_version
         shown = [v for v in versions if stats[v].compared or v == shadow]

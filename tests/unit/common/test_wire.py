@@ -14,11 +14,11 @@ def test_varint_matches_protobuf():
         assert message.SerializeToString() == b"\x08" + wire.varint(value)
 
 
-def test_with_model_version_overrides_and_keeps_everything_else():
+def test_an_appended_model_version_field_overrides_and_keeps_everything_else():
     request = pb.ModelInferRequest(model_name="digits", model_version="1", id="abc")
     request.inputs.add(name="x", datatype="FP32", shape=[1, 2])
     request.raw_input_contents.append(b"\x00" * 8)
-    parsed = pb.ModelInferRequest.FromString(wire.with_model_version(request.SerializeToString(), "2" * 200))
+    parsed = pb.ModelInferRequest.FromString(request.SerializeToString() + wire.model_version_field("2" * 200))
     assert parsed.model_version == "2" * 200
     parsed.model_version = "1"
     assert parsed == request
