@@ -78,6 +78,15 @@ def digits_request() -> bytes:
     return request.SerializeToString()
 
 
+def minilm_request() -> bytes:
+    """One sentence for the example minilm model (BYTES: a 4-byte little-endian length, then the text)."""
+    text = b"A worker at ten times its capacity refuses what it cannot serve in time."
+    request = pb.ModelInferRequest(model_name="minilm")
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[1, 1])
+    request.raw_input_contents.append(len(text).to_bytes(4, "little") + text)
+    return request.SerializeToString()
+
+
 @dataclass
 class DelayLine:
     proc: subprocess.Popen
