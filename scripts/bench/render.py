@@ -526,16 +526,22 @@ def section_peers(results: dict[str, Any], text: dict[str, str]) -> str:
         ]
     )
     out += "**digits** (RPC-bound: single-row requests, a tiny MLP)\n\n" + table(header, rows)
-    rows = [
-        [
-            systems[k]["label"],
-            *cells(points.get(f"peers/{k}/minilm/c64"), "rows_per_s", "p50", "p99", "cpu:server/2", "errors"),
+    titles = {
+        "minilm": "compute-bound: one sentence per request, concurrency 64",
+        "tabular": "mid-weight: single-row requests to a 64-1024-1024-10 MLP, concurrency 64",
+    }
+    for model, title in titles.items():
+        rows = [
+            [
+                systems[k]["label"],
+                *cells(points.get(f"peers/{k}/{model}/c64"), "rows_per_s", "p50", "p99", "cpu:server/2", "errors"),
+            ]
+            for k in present
         ]
-        for k in present
-    ]
-    out += "\n\n**minilm** (compute-bound: one sentence per request, concurrency 64)\n\n" + table(
-        "system | rows/s | p50 ms | p99 ms | server CPU ms/req | errors", rows
-    )
+        if any(points.get(f"peers/{k}/{model}/c64") for k in present):
+            out += f"\n\n**{model}** ({title})\n\n" + table(
+                "system | rows/s | p50 ms | p99 ms | server CPU ms/req | errors", rows
+            )
     checks = results.get("output_check") or {}
     if checks:
         names = {s["server"]: s["label"] for s in systems.values()}
