@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
+
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import servers as srv  # noqa: E402
+
+from services.common.ready_line import parse_ready_line  # noqa: E402
+
 VENV_BIN = ROOT / ".venv" / "bin"
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -109,26 +117,21 @@ def dispatch_reasons(metrics_at: str) -> dict[str, float]:
 
 def model_stats(target: str, model: str) -> dict:
     """The model's ModelStatistics counters, summed over its versions (calls go to the default one)."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(target)
-    every = client.get_inference_statistics(model, as_json=True)["model_stats"]
-    client.close()
+    with grpc.insecure_channel(target) as channel:
+        reply = srv.pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+            srv.pb.ModelStatisticsRequest(name=model), timeout=10
+        )
     totals = dict.fromkeys(
         ("inference_count", "execution_count", "requests", "queue_ns", "compute_ns", "success_ns"), 0
     )
-    for stats in every:
-        inference = stats["inference_stats"]
-
-        def ns(key: str, inference: dict = inference) -> int:
-            return int(inference.get(key, {}).get("ns", 0))
-
-        totals["inference_count"] += int(stats.get("inference_count", 0))
-        totals["execution_count"] += int(stats.get("execution_count", 0))
-        totals["requests"] += int(inference.get("success", {}).get("count", 0))
-        totals["queue_ns"] += ns("queue")
-        totals["compute_ns"] += ns("compute_input") + ns("compute_infer") + ns("compute_output")
-        totals["success_ns"] += ns("success")
+    for stats in reply.model_stats:
+        inference = stats.inference_stats
+        totals["inference_count"] += stats.inference_count
+        totals["execution_count"] += stats.execution_count
+        totals["requests"] += inference.success.count
+        totals["queue_ns"] += inference.queue.ns
+        totals["compute_ns"] += inference.compute_input.ns + inference.compute_infer.ns + inference.compute_output.ns
+        totals["success_ns"] += inference.success.ns
     return totals
 
 
@@ -165,78 +168,21 @@ def start_worker(
     )
     assert proc.stdout is not None
     for line in proc.stdout:
-        match = re.match(r"shunter worker listening on (\S+) metrics (\S+)", line)
-        if match:
-            return proc, match.group(1), match.group(2)
+        ready = parse_ready_line(line)
+        if ready is not None:
+            return proc, ready.address, ready.metrics
     raise RuntimeError(f"worker exited ({proc.wait()}) before it was ready")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_triton(repository: Path, model: str, instances: int, venv: Path) -> tuple[subprocess.Popen, str]:
-    """The report's Triton peer (scripts/bench/peers/triton_server.py) on ``model``'s ONNX file.
-
-    ``repository/model`` must hold an ONNX version 1 (e.g. tabular exported with
-    torch.onnx.export); the batcher settings come from its config.yaml, as report_peers.py
-    reads them.
-    """
-    sys.path.insert(0, str(ROOT))
-    from services.common.model_config import load_version_config
-
-    config = load_version_config(repository / model, "1")
-    batching = config.dynamic_batching
-    spec = {
-        "name": model,
-        "onnx": str((repository / model / "1" / config.artifact_name).resolve()),
-        "handler": None,
-        "max_batch_size": config.max_batch_size,
-        "max_queue_delay_us": batching.max_queue_delay_us if batching else 0,
-        "preferred_batch_sizes": list(batching.preferred_batch_sizes) if batching else [],
-        "inputs": [t.model_dump() for t in config.inputs],
-        "outputs": [t.model_dump() for t in config.outputs],
-        "intra_op_threads": config.intra_op_threads,
-        "inter_op_threads": config.inter_op_threads,
-    }
-    spec_file = Path(tempfile.mkdtemp(prefix="probe-triton-")) / "models.json"
-    spec_file.write_text(json.dumps({"models": [spec]}))
-    python = venv / "bin" / "python"
-    libdir = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    env = {**os.environ, "LD_LIBRARY_PATH": libdir}
-    grpc_port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(python),
-            str(ROOT / "scripts" / "bench" / "peers" / "triton_server.py"),
-            "--spec",
-            str(spec_file),
-            "--instances",
-            str(instances),
-            "--grpc-port",
-            str(grpc_port),
-            "--http-port",
-            str(free_port()),
-            "--metrics-port",
-            str(free_port()),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("peer triton listening on "):
-            return proc, line.split()[-1]
-    raise RuntimeError(f"triton exited ({proc.wait()}) before it was ready")
+def start_triton(repository: Path, model: str, version: str, instances: int) -> tuple[subprocess.Popen, str]:
+    """The report's Triton peer on ``model``'s ONNX version (its batcher settings from config.yaml),
+    started by the report's own launcher from its venv (.bench-venvs/triton)."""
+    work = Path(tempfile.mkdtemp(prefix="probe-triton-"))
+    triton = srv.launch_triton("probe-triton", srv.model_specs(repository, {model: version}), instances, work, work)
+    failed = srv.wait_ready([triton])
+    if failed:
+        raise RuntimeError(f"triton did not start: {failed['probe-triton']}")
+    return triton.proc, triton.address
 
 
 def perf_analyzer_result(out: str) -> dict:
@@ -260,21 +206,25 @@ def main() -> None:
     parser.add_argument("--profile", help="run the worker under cProfile, writing the event loop's profile here")
     parser.add_argument("--input-sample", action="store_true", help="send the model's sample.npz rows")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker")
-    parser.add_argument("--triton-venv", type=Path, help="serve with the Triton peer (PyTriton) from this venv instead")
+    parser.add_argument(
+        "--triton",
+        metavar="VERSION",
+        help="serve this ONNX version with the report's Triton peer (PyTriton, .bench-venvs/triton) instead",
+    )
     parser.add_argument(
         "--perf-analyzer", type=Path, metavar="LIBDIR", help="load with perf_analyzer; LIBDIR holds libcudart.so.12"
     )
     parser.add_argument(
         "--checkout", type=Path, default=ROOT, help="run the worker from this checkout (e.g. the base commit)"
     )
-    parser.add_argument("--instances", type=int, default=2, help="Triton's model instances (--triton-venv)")
+    parser.add_argument("--instances", type=int, default=2, help="Triton's model instances (--triton)")
     args = parser.parse_args()
 
     env = dict(os.environ)
     env.update(item.split("=", 1) for item in args.env)
     load_before = os.getloadavg()
-    if args.triton_venv:
-        worker, target = start_triton(args.repository, args.model, args.instances, args.triton_venv)
+    if args.triton:
+        worker, target = start_triton(args.repository, args.model, args.triton, args.instances)
         metrics_at = ""
     else:
         worker, target, metrics_at = start_worker(args.repository, args.model, env, args.profile, args.checkout)
@@ -383,7 +333,7 @@ def main() -> None:
     cpu = {name: value for name, value in cpu.items() if value >= 0.05}
     report = {
         "label": args.label,
-        "server": "triton" if args.triton_venv else "shunter",
+        "server": "triton" if args.triton else "shunter",
         "model": args.model,
         "concurrency": args.concurrency,
         "env": args.env,
