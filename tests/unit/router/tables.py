@@ -71,3 +71,17 @@ def table(workers: list[rpb.Worker], revision: int = 1, **digits_policy) -> rpb.
         workers=workers,
         keys=keys(),
     )
+
+
+def one_worker_router(fake, settings, **balancer_options):
+    """A Router whose table has one worker, ``w1:1`` serving digits v1, answered by ``fake``
+    (kept as ``router.fakes``): the setup the admission and learned-cap tests share."""
+    from services.router.balancer import Balancer
+    from services.router.core import Router
+    from services.router.table import build_snapshot
+
+    router = Router(settings)
+    router.fakes = {fake.address: fake}
+    router.balancer = Balancer(lambda address: router.fakes[address], **balancer_options)
+    router.install(build_snapshot(table([worker(fake.address, [("digits", "1")])])))
+    return router

@@ -10,12 +10,10 @@ import pytest
 
 from services.common import edge
 from services.common.admission import OVERLOAD_PREFIX, Overloaded
-from services.router.balancer import Balancer
 from services.router.core import Router
 from services.router.settings import RouterSettings
-from services.router.table import build_snapshot
 
-from .tables import table, worker
+from .tables import one_worker_router
 from .test_core import RecordingWorker, digits_request, headers
 
 
@@ -45,13 +43,9 @@ async def through_edge(router: Router, raw: bytes) -> bytes:
 
 @pytest.fixture
 async def held_router():
-    fakes = {"w1:1": HeldWorker("w1:1")}
-    router = Router(RouterSettings(max_in_flight_per_version=2))
-    router.balancer = Balancer(lambda a: fakes[a])
-    router.install(build_snapshot(table([worker("w1:1", [("digits", "1")])])))
-    router.fakes = fakes
+    router = one_worker_router(HeldWorker("w1:1"), RouterSettings(max_in_flight_per_version=2))
     yield router
-    fakes["w1:1"].release.set()
+    router.fakes["w1:1"].release.set()
     await router.close()
 
 
@@ -69,10 +63,8 @@ async def test_the_request_past_the_version_cap_is_refused_at_once(held_router):
 
 
 async def test_every_worker_at_the_per_worker_cap_is_refused_at_once():
-    fakes = {"w1:1": HeldWorker("w1:1")}
-    router = Router(RouterSettings(max_in_flight_per_worker=1))
-    router.balancer = Balancer(lambda a: fakes[a], max_outstanding=1)
-    router.install(build_snapshot(table([worker("w1:1", [("digits", "1")])])))
+    router = one_worker_router(HeldWorker("w1:1"), RouterSettings(max_in_flight_per_worker=1), max_outstanding=1)
+    fakes = router.fakes
     try:
         first = asyncio.ensure_future(through_edge(router, digits_request(version="1")))
         await asyncio.sleep(0.01)

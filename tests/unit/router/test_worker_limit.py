@@ -12,12 +12,10 @@ import pytest
 
 from services.common.admission import OVERLOAD_PREFIX, Overloaded
 from services.router.balancer import Balancer
-from services.router.core import Router
 from services.router.settings import RouterSettings
-from services.router.table import build_snapshot
 from services.router.worker_client import Forward, UpstreamError, forward_infer
 
-from .tables import table, worker
+from .tables import one_worker_router
 from .test_balancer import FakeClock
 from .test_core import digits_request, headers
 
@@ -126,13 +124,9 @@ async def test_after_one_refusal_the_router_refuses_the_rest_itself():
 
 @pytest.fixture
 async def full_router():
-    fakes = {"w1:1": BoundedWorker("w1:1", room=1)}
-    router = Router(RouterSettings())
-    router.balancer = Balancer(lambda a: fakes[a])
-    router.install(build_snapshot(table([worker("w1:1", [("digits", "1")])])))
-    router.fakes = fakes
+    router = one_worker_router(BoundedWorker("w1:1", room=1), RouterSettings())
     yield router
-    fakes["w1:1"].release.set()
+    router.fakes["w1:1"].release.set()
     await router.close()
 
 
