@@ -37,6 +37,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 # Never reach the network for model files, whatever the caller's environment says.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -149,6 +150,25 @@ def is_current(model_dir: Path, name: str) -> bool:
     return all((model_dir / rel).is_file() for rel in EXPECTED_FILES[name])
 
 
+def export_onnx(model: Any, example: Any, path: Path) -> None:
+    """``model`` (input__0 -> output__0, any batch) as ONNX at ``path``."""
+    import torch
+
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated, but the dynamo one needs onnxscript.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input__0"],
+            output_names=["output__0"],
+            dynamic_axes={"input__0": {0: "batch"}, "output__0": {0: "batch"}},
+            opset_version=17,
+        )
+
+
 # -- digits -------------------------------------------------------------------------------
 
 
@@ -208,19 +228,9 @@ def build_digits(model_dir: Path) -> str:
                 text += "run_on_event_loop: false\n"
             (model_dir / str(version) / "config.yaml").write_text(text)
     torch.jit.script(model).save(str(model_dir / "1" / "model.pt"))
+    export_onnx(model, example, model_dir / "2" / "model.onnx")
     with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated, but the dynamo one needs onnxscript.
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(model_dir / "2" / "model.onnx"),
-            dynamo=False,
-            input_names=["input__0"],
-            output_names=["output__0"],
-            dynamic_axes={"input__0": {0: "batch"}, "output__0": {0: "batch"}},
-            opset_version=17,
-        )
         batch = torch.export.Dim("batch", min=1, max=DIGITS_MAX_BATCH)
         program = torch.export.export(model, (example,), dynamic_shapes={"input__0": {0: batch}})
     torch.export.save(program, str(model_dir / "3" / "model.pt2"))
@@ -331,18 +341,7 @@ def build_tabular(model_dir: Path) -> str:
     # benchmark report, so every system runs one model.
     (model_dir / "2").mkdir()
     (model_dir / "2" / "config.yaml").write_text("# same network as version 1\nbackend: onnx\n")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated
-        torch.onnx.export(
-            model,
-            (torch.from_numpy(x_test[:2]),),
-            str(model_dir / "2" / "model.onnx"),
-            dynamo=False,
-            input_names=["input__0"],
-            output_names=["output__0"],
-            dynamic_axes={"input__0": {0: "batch"}, "output__0": {0: "batch"}},
-            opset_version=17,
-        )
+    export_onnx(model, torch.from_numpy(x_test[:2]), model_dir / "2" / "model.onnx")
     config = TABULAR_CONFIG.format(hidden=TABULAR_HIDDEN, max_batch=TABULAR_MAX_BATCH, batching=DYNAMIC_BATCHING)
     (model_dir / "config.yaml").write_text(config)
     np.savez(
