@@ -44,13 +44,9 @@ class VersionStatistics:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     by_batch_size: dict[int, BatchSizeStats] = field(default_factory=dict)
-    #: Batches by the batching rule that sent them (policy.REASONS): why batches are the
-    #: size they are, which the batch-size histogram alone does not say.
-    by_reason: dict[str, int] = field(default_factory=dict)
 
     def record_batch(self, timing: BatchTiming) -> None:
         self.execution_count += 1
-        self.by_reason[timing.reason] = self.by_reason.get(timing.reason, 0) + 1
         self.inference_count += timing.rows
         per_request = timing.requests
         self.compute_input.add(timing.input_ns * per_request, per_request)

@@ -2,8 +2,9 @@
 
 The reasons are what tells "batches are small because the queue delay ran out with few
 requests waiting" from "because a preferred size was reached" (README "config.yaml");
-these tests form batches with the real shell and check the rule each one reports, and
-that VersionStatistics counts them. No timing is asserted: the delays only have to pass.
+these tests form batches with the real shell and check the rule each one reports (the
+worker counts them in shunter_worker_batches_total, tests/integration/worker/
+test_worker_batching_threads.py). No timing is asserted: the delays only have to pass.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 
 from services.worker.batching.batcher import Batcher, BatchTiming, EngineInstance
 from services.worker.batching.policy import REASONS, BatchPolicy, Dispatch, decide
-from services.worker.statistics import VersionStatistics
 
 
 def double(inputs):
@@ -82,11 +82,3 @@ def test_every_reason_the_policy_gives_is_a_known_one():
         "expected",
     ]
     assert {c.reason for c in cases if isinstance(c, Dispatch)} <= set(REASONS)
-
-
-def test_statistics_count_batches_by_reason():
-    stats = VersionStatistics()
-    for rows, reason in ((8, "full"), (2, "delay"), (3, "delay")):
-        stats.record_batch(BatchTiming(rows=rows, requests=rows, input_ns=0, infer_ns=0, output_ns=0, reason=reason))
-    assert stats.by_reason == {"full": 1, "delay": 2}
-    assert (stats.execution_count, stats.inference_count) == (3, 13)
