@@ -50,7 +50,17 @@ PROFILE: dict[str, Any] = {
     },
     "router": {
         "clusters": AnyKey(int),
-        "points": [{"name": str, "cluster": str, "direct": bool, "model": str, "concurrencies": [int]}],
+        "points": [
+            {
+                "name": str,
+                "cluster": str,
+                "direct": bool,
+                "stream": bool,
+                "relay": bool,
+                "model": str,
+                "concurrencies": [int],
+            }
+        ],
         "cache": {"cluster": str, "model": str, "concurrency": int},
     },
     "peers": {
@@ -72,6 +82,7 @@ BAR_KINDS: dict[str, tuple[str, ...]] = {
     "ratio_best": ("points", "base"),
     "engine_gain": ("model",),
     "batch": ("point", "min"),
+    "cpu_ratio": ("point", "cpu", "per", "max"),
 }
 BAR: dict[str, Any] = {
     "kind": str,
@@ -86,6 +97,7 @@ BAR: dict[str, Any] = {
     "model": str,
     "metric": str,
     "cpu": str,
+    "per": str,
     "unit": str,
     "note": str,
     "digits": int,

@@ -54,6 +54,12 @@ def stat(record: dict[str, Any] | None, metric: str) -> dict[str, float] | None:
     return summary([r.get(metric) for r in runs])
 
 
+def cpu_ratio(record: dict[str, Any] | None, cpu: str, per: str) -> dict[str, float] | None:
+    """Over a point's good runs: one CPU group's time per request over another's, run by run."""
+    runs = [r.get("cpu_ms_per_request") or {} for r in (record or {}).get("runs", []) if "error" not in r]
+    return summary([r[cpu] / r[per] for r in runs if r.get(cpu) and r.get(per)])
+
+
 def median(record: dict[str, Any] | None, metric: str) -> float | None:
     s = stat(record, metric)
     return None if s is None else s["median"]
@@ -153,6 +159,13 @@ def judge(bar: dict[str, Any], results: dict[str, Any]) -> dict[str, str]:
             if other is not None:
                 measured += f"; {also['label']}: {other:.{digits}f} {unit}"
             ok = value <= bar["max"] if "max" in bar else value >= bar["min"]
+    elif kind == "cpu_ratio":
+        record = points.get(bar["point"])
+        ratio = cpu_ratio(record, bar["cpu"], bar["per"])
+        if ratio is not None:
+            a, b = median(record, f"cpu:{bar['cpu']}"), median(record, f"cpu:{bar['per']}")
+            measured = f"{ratio['median']:.2f}× ({bar['cpu']} {1000 * a:.0f} µs vs {bar['per']} {1000 * b:.0f} µs)"
+            ok = ratio["median"] <= bar["max"]
     elif kind == "diff":
         a, b = (median(points.get(k), bar["metric"]) for k in bar["points"])
         if a is not None and b is not None:
@@ -413,6 +426,24 @@ def section_worker(results: dict[str, Any], text: dict[str, str]) -> str:
         out += f"\n\n{text['overhead']}\n\n" + table(
             "model | rows/request | served rows/s | engine threads | in-process rows/s | served / in-process", rows
         )
+    waits = [points[k] for k in keys if stat(points[k], "in_handler")]
+    if waits:
+        rows = [
+            [
+                r["model"],
+                r["tags"]["batching"],
+                r["label"],
+                *cells(r, "in_handler/1", "in_queue/1", "executing/1"),
+                fmt(summary([r["concurrency"] - x["in_handler"] for x in r["runs"] if "in_handler" in x]), 1),
+                *cells(r, "loop_on_cpu/2", "loop_waiting/2"),
+            ]
+            for r in waits
+        ]
+        out += f"\n\n{text['waits']}\n\n" + table(
+            "model | batching | load | in the worker's handler | of those, queued | of those, executing "
+            "| elsewhere (gRPC, transport, client) | loop on a CPU | loop waiting for a CPU",
+            rows,
+        )
     out += "\n\n" + section_limit(results, text)
     opened = [r for k, r in points.items() if k.startswith("worker/") and "/open" in k]
     if opened:
@@ -462,6 +493,28 @@ def section_router(results: dict[str, Any], text: dict[str, str]) -> str:
             rows,
         )
     )
+    door = [
+        ("router", "unary", "c64", "router/router1/digits/c64"),
+        ("router", "one stream per connection", "c64", "router/stream/digits/c64"),
+        ("bare grpc.aio relay", "unary", "c1", "router/relay/digits/c1"),
+        ("bare grpc.aio relay", "unary", "c64", "router/relay/digits/c64"),
+        ("bare grpc.aio relay", "one stream per connection", "c64", "router/relay-stream/digits/c64"),
+    ]
+    rows = [
+        [
+            hop,
+            client,
+            load,
+            *cells(points[key], "throughput_rps", "p50", "p99", "cpu:router/3", "cpu:worker/3"),
+            fmt(cpu_ratio(points[key], "router", "worker"), 2),
+        ]
+        for hop, client, load, key in door
+        if key in points
+    ]
+    if len(rows) > 1:
+        out += f"\n\n{text['front_door']}\n\n" + table(
+            "hop | client | load | req/s | p50 ms | p99 ms | hop CPU ms/req | worker CPU ms/req | hop ÷ worker", rows
+        )
     cache = points.get("router/cache/digits/c1")
     if cache:
         out += "\n\n" + text["cache"].format(

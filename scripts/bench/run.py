@@ -50,6 +50,8 @@ from services.common.model_config import load_version_config, version_config_tex
 SECTIONS = ("engine", "worker", "router", "peers")
 #: A cluster's worker processes (`python -m services.cli.main worker ...`), for their CPU alone.
 WORKER_MATCH = "main worker"
+#: A cluster's router process, for the front door's CPU per request (issue 15 §3).
+ROUTER_MATCH = "main router"
 #: Packages whose versions a run records.
 PACKAGES = ("grpcio", "protobuf", "numpy", "onnxruntime", "torch", "uvloop", "tokenizers")
 
@@ -131,8 +133,10 @@ class Run:
         )
         if load.get("api_key"):
             argv += ["--api-key", load["api_key"]]
+        argv += ["--stream"] if load.get("stream") else []
         stats = load.get("stats")
         before_stats = srv.model_statistics(server, record["model"]) if stats else None
+        before_loop = srv.main_thread_schedstat(server) if stats else None
         before = {name: server.cpu_seconds(match) for name, match in cpu.items()}
         client_before, started = _children_cpu(), time.monotonic()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=self.duration * 4 + 120, check=False)
@@ -159,9 +163,21 @@ class Run:
         if sent > 0 and cpu:
             run["cpu_ms_per_request"] = {n: 1000 * (server.cpu_seconds(m) - before[n]) / sent for n, m in cpu.items()}
         after_stats = srv.model_statistics(server, record["model"]) if before_stats else None
-        if before_stats and after_stats and after_stats[1] > before_stats[1]:
-            run["inferences"] = after_stats[0] - before_stats[0]
-            run["executions"] = after_stats[1] - before_stats[1]
+        if before_stats and after_stats and after_stats["executions"] > before_stats["executions"]:
+            delta = {k: after_stats[k] - before_stats[k] for k in after_stats}
+            run["inferences"], run["executions"] = delta["inferences"], delta["executions"]
+            # Where the callers' requests were, on average over the loaded window (Little's law
+            # over the worker's own counters, so no sampling): inside its handler, of those in
+            # the batcher's queue and executing; the rest wait in gRPC, the transport or the client.
+            window = self.warmup + report["duration_s"]
+            run["in_handler"] = delta["handler_ns"] / 1e9 / window
+            run["in_queue"] = delta["queue_ns"] / 1e9 / window
+            run["executing"] = delta["compute_ns"] / 1e9 / window
+        after_loop = srv.main_thread_schedstat(server) if before_loop else None
+        if before_loop and after_loop:
+            # The event loop's thread: the share of the window it ran, and waited for a CPU.
+            run["loop_on_cpu"] = (after_loop[0] - before_loop[0]) / wall
+            run["loop_waiting"] = (after_loop[1] - before_loop[1]) / wall
         return run
 
     def rounds(self, keys: list[str], title: str, runs: int | None = None) -> None:
@@ -363,30 +379,49 @@ class Run:
         clusters = {
             n: srv.launch_cluster(f"cluster-{n}", repo, self.models, w, self.logs) for n, w in spec["clusters"].items()
         }
+        relays: dict[str, srv.Server] = {}
         try:
             failed = self.ready(list(clusters.values()), fail=False)
+            # The floor of a Python gRPC hop, where the router stands (passthrough_proxy.py).
+            for p in spec["points"]:
+                cluster = clusters[p["cluster"]]
+                if p.get("relay") and cluster.name not in failed and p["cluster"] not in relays:
+                    relays[p["cluster"]] = srv.launch_relay(
+                        f"relay-{p['cluster']}", cluster.info["workers"][0], cluster.info["admin_key"], [], self.logs
+                    )
+            failed |= self.ready(list(relays.values()), fail=False)
             keys = []
             for p in spec["points"]:
                 cluster = clusters[p["cluster"]]
-                if cluster.name in failed:
+                relay = relays.get(p["cluster"]) if p.get("relay") else None
+                if cluster.name in failed or (p.get("relay") and (relay is None or relay.name in failed)):
                     continue
-                direct = p.get("direct", False)
+                direct, stream = p.get("direct", False), p.get("stream", False)
                 for c in p["concurrencies"]:
                     key = f"router/{p['name']}/{p['model']}/c{c}"
                     n = len(cluster.info["workers"])
                     system = "worker, called directly" if direct else f"router → {n} worker" + "s" * (n > 1)
+                    system = "bare grpc.aio relay → 1 worker" if relay else system
+                    system += ", one stream per connection" if stream else ""
+                    if relay:  # the relay's own process is what stands where the router would
+                        target, api_key, cpu = relay.address, None, {"router": None}
+                    elif direct:  # a cluster worker serves routers and admins only
+                        target, api_key, cpu = cluster.info["workers"][0], cluster.info["admin_key"], {}
+                    else:
+                        target, api_key, cpu = cluster.address, cluster.info["api_key"], {"cluster": None}
+                        cpu["router"] = ROUTER_MATCH
                     self.point(
                         key,
-                        cluster,
+                        relay or cluster,
                         p["model"],
                         f"c{c}",
                         system=system,
                         concurrency=c,
-                        target=cluster.info["workers"][0] if direct else cluster.address,
-                        # A cluster worker serves routers and admins only.
-                        api_key=cluster.info["admin_key" if direct else "api_key"],
-                        cpu={"worker": WORKER_MATCH} if direct else {"cluster": None, "worker": WORKER_MATCH},
-                        tags={"workers": len(cluster.info["workers"]), "routed": not direct},
+                        target=target,
+                        api_key=api_key,
+                        cpu={**cpu, "worker": WORKER_MATCH} if not relay else cpu,
+                        stream=stream,
+                        tags={"workers": n, "routed": not direct, "stream": stream, "relay": bool(relay)},
                     )
                     keys.append(key)
             self.rounds(keys, "router")
@@ -406,7 +441,7 @@ class Run:
                 )
                 self.rounds([key], "router cache")
         finally:
-            srv.stop_all(clusters.values(), self.grace_s)
+            srv.stop_all([*relays.values(), *clusters.values()], self.grace_s)
 
     def peers(self) -> None:
         spec, peers = self.profile["peers"], self.results["peers"]

@@ -158,8 +158,10 @@ def _confirm_ready(server: Server, deadline: float) -> str | None:
     return f"did not answer ready over gRPC at {server.address} ({last}):\n{server.log_tail()}"
 
 
-def model_statistics(server: Server, model: str) -> tuple[int, int] | None:
-    """(inference_count, execution_count) of ``model`` on a worker: rows and batches executed so far."""
+def model_statistics(server: Server, model: str) -> dict[str, int] | None:
+    """A worker's counters for ``model`` so far: rows (inferences) and batches (executions)
+    executed, and the nanoseconds its successful requests spent in its handler, queued and
+    computing, each summed over requests."""
     try:
         with grpc.insecure_channel(server.address) as channel:
             reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
@@ -168,7 +170,25 @@ def model_statistics(server: Server, model: str) -> tuple[int, int] | None:
     except grpc.RpcError:
         return None
     stats = reply.model_stats
-    return sum(s.inference_count for s in stats), sum(s.execution_count for s in stats)
+    return {
+        "inferences": sum(s.inference_count for s in stats),
+        "executions": sum(s.execution_count for s in stats),
+        "handler_ns": sum(s.inference_stats.success.ns for s in stats),
+        "queue_ns": sum(s.inference_stats.queue.ns for s in stats),
+        "compute_ns": sum(
+            i.compute_input.ns + i.compute_infer.ns + i.compute_output.ns for i in (s.inference_stats for s in stats)
+        ),
+    }
+
+
+def main_thread_schedstat(server: Server) -> tuple[float, float] | None:
+    """Seconds the server's main thread (a Shunter worker's event loop) has run on a CPU and
+    waited for one (Linux schedstat): how much of the loop's time a busy machine takes."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
 # ---------------------------------------------------------------- Shunter
@@ -195,6 +215,17 @@ def launch_worker(name: str, repository: Path, models: Iterable[str], log_dir: P
     extra = ("--processes", str(processes)) if processes > 1 else ()
     argv = shunter("worker", "--model-repository", str(repository), "--port", "0", "--metrics-port", "0", *extra)
     return launch(name, argv, log_dir, models, ready_line("worker"))
+
+
+def launch_relay(name: str, worker: str, key: str, models: Iterable[str], log_dir: Path) -> Server:
+    """The bare grpc.aio relay (passthrough_proxy.py) in front of ``worker``, presenting ``key``."""
+
+    def ready(text: str) -> dict[str, Any] | None:
+        found = re.search(r"^relay port (\d+)$", text, re.MULTILINE)
+        return {"address": f"127.0.0.1:{found.group(1)}"} if found else None
+
+    argv = [sys.executable, str(Path(__file__).with_name("passthrough_proxy.py")), worker]
+    return launch(name, argv, log_dir, models, ready, env={"SHUNTER_PROXY_KEY": key})
 
 
 def _cluster_ready(text: str) -> dict[str, Any] | None:
