@@ -132,9 +132,8 @@ async def _backup(action: str, path: Path, redis_url: str, prefix: str) -> int:
         extra = backup_records.Import(source.records, rkeys, mkeys, source=path.name, now_ms=now_ms())
         present, revision = await store.merge(source.catalogue, overwrite=False, leases=False, extra=extra.prepare)
         added = source.catalogue.missing_from(present)
-        print(f"imported {source.catalogue.counts()}, {source.records.counts()} from {path} "
-              f"({len(added)} versions/keys were missing; records added: {extra.added.counts()}); "
-              f"revision {revision}")
+        print(f"imported {source.catalogue.counts()} from {path} ({len(added)} versions/keys were missing) "
+              f"and {source.records.counts()} (added: {extra.added.counts()}); revision {revision}")
         if extra.paused:
             print(f"rollouts of {', '.join(extra.paused)} were running and are imported paused: check each, "
                   "then `shunter rollout resume MODEL`")
