@@ -97,5 +97,12 @@ async def test_profiles_rollouts_and_audit_logs_survive_a_wipe(
         assert rc == 0 and "(added: 0 profiles, 0 rollouts, 0 decisions, 0 policy changes" in out, err
         async with RolloutClient(proc.address, admin.key) as client:
             assert (await client.get_rollout(MODEL)).state == opb.RUNNING
+
+        # An export from before the records (format version 1) still imports.
+        old = {k: v for k, v in exported.items()
+               if k not in ("profiles", "rollouts", "rollout_history", "traffic_audit")}
+        (tmp_path / "v1.json").write_text(json.dumps({**old, "format_version": 1}))
+        rc, out, err = _cli("registry", "import", str(tmp_path / "v1.json"), "--redis-url", redis_server.url)
+        assert rc == 0 and "(0 versions/keys were missing) and 0 profiles, 0 rollouts" in out, err
     finally:
         proc.terminate()
