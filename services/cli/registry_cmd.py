@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="backup_action", metavar="{export,import}")
     for name, text in (
-        ("export", "write models, versions, traffic policies and API keys (hashes) to a JSON file"),
+        ("export", "write models, versions, traffic policies, API keys (hashes), drift reference profiles, "
+                   "rollouts and the rollout and traffic audit history to a JSON file"),
         ("import", "add a backup file to the registry's Redis (all or nothing; never changes what is there)"),
     ):
         action = actions.add_parser(name, help=text, description=text)
@@ -93,33 +94,49 @@ async def _backup(action: str, path: Path, redis_url: str, prefix: str) -> int:
     from redis.exceptions import RedisError
 
     from services.common.errors import ShunterError
-    from services.registry import backup
-    from services.registry.store import RedisStore
+    from services.common.redis_connect import is_cluster
+    from services.monitoring.windows import Keys as MonitorKeys
+    from services.registry import backup, backup_records
+    from services.registry.rollout.records import RolloutKeys
+    from services.registry.store import RedisStore, now_ms
 
     try:
         store = RedisStore(redis_url, prefix)
     except ValueError as exc:
         print(f"shunter registry {action}: {exc}", file=sys.stderr)
         return 2
+    rkeys, mkeys = RolloutKeys(store.keys), MonitorKeys(prefix, cluster=is_cluster(redis_url))
     try:
         if action == "export":
-            catalogue = await store.read()
+            for _attempt in range(20):  # the records read at the catalogue's revision
+                catalogue = await store.read()
+                records, revision = await backup_records.read(store.redis, rkeys, mkeys, catalogue.versions)
+                if revision == catalogue.revision:
+                    break
+            else:
+                print("shunter registry export: the registry kept changing while it was read; try again",
+                      file=sys.stderr)
+                return 1
             try:
-                backup.write(path, catalogue)
+                backup.write(path, catalogue, records)
             except OSError as exc:
                 print(f"shunter registry export: cannot write {path}: {exc.strerror}", file=sys.stderr)
                 return 2
-            print(f"exported {catalogue.counts()} at revision {catalogue.revision} to {path}")
+            print(f"exported {catalogue.counts()}, {records.counts()} at revision {catalogue.revision} to {path}")
             return 0
         try:
             source = backup.read(path)
         except backup.BackupError as exc:
             print(f"shunter registry import: {path}: {exc}; nothing imported", file=sys.stderr)
             return 2
-        present, revision = await store.merge(source, overwrite=False, leases=False)
-        added = source.missing_from(present)
-        print(f"imported {source.counts()} from {path} ({len(added)} versions/keys were missing); "
-              f"revision {revision}")
+        extra = backup_records.Import(source.records, rkeys, mkeys, source=path.name, now_ms=now_ms())
+        present, revision = await store.merge(source.catalogue, overwrite=False, leases=False, extra=extra.prepare)
+        added = source.catalogue.missing_from(present)
+        print(f"imported {source.catalogue.counts()} from {path} ({len(added)} versions/keys were missing) "
+              f"and {source.records.counts()} (added: {extra.added.counts()}); revision {revision}")
+        if extra.paused:
+            print(f"rollouts of {', '.join(extra.paused)} were running and are imported paused: check each, "
+                  "then `shunter rollout resume MODEL`")
         return 0
     except RedisError as exc:
         print(f"shunter registry {action}: cannot reach Redis at {store.where} ({type(exc).__name__}: {exc})",

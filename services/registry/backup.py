@@ -1,14 +1,26 @@
-"""Backup files of the registry: models, versions, traffic policies and API keys as JSON.
+"""Backup files of the registry: the catalogue and the operator records, as JSON.
 
 ``shunter registry export FILE`` writes one from the store; ``shunter registry import
 FILE`` adds one to a store (e.g. a Redis that lost its data while every registry was
-down too). Worker leases are not in it: workers register again on their own. Keys are
-stored as their sha256 only, as in Redis, so a backup holds no secret; it does hold
-artifact URIs and tenants, so keep it as private as the Redis it came from.
+down too). A backup holds the catalogue (models, versions, traffic policies, API keys)
+and, from format version 2 on, the operator records beside it: drift reference
+profiles, rollout records, rollout decision histories and traffic audit logs
+(backup_records.py, which also lists what is deliberately left out: leases, counters,
+statistics windows, caches). Worker leases are not in it: workers register again on
+their own. Keys are stored as their sha256 only, as in Redis, so a backup holds no
+secret; it does hold artifact URIs and tenants, so keep it as private as the Redis it
+came from.
+
+Format versions: 1 (the catalogue only) and 2 (the records sections ``profiles``,
+``rollouts``, ``rollout_history`` and ``traffic_audit`` added) both import; a file of
+version 1, or one of version 2 without some of these sections, imports with no records
+of that kind. Export writes version 2, which an older Shunter refuses rather than drop
+the records silently.
 
 The file is checked whole before anything is written (format, every record, names and
-policies as the registry's own validation sees them); a bad file is a ``BackupError``
-naming the record and the problem.
+policies as the registry's own validation sees them, every record's model and version
+among the backup's own); a bad file is a ``BackupError`` naming the record and the
+problem.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +36,14 @@ from google.protobuf import json_format
 
 from services.common.errors import ShunterError
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
-from services.registry import validation
+from services.registry import backup_records, validation
+from services.registry.backup_records import Records
 from services.registry.catalogue import Catalogue
 
 FORMAT = "shunter-registry-backup"
-FORMAT_VERSION = 1
+#: What export writes; READABLE: what import accepts (see the module docstring).
+FORMAT_VERSION = 2
+READABLE = (1, 2)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -36,12 +52,20 @@ class BackupError(ValueError):
     """The file is not a registry backup this version can read."""
 
 
+@dataclass(frozen=True)
+class Backup:
+    """What a backup file holds: the catalogue (no leases) and the operator records."""
+
+    catalogue: Catalogue
+    records: Records
+
+
 def _dict(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def to_document(catalogue: Catalogue) -> dict[str, Any]:
-    """The backup of ``catalogue`` (no leases) as a JSON-ready dict."""
+def to_document(catalogue: Catalogue, records: Records | None = None) -> dict[str, Any]:
+    """The backup of ``catalogue`` (no leases) and ``records`` as a JSON-ready dict."""
     models = []
     for name in sorted(catalogue.versions):
         versions = sorted(catalogue.versions[name].values(), key=lambda v: int(v.version))
@@ -59,12 +83,13 @@ def to_document(catalogue: Catalogue) -> dict[str, Any]:
         "epoch": catalogue.epoch,
         "models": models,
         "keys": [_dict(k) for k in catalogue.sorted_keys()],
+        **backup_records.to_sections(records or Records()),
     }
 
 
-def write(path: Path, catalogue: Catalogue) -> None:
+def write(path: Path, catalogue: Catalogue, records: Records | None = None) -> None:
     """Write the backup atomically: a half-written file never replaces a good one."""
-    text = json.dumps(to_document(catalogue), indent=1, sort_keys=True) + "\n"
+    text = json.dumps(to_document(catalogue, records), indent=1, sort_keys=True) + "\n"
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     partial.replace(path)
@@ -79,13 +104,14 @@ def _parse(cls: type, record: Any, where: str) -> Any:
         raise BackupError(f"{where}: {exc}") from None
 
 
-def from_document(document: Any) -> Catalogue:
-    """The catalogue a backup describes; BackupError names the first problem found."""
+def from_document(document: Any) -> Backup:
+    """The catalogue and records a backup describes; BackupError names the first problem found."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise BackupError(f"not a registry backup (no \"format\": \"{FORMAT}\")")
-    if document.get("format_version") != FORMAT_VERSION:
+    if type(document.get("format_version")) is not int or document["format_version"] not in READABLE:
         raise BackupError(
-            f"backup format_version {document.get('format_version')!r} is not supported (this is {FORMAT_VERSION})"
+            f"backup format_version {document.get('format_version')!r} is not supported "
+            f"(this Shunter reads {', '.join(map(str, READABLE))})"
         )
     revision, epoch = document.get("revision", 0), document.get("epoch", "")
     if not isinstance(revision, int) or revision < 0 or not isinstance(epoch, str):
@@ -129,7 +155,11 @@ def from_document(document: Any) -> Catalogue:
         hashes.add(key.secret_sha256)
     if not any(k.admin and not k.revoked for k in parsed_keys.values()) and parsed_keys:
         raise BackupError("the backup has keys but no active admin key")
-    return Catalogue(revision, versions, policies, {}, parsed_keys, epoch=epoch)
+    try:
+        records = backup_records.from_sections(document, versions)
+    except backup_records.RecordsError as exc:
+        raise BackupError(str(exc)) from None
+    return Backup(Catalogue(revision, versions, policies, {}, parsed_keys, epoch=epoch), records)
 
 
 def _versions(records: Any, model: str, where: str) -> dict[str, rpb.ModelVersion]:
@@ -153,8 +183,8 @@ def _versions(records: Any, model: str, where: str) -> dict[str, rpb.ModelVersio
     return out
 
 
-def read(path: Path) -> Catalogue:
-    """The catalogue in backup file ``path`` (BackupError for an unreadable or bad file)."""
+def read(path: Path) -> Backup:
+    """The backup in file ``path`` (BackupError for an unreadable or bad file)."""
     try:
         text = path.read_text()
     except OSError as exc:

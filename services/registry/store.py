@@ -247,12 +247,17 @@ class RedisStore:
         )
         return await self.read(include_expired=grace)
 
-    async def merge(self, source: Catalogue, *, overwrite: bool, leases: bool) -> tuple[Catalogue, int]:
+    async def merge(
+        self, source: Catalogue, *, overwrite: bool, leases: bool,
+        extra: Callable[[Any], Awaitable[Callable[[Any], None]]] | None = None,
+    ) -> tuple[Catalogue, int]:
         """Add ``source`` to the store in one transaction; -> (what was there, new revision).
 
         Without ``overwrite`` (an import) a version or key that Redis holds with other
         content refuses the whole merge with FailedPrecondition, and nothing is written.
         The revision ends above both the store's and ``source``'s, so every watcher takes it.
+        ``extra(pipe)`` (an import's operator records, backup_records.py) reads with the
+        watching pipeline and returns more writes for the same transaction.
         """
         for _attempt in range(_MAX_WRITE_ATTEMPTS):
             present = await self.read(include_expired=True)
@@ -270,7 +275,10 @@ class RedisStore:
                     if (int(await pipe.get(self.keys.revision) or 0) != present.revision
                             or _text(await pipe.get(self.keys.epoch)) != present.epoch):
                         continue  # changed since it was read: read again
+                    queue_extra = await extra(pipe) if extra is not None else None
                     pipe.multi()
+                    if queue_extra is not None:
+                        queue_extra(pipe)
                     merge.queue_merge(pipe, self.keys, source, present, overwrite=overwrite,
                                       leases=leases, fingerprint=status_fingerprint)
                     pipe.set(self.keys.epoch, present.epoch or source.epoch or new_epoch())
