@@ -13,18 +13,25 @@ when the server gives one (Shunter's router and worker do), else UNKNOWN. A requ
 whose answer does not come back within the call timeout counts as DEADLINE_EXCEEDED; if
 the stream itself fails, every request waiting on it gets the stream's status and the
 next request opens a new stream.
+
+The call timeout is each request's own, never the stream's: the stream call has no
+deadline, and every message carries Triton's ``timeout`` parameter (µs), which Shunter's
+router and worker (and Triton) take as that request's deadline. So the server drops a
+request the client has given up on, as it does a unary call past its gRPC deadline,
+instead of computing answers nobody waits for while fresh requests queue behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections import deque
 
 import grpc
 
 from services.common import wire
-from services.common.inference_parameters import STATUS_CODE
+from services.common.inference_parameters import STATUS_CODE, TIMEOUT
 from services.gen.inference import grpc_service_pb2 as pb
 
 MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -35,6 +42,16 @@ _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 def with_id(payload: bytes, request_id: str) -> bytes:
     """``payload`` (a serialised ModelInferRequest) with its id set to ``request_id``."""
     return wire.with_id(payload, request_id)
+
+
+@functools.lru_cache(maxsize=8)
+def timeout_field(timeout_s: float) -> bytes:
+    """The encoded ``parameters["timeout"]`` entry for a per-request limit of ``timeout_s``.
+
+    Appended to a serialised request it overrides any ``timeout`` the request had; at
+    least 1 µs, since 0 or less means "no limit" to the server.
+    """
+    return wire.int64_parameter_field(TIMEOUT, max(1, round(timeout_s * 1_000_000)))
 
 
 def status_of(response: pb.ModelStreamInferResponse) -> str:
@@ -78,7 +95,7 @@ class StreamCaller:
         request_id = f"{self._tag}-{next(self._ids)}"
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        self._outbox.append(with_id(payload, request_id))
+        self._outbox.append(with_id(payload + timeout_field(timeout_s), request_id))
         self._wake.set()
         try:
             return await asyncio.wait_for(future, timeout_s)

@@ -1,5 +1,5 @@
-"""``--stream`` pieces without a server: ids appended to request bytes, statuses read off
-stream answers, and the options that cannot go with a stream."""
+"""``--stream`` pieces without a server: ids and timeouts appended to request bytes,
+statuses read off stream answers, and the options that cannot go with a stream."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from services.bench.runner import BenchError, BenchOptions, process_plans
-from services.bench.stream import status_of, with_id
+from services.bench.stream import status_of, timeout_field, with_id
 from services.common.inference_parameters import failed_stream_response
 from services.gen.inference import grpc_service_pb2 as pb
 
@@ -19,6 +19,16 @@ def test_an_appended_id_overrides_the_requests_own(request_id: str):
     parsed = pb.ModelInferRequest.FromString(with_id(original.SerializeToString(), request_id))
     assert parsed.id == request_id
     assert parsed.model_name == "digits" and parsed.inputs[0].shape == [1, 64]
+
+
+def test_the_timeout_rides_on_each_message_and_overrides_the_requests_own():
+    # The server reads each message's deadline here (µs); the stream call has none.
+    original = pb.ModelInferRequest(model_name="digits")
+    original.parameters["timeout"].int64_param = 10
+    parsed = pb.ModelInferRequest.FromString(with_id(original.SerializeToString() + timeout_field(0.25), "1"))
+    assert parsed.parameters["timeout"].int64_param == 250_000 and parsed.id == "1"
+    # Never 0: that means "no limit" to the server.
+    assert pb.ModelInferRequest.FromString(timeout_field(1e-9)).parameters["timeout"].int64_param == 1
 
 
 def test_status_of_stream_answers():
