@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from services.common import errors
+from services.common import background, errors
 from services.common.api_keys import auth_metadata
 from services.common.tls import ClientTls
 from services.common.tls import channel as make_channel
@@ -270,6 +270,7 @@ class RegistryClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _FATAL:
                     raise to_shunter_error(exc, address) from None
+                background.raise_if_cancelled()  # never retry past a cancel (see background)
                 failures += 1
                 reason = f"{exc.code().name}: {exc.details()}"
                 log = logger.warning if failures in (1, 10) or failures % 100 == 0 else logger.debug

@@ -10,7 +10,6 @@ one cluster-wide score per feature from the registry without touching Redis on s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from services.common import edge
+from services.common import background, edge
 from services.common.errors import FailedPrecondition, InvalidArgument, ModelConfigError, NotFound, Unavailable
 from services.common.model_config import ModelConfig, parse_model_config
 from services.common.monitoring_config import DriftConfig
@@ -215,10 +214,8 @@ class MonitorService:
         self._task = asyncio.create_task(self._refresh_loop(), name="monitor-drift-refresh")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await background.stop(self._task)  # bounded: Redis may be resetting connections
+        self._task = None
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -226,6 +223,7 @@ class MonitorService:
             try:
                 await self.refresh_scores()
             except (RedisError, Unavailable) as exc:
+                background.raise_if_cancelled()  # a cancel redis-py turned into ConnectionError
                 logger.debug("monitor: drift refresh skipped: %s", exc)
             except Exception:
                 logger.exception("monitor: drift refresh failed")

@@ -39,7 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, WatchError
 
-from services.common import redis_connect
+from services.common import background, redis_connect
 from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.registry import merge, metrics, scripts
@@ -130,9 +130,14 @@ class RedisStore:
         self._task = asyncio.create_task(self._follow(), name="registry-follow-redis")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop following and close the client, whatever state Redis is in.
+
+        Bounded (``background.stop``): a Redis that resets connections can make the follow
+        task lose a cancel, and shutdown must not wait on it. redis-py bounds each
+        connection's close by its connect timeout.
+        """
+        await background.stop(self._task)
+        self._task = None
         await self._redis.aclose()
 
     @property
@@ -173,16 +178,18 @@ class RedisStore:
                     await pubsub.aclose()
                 raise
             except REDIS_DOWN as exc:
-                self._mark_down(exc)
                 if pubsub is not None:
                     try:
                         await pubsub.aclose()
                     except REDIS_DOWN:
                         pass
                     pubsub = None
+                background.raise_if_cancelled()  # a cancel redis-py turned into ConnectionError
+                self._mark_down(exc)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 2.0)
             except Exception:
+                background.raise_if_cancelled()
                 logger.exception("registry: unexpected error while following Redis")
                 await asyncio.sleep(1.0)
 

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from services.common import background
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.registry_client import RegistryClient, StateHook
 from services.gen.shunter.registry.v1 import registry_pb2
@@ -177,9 +178,7 @@ class RouterApp:
         self.servicer.draining = True
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        await background.stop(self._watcher)  # bounded: shutdown must not wait on the registry
         if isinstance(self._source, RegistryWatch):
             await self._source.close()
         await self.router.close()

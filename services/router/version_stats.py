@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter
 
+from services.common import background
 from services.common import version_windows as vw
 from services.common.edge import Interceptor, RpcCall
 from services.router.redis_link import OUTAGE_ERRORS, RedisLink
@@ -179,8 +180,9 @@ class VersionStats(Interceptor):
                     self._queue_shadow(pipe, model, version, shadow, now)
                 await pipe.execute()
         except OUTAGE_ERRORS as exc:
-            self._redis.failed(exc)
             self._drop(total)
+            background.raise_if_cancelled()  # a cancel redis-py turned into ConnectionError
+            self._redis.failed(exc)
             return 0
         self._redis.succeeded()
         FLUSHED.inc(total)
@@ -209,10 +211,8 @@ class VersionStats(Interceptor):
 
     async def close(self) -> None:
         """Stop the flush loop and write what is left (best effort)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await background.stop(self._task)  # bounded: flush() takes a lost cancel for an outage
+        self._task = None
         try:
             await self.flush()
         except Exception:

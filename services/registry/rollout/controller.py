@@ -31,6 +31,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from services.common import background
 from services.common.errors import ShunterError
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.gen.shunter.rollout.v1 import rollout_pb2 as opb
@@ -136,9 +137,8 @@ class RolloutController:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="rollout-controller")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await background.stop(self._task)  # bounded: Redis may be resetting connections
+        self._task = None
         if self.fence:
             try:  # hand the lease over at once instead of after its TTL
                 if await self.store.redis.get(self.rkeys.lease) == f"{self.fence}:{self.holder}".encode():
@@ -151,9 +151,11 @@ class RolloutController:
             try:
                 await self.tick()
             except REDIS_DOWN as exc:
+                background.raise_if_cancelled()  # a cancel redis-py turned into ConnectionError
                 LEADER.set(0)
                 logger.debug("rollout controller: Redis unavailable (%s)", exc)
             except Exception:
+                background.raise_if_cancelled()
                 logger.exception("rollout controller: unexpected error")
             await asyncio.sleep(self.settings.tick_s)
 
