@@ -166,16 +166,19 @@ def cpu_s(pid: int, children: bool = True) -> float:
     return total
 
 
-async def floor(payload: bytes, rate: float, seconds: float) -> Outcomes:
+async def floor(payload: bytes, rate: float, seconds: float) -> tuple[Outcomes, float]:
     """The same open loop against a bare gRPC server that refuses every call at once
-    (bare_refuser.py): the refusal latency this machine allows right now, Shunter aside."""
+    (bare_refuser.py): the refusal latency this machine allows right now, Shunter aside, and
+    the CPU seconds that server used (what refusing costs in Python gRPC alone)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("bare_refuser.py")), stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None
         port = int(await proc.stdout.readline())
-        return await open_loop(f"127.0.0.1:{port}", payload, rate, seconds)
+        started = cpu_s(proc.pid, children=False)
+        outcomes = await open_loop(f"127.0.0.1:{port}", payload, rate, seconds)
+        return outcomes, cpu_s(proc.pid, children=False) - started
     finally:
         proc.kill()
         await proc.wait()

@@ -84,7 +84,8 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
     recovered_after = time.monotonic() - load_ended if recovered is not None else None
     after = {who: load.rss_mb(pid) for who, pid in pids.items()}
     # The machine's own floor, right after: a bare gRPC server refusing at once, same rate.
-    bare = await load.floor(payload, rate, FLOOR_S)
+    bare, bare_cpu_s = await load.floor(payload, rate, FLOOR_S)
+    refusal_cpu_s = bare_cpu_s / max(bare.total, 1)
     bare_sent = bare.latencies("UNAVAILABLE", from_send=True)
 
     admitted_p99 = load.percentile_ms(overload.latencies("OK"), 99)
@@ -126,6 +127,7 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
         ("floor: a bare gRPC server refusing at once, same rate: p50 / p99 from send (what the client sent it)",
          f"{report.fmt_ms(load.percentile_ms(bare_sent, 50))} / {report.fmt_ms(load.percentile_ms(bare_sent, 99))} "
          f"({bare.total / FLOOR_S:.0f}/s)"),
+        ("floor: the bare server's CPU per refusal", f"{1000 * refusal_cpu_s:.3f} ms"),
         ("machine", load.load_average()),
         ("flags", "worker " + " ".join(WORKER_FLAGS) + ("; router " + " ".join(ROUTER_FLAGS) if "router" in pids
                                                          else "")),
@@ -138,18 +140,23 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
                  f"{os.cpu_count()}-CPU machine: the load generator, not the server, was the limit, so latency "
                  "and codes here are the client's own backlog (latency counts from the scheduled time), and 10x "
                  "was not offered. The bar is not met and not claimed.")
-    # Even if refusing cost nothing, the services get only the cores the client leaves them.
-    client_cores = cpu_used[client] / SECONDS
-    attainable = min(1.0, max(0.0, (os.cpu_count() or 1) - client_cores) / serving_cores) if serving_cores else 1.0
-    rows.insert(-2, ("attainable goodput, were refusals free: the cores the client left / the services' cores "
-                     "at capacity", f"{100 * attainable:.0f} % of capacity ({(os.cpu_count() or 1) - client_cores:.2f}"
-                     f" / {serving_cores:.2f} cores)"))
+    # The cores the services could have had for serving: what the client left, less what
+    # refusing the other 90 % of the calls costs Python gRPC alone (the bare server's CPU per call).
+    cores, client_cores = os.cpu_count() or 1, cpu_used[client] / SECONDS
+    refusing_cores = 0.9 * sent_rate * refusal_cpu_s
+    left = max(0.0, cores - client_cores - refusing_cores)
+    attainable = min(1.0, left / serving_cores) if serving_cores else 1.0
+    rows.insert(-2, ("attainable goodput: (cores - the client's - refusing 90 % of calls at the floor's cost) "
+                     "/ the services' cores at capacity",
+                     f"{100 * attainable:.0f} % of capacity (({cores} - {client_cores:.2f} - {refusing_cores:.2f}) "
+                     f"/ {serving_cores:.2f} cores)"))
     if attainable < 0.9 and goodput < 0.9 * capacity:
         notes += ("\n\n" if notes else "") + (
             f"Goodput missed 90 % of capacity ({100 * goodput / capacity:.0f} %), and could not have met it on "
-            f"this machine: at capacity the services used {serving_cores:.2f} cores, and while the client sent "
-            f"{sent_rate:.0f}/s it took {client_cores:.2f} of the {os.cpu_count()}, so even free refusals would "
-            f"leave at most {100 * attainable:.0f} %. The bar needs the load generator on other cores."
+            f"this machine: at capacity the services used {serving_cores:.2f} cores; while the client sent "
+            f"{sent_rate:.0f}/s it took {client_cores:.2f} of the {cores}, and refusing 90 % of those calls costs "
+            f"a bare Python gRPC server {refusing_cores:.2f} more, which leaves at most {100 * attainable:.0f} % "
+            "of capacity. The bar needs the load generator on other cores, or more cores."
         )
     floor_p99 = load.percentile_ms(bare_sent, 99)
     if refused_p99 is not None and refused_p99 > 5.0 and floor_p99 is not None and floor_p99 > 5.0:
