@@ -13,10 +13,10 @@ and are sent when it answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
+from services.common import background
 from services.common.errors import NotFound, ShunterError
 from services.gen.shunter.monitor.v1 import monitor_pb2 as mpb
 from services.monitoring.client import MonitorClient
@@ -52,10 +52,7 @@ class DriftReporter:
     async def stop(self) -> None:
         """Stop; first send what was counted, the window under way included (its counts add
         to the other workers' like any report), within FINAL_REPORT_S."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await background.stop(self._task)
         try:
             await asyncio.wait_for(self._final_report(), FINAL_REPORT_S)
         except (TimeoutError, ShunterError) as exc:
@@ -88,6 +85,7 @@ class DriftReporter:
                     await self.step(monitor)
                     self._warned = False
                 except ShunterError as exc:
+                    background.raise_if_cancelled()  # a cancel a library turned into an error ends the loop
                     if not self._warned:
                         logger.warning("drift: cannot reach the registry's monitor service: %s", exc.message)
                         self._warned = True
