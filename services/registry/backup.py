@@ -96,12 +96,7 @@ def write(path: Path, catalogue: Catalogue, records: Records | None = None) -> N
 
 
 def _parse(cls: type, record: Any, where: str) -> Any:
-    if not isinstance(record, dict):
-        raise BackupError(f"{where} must be an object, got {type(record).__name__}")
-    try:
-        return json_format.ParseDict(record, cls())
-    except json_format.ParseError as exc:
-        raise BackupError(f"{where}: {exc}") from None
+    return backup_records.parse_message(cls, record, where, BackupError)
 
 
 def from_document(document: Any) -> Backup:

@@ -81,13 +81,14 @@ def to_sections(records: Records) -> dict[str, Any]:
 # ---- reading a backup file's sections ----------------------------------------------------
 
 
-def _parse(cls: type[Message], record: Any, where: str) -> Any:
+def parse_message(cls: type[Message], record: Any, where: str, error: type[ValueError] = RecordsError) -> Any:
+    """One JSON object of a backup file as the message ``cls``; ``error`` names ``where`` it failed."""
     if not isinstance(record, dict):
-        raise RecordsError(f"{where} must be an object, got {type(record).__name__}")
+        raise error(f"{where} must be an object, got {type(record).__name__}")
     try:
         return json_format.ParseDict(record, cls())
     except json_format.ParseError as exc:
-        raise RecordsError(f"{where}: {exc}") from None
+        raise error(f"{where}: {exc}") from None
 
 
 def _section(document: dict[str, Any], name: str, kind: type) -> Any:
@@ -108,7 +109,7 @@ def from_sections(document: dict[str, Any], versions: dict[str, dict[str, rpb.Mo
     against the backup's own catalogue ``versions``; RecordsError names the first problem."""
     profiles: dict[tuple[str, str], mpb.ReferenceProfile] = {}
     for index, record in enumerate(_section(document, "profiles", list)):
-        profile = _parse(mpb.ReferenceProfile, record, f"profiles[{index}]")
+        profile = parse_message(mpb.ReferenceProfile, record, f"profiles[{index}]")
         where = f"profile of {profile.model} version {profile.version}"
         if profile.version not in _model(versions, profile.model, f"profiles[{index}]"):
             raise RecordsError(f"{where}: the backup has no such version")
@@ -123,7 +124,7 @@ def from_sections(document: dict[str, Any], versions: dict[str, dict[str, rpb.Mo
         profiles[(profile.model, profile.version)] = profile
     rollouts: dict[str, opb.Rollout] = {}
     for index, record in enumerate(_section(document, "rollouts", list)):
-        rollout = _parse(opb.Rollout, record, f"rollouts[{index}]")
+        rollout = parse_message(opb.Rollout, record, f"rollouts[{index}]")
         where = f"rollout of {rollout.model}"
         known = _model(versions, rollout.model, f"rollouts[{index}]")
         for role, number in (("version", rollout.version), ("baseline", rollout.baseline)):
@@ -149,7 +150,7 @@ def _lists(document: dict[str, Any], name: str, cls: type[Message],
         _model(versions, model, where)
         if not isinstance(entries, list):
             raise RecordsError(f"{where} must be a list, got {type(entries).__name__}")
-        parsed = [_parse(cls, entry, f"{where}[{i}]") for i, entry in enumerate(entries)]
+        parsed = [parse_message(cls, entry, f"{where}[{i}]") for i, entry in enumerate(entries)]
         for i, entry in enumerate(parsed):
             if entry.model != model:
                 raise RecordsError(f"{where}[{i}] names model {entry.model!r}")
