@@ -169,14 +169,46 @@ def export_onnx(model: Any, example: Any, path: Path) -> None:
         )
 
 
+def train_on_digits(make_model: Callable[[], Any], *, lr: float, steps: int, name: str) -> tuple[Any, ...]:
+    """Train a fresh ``make_model()`` (``logits`` for the loss, ``forward`` the probabilities)
+    on scikit-learn's digits, full batch, seeded, so every build makes the same weights.
+
+    Returns the model in eval mode, the held-out split (features, labels), the model's
+    probabilities on it and its accuracy; a model that does not learn stops the build.
+    """
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    images, labels = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images.astype(np.float32), labels, test_size=0.2, random_state=SEED, stratify=labels
+    )
+    torch.manual_seed(SEED)
+    model = make_model()
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    features, targets = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model.logits(features), targets)
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.inference_mode():
+        test_probs = model(torch.from_numpy(x_test)).numpy()
+    accuracy = float((test_probs.argmax(axis=1) == y_test).mean())
+    if accuracy <= 0.9:
+        raise RuntimeError(f"{name} reached only {accuracy:.3f} test accuracy")
+    return model, x_test, y_test, test_probs, accuracy
+
+
 # -- digits -------------------------------------------------------------------------------
 
 
 def build_digits(model_dir: Path) -> str:
     import numpy as np
     import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
     from torch import nn
 
     class DigitsMLP(nn.Module):
@@ -194,25 +226,8 @@ def build_digits(model_dir: Path) -> str:
         def forward(self, input__0: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.logits(input__0), dim=1)
 
-    images, labels = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images.astype(np.float32), labels, test_size=0.2, random_state=SEED, stratify=labels
-    )
-    torch.manual_seed(SEED)
-    model = DigitsMLP()
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    features, targets = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    for _ in range(200):  # full batch: about a second on one core
-        optimiser.zero_grad()
-        loss = nn.functional.cross_entropy(model.logits(features), targets)
-        loss.backward()
-        optimiser.step()
-    model.eval()
-    with torch.inference_mode():
-        test_probs = model(torch.from_numpy(x_test)).numpy()
-    accuracy = float((test_probs.argmax(axis=1) == y_test).mean())
-    if accuracy <= 0.9:
-        raise RuntimeError(f"digits MLP reached only {accuracy:.3f} test accuracy")
+    # full batch: about a second on one core
+    model, x_test, y_test, test_probs, accuracy = train_on_digits(DigitsMLP, lr=1e-2, steps=200, name="digits MLP")
 
     example = torch.from_numpy(x_test[:2])
     config = DIGITS_CONFIG.format(backend="torchscript", max_batch=DIGITS_MAX_BATCH, batching=DYNAMIC_BATCHING)
@@ -296,8 +311,6 @@ def build_minilm(model_dir: Path) -> str:
 def build_tabular(model_dir: Path) -> str:
     import numpy as np
     import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
     from torch import nn
 
     class TabularMLP(nn.Module):
@@ -316,25 +329,8 @@ def build_tabular(model_dir: Path) -> str:
         def forward(self, input__0: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.logits(input__0), dim=1)
 
-    images, labels = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images.astype(np.float32), labels, test_size=0.2, random_state=SEED, stratify=labels
-    )
-    torch.manual_seed(SEED)
-    model = TabularMLP()
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    features, targets = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    for _ in range(60):  # full batch: a few seconds on one core
-        optimiser.zero_grad()
-        loss = nn.functional.cross_entropy(model.logits(features), targets)
-        loss.backward()
-        optimiser.step()
-    model.eval()
-    with torch.inference_mode():
-        test_probs = model(torch.from_numpy(x_test)).numpy()
-    accuracy = float((test_probs.argmax(axis=1) == y_test).mean())
-    if accuracy <= 0.9:
-        raise RuntimeError(f"tabular MLP reached only {accuracy:.3f} test accuracy")
+    # full batch: a few seconds on one core
+    model, x_test, y_test, test_probs, accuracy = train_on_digits(TabularMLP, lr=1e-3, steps=60, name="tabular MLP")
     (model_dir / "1").mkdir()
     torch.jit.script(model).save(str(model_dir / "1" / "model.pt"))
     # Version 2 is the same network as ONNX: the graph Triton and MLServer serve in the
