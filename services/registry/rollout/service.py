@@ -343,11 +343,9 @@ class RolloutService:
 
     # ---- reports -----------------------------------------------------------------------
 
-    @admin_rpc
-    async def ExperimentReport(self, request, context, caller):
-        from services.registry.rollout import experiment
-        from services.registry.rollout.window import read_window
-
+    async def _report_window(self, request: Any) -> tuple[str, Any, int, int]:
+        """A report request's model (registered, not archived) and its window in ms: the last
+        ``since_s`` seconds (an hour by default, at most MAX_REPORT_WINDOW_S)."""
         model = validation.check_name(request.model)
         since_s = request.since_s or 3600.0
         if not math.isfinite(since_s) or not 1 <= since_s <= MAX_REPORT_WINDOW_S:
@@ -356,10 +354,17 @@ class RolloutService:
         found = catalogue.model(model, include_archived=False)
         if found is None:
             raise NotFound(f"model {model!r} is not registered")
+        end = now_ms()
+        return model, found, end - int(since_s * 1000), end
+
+    @admin_rpc
+    async def ExperimentReport(self, request, context, caller):
+        from services.registry.rollout import experiment
+        from services.registry.rollout.window import read_window
+
+        model, found, start, end = await self._report_window(request)
         weights = dict(found.policy.weights)
         versions = sorted({v.version for v in found.versions} | set(weights))
-        end = now_ms()
-        start = end - int(since_s * 1000)
         try:
             windows = await read_window(self.stats_redis, self.settings.stats_prefix, model, versions, start, end)
         except REDIS_DOWN as exc:
@@ -378,17 +383,8 @@ class RolloutService:
         from services.registry.rollout.shadow_report import summarise
         from services.registry.rollout.window import read_shadow_window
 
-        model = validation.check_name(request.model)
-        since_s = request.since_s or 3600.0
-        if not math.isfinite(since_s) or not 1 <= since_s <= MAX_REPORT_WINDOW_S:
-            raise InvalidArgument(f"--since {since_s:g} s must be between 1 s and {MAX_REPORT_WINDOW_S // 3600} h")
-        catalogue = await self.store.current()
-        found = catalogue.model(model, include_archived=False)
-        if found is None:
-            raise NotFound(f"model {model!r} is not registered")
+        model, found, start, end = await self._report_window(request)
         versions = sorted({v.version for v in found.versions})
-        end = now_ms()
-        start = end - int(since_s * 1000)
         try:
             stats, samples = await read_shadow_window(self.stats_redis, self.settings.stats_prefix, model, versions,
                                                       start, end)
