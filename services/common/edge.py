@@ -350,35 +350,18 @@ class Edge:
     def _server_stream(self, method: str, spec: ServerStream) -> Callable:
         fn, request_type = spec.fn, spec.request_type
 
-        async def stream(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        async def body(request: bytes, context: grpc.aio.ServicerContext) -> None:
             # Written with context.write, so ``fn`` may be an async generator or a coroutine
             # that writes itself.
-            call = RpcCall(self.service, method, context)
-            CURRENT.set(call)
-            for interceptor in self._chain:
-                interceptor.begin(call)
-            try:
-                result = fn(parse(request_type, request), context)
-                if inspect.isasyncgen(result):
-                    async for message in result:
-                        await context.write(message)
-                else:
-                    await cast(Awaitable[Any], result)
-            except ShunterError as exc:
-                call.code = exc.code
-                await context.abort(exc.code, exc.message, exc.trailing_metadata)
-            except grpc.aio.AbortError:
-                call.code = code_of(context)
-                raise
-            except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                call.code = grpc.StatusCode.INTERNAL
-                logger.exception("%s %s failed", self.service, method)
-                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-            finally:
-                self._end(call)
+            result = fn(parse(request_type, request), context)
+            if inspect.isasyncgen(result):
+                async for message in result:
+                    await context.write(message)
+            else:
+                await cast(Awaitable[Any], result)
+
+        async def stream(request: bytes, context: grpc.aio.ServicerContext) -> None:
+            await self._serve(method, body, request, context)
 
         return stream
 
