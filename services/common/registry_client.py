@@ -128,7 +128,8 @@ class RegistryClient:
     def address(self) -> str:
         return self.addresses[self._index]
 
-    def _stub(self) -> registry_pb2_grpc.RegistryStub:
+    def _channel(self) -> grpc.aio.Channel:
+        """The channel to the current address, opened on first use."""
         address = self.address
         channel = self._channels.get(address)
         if channel is None:
@@ -137,14 +138,20 @@ class RegistryClient:
             else:
                 channel = make_channel(address, options=channel_options(), tls=self._tls)
             self._channels[address] = channel
-        return registry_pb2_grpc.RegistryStub(channel)
+        return channel
+
+    def _stub(self) -> registry_pb2_grpc.RegistryStub:
+        return registry_pb2_grpc.RegistryStub(self._channel())
 
     def _rotate(self) -> None:
         self._index = (self._index + 1) % len(self.addresses)
 
-    async def _call(self, method: str, request: Any, *, write: bool = False) -> Any:
+    async def _call(self, method: str, request: Any, *, write: bool = False, stub: Any = None) -> Any:
+        """One call of ``method`` on the current replica (``stub``: another service's, on the
+        same channel); UNAVAILABLE moves the next call to another replica. ``write``: record
+        the revision the registry's trailing metadata names (``last_revision``)."""
         address = self.address
-        call = getattr(self._stub(), method)(request, metadata=self._metadata, timeout=self.timeout_s)
+        call = getattr(stub or self._stub(), method)(request, metadata=self._metadata, timeout=self.timeout_s)
         try:
             response = await call
         except grpc.aio.AioRpcError as exc:

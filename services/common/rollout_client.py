@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
-
-from services.common.registry_client import REVISION_METADATA, RegistryClient, to_shunter_error
+from services.common.registry_client import RegistryClient
 from services.gen.shunter.registry.v1 import registry_pb2 as rpb
 from services.gen.shunter.rollout.v1 import rollout_pb2 as opb
 from services.gen.shunter.rollout.v1 import rollout_pb2_grpc
@@ -19,22 +17,7 @@ from services.gen.shunter.rollout.v1 import rollout_pb2_grpc
 
 class RolloutClient(RegistryClient):
     async def _rollout_call(self, method: str, request: Any, *, write: bool = False) -> Any:
-        self._stub()  # opens the channel to the current address
-        address = self.address
-        stub = rollout_pb2_grpc.RolloutsStub(self._channels[address])
-        call = getattr(stub, method)(request, metadata=self._metadata, timeout=self.timeout_s)
-        try:
-            response = await call
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE and len(self.addresses) > 1:
-                self._rotate()
-            raise to_shunter_error(exc, address) from None
-        if write:
-            self.last_revision = 0
-            for key, value in await call.trailing_metadata() or ():
-                if key == REVISION_METADATA:
-                    self.last_revision = int(value)
-        return response
+        return await self._call(method, request, write=write, stub=rollout_pb2_grpc.RolloutsStub(self._channel()))
 
     async def start_rollout(
         self, model: str, version: str, *, baseline: str = "", steps: Sequence[int] = (), interval_s: float = 0.0,
