@@ -400,16 +400,18 @@ class Run:
                 for c in p["concurrencies"]:
                     key = f"router/{p['name']}/{p['model']}/c{c}"
                     n = len(cluster.info["workers"])
-                    system = "worker, called directly" if direct else f"router → {n} worker" + "s" * (n > 1)
-                    system = "bare grpc.aio relay → 1 worker" if relay else system
-                    system += ", one stream per connection" if stream else ""
-                    if relay:  # the relay's own process is what stands where the router would
-                        target, api_key, cpu = relay.address, None, {"router": None}
+                    if relay:  # the relay's own process stands where the router would
+                        system, target, api_key = "bare grpc.aio relay → 1 worker", relay.address, None
+                        cpu: dict[str, str | None] = {"router": None}
                     elif direct:  # a cluster worker serves routers and admins only
-                        target, api_key, cpu = cluster.info["workers"][0], cluster.info["admin_key"], {}
+                        system, target = "worker, called directly", cluster.info["workers"][0]
+                        api_key = cluster.info["admin_key"]
+                        cpu = {"worker": WORKER_MATCH}
                     else:
-                        target, api_key, cpu = cluster.address, cluster.info["api_key"], {"cluster": None}
-                        cpu["router"] = ROUTER_MATCH
+                        system = f"router → {n} worker" + "s" * (n > 1)
+                        target, api_key = cluster.address, cluster.info["api_key"]
+                        cpu = {"cluster": None, "router": ROUTER_MATCH, "worker": WORKER_MATCH}
+                    system += ", one stream per connection" if stream else ""
                     self.point(
                         key,
                         relay or cluster,
@@ -419,7 +421,7 @@ class Run:
                         concurrency=c,
                         target=target,
                         api_key=api_key,
-                        cpu={**cpu, "worker": WORKER_MATCH} if not relay else cpu,
+                        cpu=cpu,
                         stream=stream,
                         tags={"workers": n, "routed": not direct, "stream": stream, "relay": bool(relay)},
                     )
