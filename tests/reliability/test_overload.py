@@ -98,6 +98,12 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
     sent_rate = overload.total / SECONDS
     codes = overload.by_code()
     failed = overload.total - codes.get("OK", 0)
+    # The cores the services could have had for serving: what the client left, less what
+    # refusing the other 90 % of the calls costs Python gRPC alone (the bare server's CPU per call).
+    cores, client_cores = os.cpu_count() or 1, cpu_used[client] / SECONDS
+    refusing_cores = 0.9 * sent_rate * refusal_cpu_s
+    left = max(0.0, cores - client_cores - refusing_cores)
+    attainable = min(1.0, left / serving_cores) if serving_cores else 1.0
     bars = {
         f"admitted p99 <= 3x unloaded p99 ({3 * unloaded_p99:.1f} ms)": admitted_p99 is not None
         and admitted_p99 <= 3 * unloaded_p99,
@@ -128,6 +134,10 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
          f"{report.fmt_ms(load.percentile_ms(bare_sent, 50))} / {report.fmt_ms(load.percentile_ms(bare_sent, 99))} "
          f"({bare.total / FLOOR_S:.0f}/s)"),
         ("floor: the bare server's CPU per refusal", f"{1000 * refusal_cpu_s:.3f} ms"),
+        ("attainable goodput: (cores - the client's - refusing 90 % of calls at the floor's cost) "
+         "/ the services' cores at capacity",
+         f"{100 * attainable:.0f} % of capacity (({cores} - {client_cores:.2f} - {refusing_cores:.2f}) "
+         f"/ {serving_cores:.2f} cores)"),
         ("machine", load.load_average()),
         ("flags", "worker " + " ".join(WORKER_FLAGS) + ("; router " + " ".join(ROUTER_FLAGS) if "router" in pids
                                                          else "")),
@@ -140,16 +150,6 @@ async def scenario(name: str, target: str, payload: bytes, metadata, pids: dict[
                  f"{os.cpu_count()}-CPU machine: the load generator, not the server, was the limit, so latency "
                  "and codes here are the client's own backlog (latency counts from the scheduled time), and 10x "
                  "was not offered. The bar is not met and not claimed.")
-    # The cores the services could have had for serving: what the client left, less what
-    # refusing the other 90 % of the calls costs Python gRPC alone (the bare server's CPU per call).
-    cores, client_cores = os.cpu_count() or 1, cpu_used[client] / SECONDS
-    refusing_cores = 0.9 * sent_rate * refusal_cpu_s
-    left = max(0.0, cores - client_cores - refusing_cores)
-    attainable = min(1.0, left / serving_cores) if serving_cores else 1.0
-    rows.insert(-2, ("attainable goodput: (cores - the client's - refusing 90 % of calls at the floor's cost) "
-                     "/ the services' cores at capacity",
-                     f"{100 * attainable:.0f} % of capacity (({cores} - {client_cores:.2f} - {refusing_cores:.2f}) "
-                     f"/ {serving_cores:.2f} cores)"))
     if attainable < 0.9 and goodput < 0.9 * capacity:
         notes += ("\n\n" if notes else "") + (
             f"Goodput missed 90 % of capacity ({100 * goodput / capacity:.0f} %), and could not have met it on "
