@@ -75,6 +75,21 @@ def results(started: str) -> dict[str, Any]:
         ),
         "worker/off/minilm/overhead": point("minilm", "off", 4, [run(480, 260, 300)] * 2, rows=32, threads=2),
         "worker/on/digits/c1": point("digits", "on", 1, [run(1200, 0.8, 1.2)] * 2),
+        # 64 in flight; Little's law over the worker's counters: 12 in its handler, 52 elsewhere
+        "worker/on/tabular/c64": point(
+            "tabular", "on", 64,
+            [run(1600, 38, 60, inferences=6000, executions=1000, in_handler=12.0, in_queue=7.0, executing=3.0,
+                 loop_on_cpu=0.64, loop_waiting=0.13)] * 2,
+        ),
+        "router/router1/digits/c64": point(
+            "digits", "on", 64, [run(1180, 52, 87, cpu_ms_per_request={"router": 0.72, "worker": 0.48})] * 2
+        ),
+        "router/stream/digits/c64": point(
+            "digits", "on", 64, [run(1340, 48, 70, cpu_ms_per_request={"router": 0.576, "worker": 0.48})] * 2
+        ),
+        "router/relay-stream/digits/c64": point(
+            "digits", "on", 64, [run(1500, 41, 69, cpu_ms_per_request={"router": 0.44})] * 2
+        ),
         "router/direct/digits/c1": point("digits", "on", 1, [run(1200, 0.80, 1.2)] * 2),
         "router/router1/digits/c1": point("digits", "on", 1, [run(750, 1.25, 1.9)] * 2),
     }
@@ -159,6 +174,12 @@ def test_render_writes_every_section_judges_the_bars_and_keeps_history(tmp_path)
     assert "| ≥ 0.9 | 1.31 (served on / off at c64 = 1.83×; in-process 2 threads, batch 12 (formed)" in text
     assert "| router hop, added p50, 1 in flight (issue 4) | ≤ 0.3 ms | +0.45 ms | **missed** |" in text
     assert "| router cache hit p50, 1 in flight (issue 4) | ≤ 0.5 ms | – | not measured |" in text
+    # Where the requests wait (issue 15 §1) and the front door against the bare relay (§3).
+    assert "| tabular | on | c64 | 12.0 [12.0–12.0] | 7.0 [7.0–7.0] | 3.0 [3.0–3.0] | 52.0 [52.0–52.0] |" in text
+    assert "| router | one stream per connection | c64 | 1,340 [1,340–1,340] |" in text
+    assert "| 0.576 [0.576–0.576] | 0.480 [0.480–0.480] | 1.20 [1.20–1.20] |" in text
+    assert "| bare grpc.aio relay | one stream per connection | c64 | 1,500 [1,500–1,500] |" in text
+    assert "| about the worker's (≤ 1.1×) | 1.20× (router 576 µs vs worker 480 µs) | **missed** |" in text
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["engine.png", "router.png", "worker.png"]
     assert json.loads((tmp_path / "results.json").read_text())["headline"]["router hop added p50 ms (c1)"] > 0.4
 

@@ -170,3 +170,20 @@ def test_the_batch_bar_reads_the_mean_batch_the_worker_executed():
     on["runs"][0]["inferences"] = 2000
     assert render.judge(bar("tabular, mean executed batch"), results({"worker/on/tabular/c64": on}))["status"] == "met"
     assert render.judge(bar("tabular, mean executed batch"), results({}))["status"] == "not measured"
+
+
+def test_the_front_door_bar_divides_router_by_worker_cpu_run_by_run():
+    runs = [
+        run(1300.0, cpu_ms_per_request={"router": 0.60, "worker": 0.50}),  # 1.20
+        run(1400.0, cpu_ms_per_request={"router": 0.50, "worker": 0.50}),  # 1.00
+        run(1350.0, cpu_ms_per_request={"router": 0.55, "worker": 0.50}),  # 1.10
+    ]
+    stream = {"router/stream/digits/c64": point("digits", runs)}
+    judged = render.judge(bar("router CPU per message, one ModelStreamInfer stream"), results(stream))
+    assert (judged["measured"], judged["status"]) == ("1.10× (router 550 µs vs worker 500 µs)", "met")
+    runs[2]["cpu_ms_per_request"]["router"] = 0.65  # the median run is now 1.20
+    assert render.judge(bar("router CPU per message"), results(stream))["status"] == "**missed**"
+    # A run without the worker's CPU is left out; none at all is not measured.
+    for r in runs:
+        del r["cpu_ms_per_request"]["worker"]
+    assert render.judge(bar("router CPU per message"), results(stream))["status"] == "not measured"
